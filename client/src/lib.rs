@@ -1,0 +1,283 @@
+//! holdfast-client: a small Rust client for Holdfast.
+//!
+//! [`Client`] talks to any node of a cluster and retries on UNAVAILABLE (no leader, leader
+//! changed, node down) by trying the other endpoints, which is safe because lock requests carry a
+//! per-session request id that the server deduplicates. [`Session`] keeps a session alive in the
+//! background and tracks a conservative local deadline.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use holdfast_proto::v1 as pb;
+pub use holdfast_proto::v1::{AcquireStatus, LockMode};
+use pb::cluster_client::ClusterClient;
+use pb::locks_client::LocksClient;
+use pb::sessions_client::SessionsClient;
+use tokio::time::Instant;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+/// Default endpoints of `holdfast dev`.
+pub const DEV_ENDPOINTS: [&str; 3] = ["127.0.0.1:7701", "127.0.0.1:7702", "127.0.0.1:7703"];
+/// How long one call keeps retrying across endpoints before giving up.
+pub const RETRY_BUDGET_MS: u64 = 15_000;
+/// Pause between two rounds over all endpoints.
+pub const RETRY_PAUSE_MS: u64 = 50;
+/// Deadline of a single non-blocking RPC attempt.
+pub const RPC_TIMEOUT_MS: u64 = 6_000;
+/// Connect timeout per endpoint.
+pub const CONNECT_TIMEOUT_MS: u64 = 500;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid endpoint {0:?}")]
+    Endpoint(String),
+    #[error(transparent)]
+    Status(#[from] Status),
+}
+
+/// A connection to a cluster (lazy channels to every endpoint).
+#[derive(Clone)]
+pub struct Client {
+    channels: Arc<Vec<(String, Channel)>>,
+    preferred: Arc<AtomicUsize>,
+}
+
+fn retryable(status: &Status) -> bool {
+    matches!(status.code(), Code::Unavailable | Code::Unknown) || status.message().contains("transport error")
+}
+
+impl Client {
+    pub fn connect<S: AsRef<str>>(endpoints: &[S]) -> Result<Client, Error> {
+        let mut channels = Vec::new();
+        for endpoint in endpoints {
+            let addr = endpoint.as_ref();
+            let uri = if addr.contains("://") { addr.to_owned() } else { format!("http://{addr}") };
+            let channel = Endpoint::from_shared(uri)
+                .map_err(|_| Error::Endpoint(addr.to_owned()))?
+                .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
+                .tcp_nodelay(true)
+                .connect_lazy();
+            channels.push((addr.to_owned(), channel));
+        }
+        if channels.is_empty() {
+            return Err(Error::Endpoint(String::new()));
+        }
+        Ok(Client { channels: Arc::new(channels), preferred: Arc::new(AtomicUsize::new(0)) })
+    }
+
+    pub fn endpoints(&self) -> Vec<String> {
+        self.channels.iter().map(|(a, _)| a.clone()).collect()
+    }
+
+    /// Runs `call` against the preferred endpoint, moving to the next one on retryable errors,
+    /// until it succeeds, fails for good, or the retry budget is spent.
+    pub async fn retry<T, F, Fut>(&self, mut call: F) -> Result<T, Status>
+    where
+        F: FnMut(Channel) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Status>>,
+    {
+        let deadline = Instant::now() + Duration::from_millis(RETRY_BUDGET_MS);
+        let count = self.channels.len();
+        let mut attempt = 0usize;
+        loop {
+            let index = (self.preferred.load(Ordering::Relaxed) + attempt) % count;
+            let channel = self.channels[index].1.clone();
+            match call(channel).await {
+                Ok(value) => {
+                    self.preferred.store(index, Ordering::Relaxed);
+                    return Ok(value);
+                }
+                Err(status) if retryable(&status) && Instant::now() < deadline => {
+                    attempt += 1;
+                    if attempt % count == 0 {
+                        tokio::time::sleep(Duration::from_millis(RETRY_PAUSE_MS)).await;
+                    }
+                }
+                Err(status) => return Err(status),
+            }
+        }
+    }
+
+    pub async fn status(&self, endpoint: usize) -> Result<pb::StatusResponse, Status> {
+        let channel = self.channels[endpoint % self.channels.len()].1.clone();
+        let mut request = tonic::Request::new(pb::StatusRequest {});
+        request.set_timeout(Duration::from_millis(RPC_TIMEOUT_MS));
+        Ok(ClusterClient::new(channel).status(request).await?.into_inner())
+    }
+
+    /// Opens a session and starts renewing it every TTL/3 in the background.
+    pub async fn open_session(&self, ttl_ms: u64, principal: &str) -> Result<Session, Status> {
+        let response = self
+            .retry(|channel| async move {
+                let mut request = tonic::Request::new(pb::OpenSessionRequest {
+                    ttl_ms,
+                    principal: principal.to_owned(),
+                    labels: Default::default(),
+                });
+                request.set_timeout(Duration::from_millis(RPC_TIMEOUT_MS));
+                Ok(SessionsClient::new(channel).open(request).await?.into_inner())
+            })
+            .await?;
+        let session_id = response.session_id;
+        let state = Arc::new(SessionState { next_request_id: AtomicU64::new(1), alive: tokio::sync::watch::channel(true).0 });
+        let keepalive = tokio::spawn(keep_alive(self.clone(), session_id, response.ttl_ms, Arc::clone(&state)));
+        Ok(Session { client: self.clone(), id: session_id, ttl_ms: response.ttl_ms, state, keepalive })
+    }
+
+    pub async fn describe(&self, name: &str) -> Result<pb::DescribeResponse, Status> {
+        self.retry(|channel| async move {
+            let mut request = tonic::Request::new(pb::DescribeRequest { name: name.to_owned(), serializable: false });
+            request.set_timeout(Duration::from_millis(RPC_TIMEOUT_MS));
+            Ok(LocksClient::new(channel).describe(request).await?.into_inner())
+        })
+        .await
+    }
+
+    pub async fn check_token(&self, name: &str, token: u64) -> Result<pb::CheckTokenResponse, Status> {
+        self.retry(|channel| async move {
+            let mut request = tonic::Request::new(pb::CheckTokenRequest { name: name.to_owned(), token, serializable: false });
+            request.set_timeout(Duration::from_millis(RPC_TIMEOUT_MS));
+            Ok(LocksClient::new(channel).check_token(request).await?.into_inner())
+        })
+        .await
+    }
+}
+
+struct SessionState {
+    next_request_id: AtomicU64,
+    /// False once a keepalive was refused with NOT_FOUND: the server expired or closed it.
+    alive: tokio::sync::watch::Sender<bool>,
+}
+
+/// An open session, renewed in the background until dropped or closed.
+pub struct Session {
+    client: Client,
+    pub id: u64,
+    pub ttl_ms: u64,
+    state: Arc<SessionState>,
+    keepalive: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.keepalive.abort();
+    }
+}
+
+/// A granted lock.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hold {
+    pub name: String,
+    pub token: u64,
+    pub lease_ms: u64,
+    /// Log index at which the grant was applied.
+    pub revision: u64,
+}
+
+async fn keep_alive(client: Client, session_id: u64, ttl_ms: u64, state: Arc<SessionState>) {
+    let period = Duration::from_millis((ttl_ms / 3).max(1));
+    loop {
+        let result = client
+            .retry(|channel| async move {
+                let mut request = tonic::Request::new(tokio_stream::iter([pb::KeepAliveRequest { session_id }]));
+                request.set_timeout(Duration::from_millis(RPC_TIMEOUT_MS));
+                let mut responses = SessionsClient::new(channel).keep_alive(request).await?.into_inner();
+                match responses.message().await? {
+                    Some(response) => Ok(response),
+                    None => Err(Status::unavailable("keepalive stream closed")),
+                }
+            })
+            .await;
+        if let Err(status) = result
+            && status.code() == Code::NotFound
+        {
+            state.alive.send_replace(false);
+            return;
+        }
+        tokio::time::sleep(period).await;
+    }
+}
+
+impl Session {
+    /// Stops renewing (as if the client hung), without closing the session.
+    pub fn stop_keepalive(&self) {
+        self.keepalive.abort();
+    }
+
+    /// False once the server reported the session gone.
+    pub fn is_alive(&self) -> bool {
+        *self.state.alive.borrow()
+    }
+
+    fn next_request_id(&self) -> u64 {
+        self.state.next_request_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Acquires `name` exclusively, waiting up to `wait_timeout_ms` (0 = try-lock). Returns
+    /// `None` if not granted (busy or timed out).
+    pub async fn acquire(&self, name: &str, mode: LockMode, wait_timeout_ms: u64) -> Result<Option<Hold>, Status> {
+        let request_id = self.next_request_id();
+        let session_id = self.id;
+        let response = self
+            .client
+            .retry(|channel| async move {
+                let mut request = tonic::Request::new(pb::AcquireRequest {
+                    session_id,
+                    request_id,
+                    name: name.to_owned(),
+                    mode: mode as i32,
+                    max_holders: 0,
+                    wait_timeout_ms,
+                    priority: 0,
+                });
+                request.set_timeout(Duration::from_millis(RPC_TIMEOUT_MS + wait_timeout_ms));
+                Ok(LocksClient::new(channel).acquire(request).await?.into_inner())
+            })
+            .await?;
+        if response.status == AcquireStatus::Acquired as i32 {
+            Ok(Some(Hold {
+                name: name.to_owned(),
+                token: response.token,
+                lease_ms: response.lease_ms,
+                revision: response.header.map_or(0, |h| h.revision),
+            }))
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// Releases a hold; returns the revision (log index) of the release.
+    pub async fn release(&self, hold: &Hold) -> Result<u64, Status> {
+        let request_id = self.next_request_id();
+        let session_id = self.id;
+        let response = self
+            .client
+            .retry(|channel| async move {
+                let mut request = tonic::Request::new(pb::ReleaseRequest {
+                    session_id,
+                    request_id,
+                    name: hold.name.clone(),
+                    token: hold.token,
+                });
+                request.set_timeout(Duration::from_millis(RPC_TIMEOUT_MS));
+                Ok(LocksClient::new(channel).release(request).await?.into_inner())
+            })
+            .await?;
+        Ok(response.header.map_or(0, |h| h.revision))
+    }
+
+    /// Closes the session, releasing everything it holds.
+    pub async fn close(self) -> Result<(), Status> {
+        self.keepalive.abort();
+        let session_id = self.id;
+        self.client
+            .retry(|channel| async move {
+                let mut request = tonic::Request::new(pb::CloseSessionRequest { session_id });
+                request.set_timeout(Duration::from_millis(RPC_TIMEOUT_MS));
+                SessionsClient::new(channel).close(request).await.map(|_| ())
+            })
+            .await
+    }
+}

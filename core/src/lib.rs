@@ -1,0 +1,27 @@
+//! holdfast-core: the replicated state machine of Holdfast.
+//!
+//! One pure function, [`apply`], turns a committed log [`Entry`] into a new [`State`] plus an
+//! [`Applied`] result (the outcome for the proposer and the watch events, in a defined order).
+//! Same state + same entry gives the same result and the same bytes on every replica.
+//!
+//! Architecture invariant: this crate reads no clock, no randomness, no environment, does no I/O
+//! and iterates only ordered collections. Time enters through `Entry::now_ms`, stamped by the
+//! leader. Lock decisions (admission, who is next, lease lengths) go through [`PolicyRuntime`];
+//! [`BuiltinFifo`] is the native default.
+
+mod apply;
+pub mod limits;
+mod model;
+mod policy;
+mod snapshot;
+mod state;
+#[cfg(test)]
+mod tests;
+
+pub use apply::apply;
+pub use model::*;
+pub use policy::{
+    AdmitDecision, AdmitInput, BuiltinFifo, LeaseDecision, NextInput, PolicyRuntime, WaiterView,
+};
+pub use snapshot::{SNAPSHOT_FORMAT_VERSION, SnapshotError};
+pub use state::{HolderView, LockView, SessionView, State, WaiterInfo};

@@ -1,0 +1,51 @@
+//! Every bound the replicated state machine enforces, in one place.
+//!
+//! The shell (`server::api`) checks the same limits at the edge so that bad input is rejected
+//! before it is proposed; `apply` checks them again because a log entry is the only input it
+//! trusts.
+
+/// Longest lock name, in bytes (UTF-8).
+pub const LOCK_NAME_BYTES_MAX: usize = 512;
+/// Longest principal, in bytes.
+pub const PRINCIPAL_BYTES_MAX: usize = 256;
+/// Most labels on one session.
+pub const LABELS_PER_SESSION_MAX: usize = 16;
+/// Longest label key or value, in bytes.
+pub const LABEL_BYTES_MAX: usize = 128;
+/// Shortest session TTL. Below this a leader fail-over (≈ 1–2 s) could eat the whole TTL.
+pub const SESSION_TTL_MS_MIN: u64 = 2_000;
+/// Longest session TTL.
+pub const SESSION_TTL_MS_MAX: u64 = 3_600_000;
+/// Most open sessions in the cluster.
+pub const SESSIONS_MAX: usize = 100_000;
+/// Most waiters queued on one lock.
+pub const WAITERS_PER_LOCK_MAX: usize = 1_024;
+/// Most locks one session may hold or wait for at once.
+pub const LOCKS_PER_SESSION_MAX: usize = 1_024;
+/// Largest `max_holders` of a shared lock.
+pub const HOLDERS_PER_LOCK_MAX: u32 = 1_024;
+/// Longest queued wait.
+pub const WAIT_TIMEOUT_MS_MAX: u64 = 3_600_000;
+/// Longest lease a policy may give a hold.
+pub const LEASE_MS_MAX: u64 = 24 * 3_600_000;
+/// Longest lock-delay a policy may impose.
+pub const LOCK_DELAY_MS_MAX: u64 = 60_000;
+/// How many recent request outcomes each session remembers for idempotent retries.
+pub const RECENT_REQUESTS_PER_SESSION_MAX: usize = 128;
+/// Most sessions renewed by one `Tick` entry.
+pub const RENEWALS_PER_TICK_MAX: usize = 10_000;
+/// Most locks returned by one `List`.
+pub const LIST_LOCKS_MAX: usize = 10_000;
+/// Longest deny reason a policy may give, in bytes; longer reasons are truncated.
+pub const POLICY_REASON_BYTES_MAX: usize = 256;
+/// Latest cluster time `apply` accepts (≈ 146 million years); later entry times are clamped.
+/// Keeps every `now_ms + duration` far from overflow, so deadlines never saturate.
+pub const NOW_MS_MAX: u64 = 1 << 62;
+
+const _: () = assert!(SESSION_TTL_MS_MIN < SESSION_TTL_MS_MAX);
+const _: () = assert!(WAITERS_PER_LOCK_MAX > 0 && HOLDERS_PER_LOCK_MAX > 0);
+const _: () = assert!(RECENT_REQUESTS_PER_SESSION_MAX >= 2);
+const _: () = assert!(NOW_MS_MAX.checked_add(LEASE_MS_MAX).is_some());
+const _: () = assert!(LEASE_MS_MAX >= SESSION_TTL_MS_MAX && LEASE_MS_MAX >= WAIT_TIMEOUT_MS_MAX);
+const _: () = assert!(LEASE_MS_MAX >= LOCK_DELAY_MS_MAX);
+const _: () = assert!(POLICY_REASON_BYTES_MAX > 0);

@@ -1,0 +1,210 @@
+//! The vocabulary of the state machine: commands in, outcomes and events out.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// A session id is the log index of the `OpenSession` entry that created it: unique forever.
+pub type SessionId = u64;
+/// A fencing token is the log index of the entry that granted the hold. Strictly increasing per
+/// lock and globally.
+pub type FencingToken = u64;
+/// A client-chosen, per-session request id used to make retries idempotent. 0 means "not
+/// idempotent" and is never recorded.
+pub type RequestId = u64;
+
+/// One committed log entry as `apply` sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// Raft log index of this entry. Becomes the fencing token of any grant it makes.
+    pub log_index: u64,
+    /// Cluster time stamped by the leader that proposed the entry (0 for entries without time,
+    /// e.g. Raft's own blank and membership entries). Apply uses `max(state.now_ms, now_ms)`.
+    pub now_ms: u64,
+    pub command: Command,
+}
+
+/// What a client (or the leader's own clock) asked for. Proposed by the shell, replicated
+/// through the log, applied on every replica.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Carries no request; only advances `applied_index` and cluster time (Raft blank entries,
+    /// membership entries).
+    Noop,
+    /// Opens a session. Its id is the entry's log index.
+    OpenSession {
+        ttl_ms: u64,
+        principal: String,
+        labels: BTreeMap<String, String>,
+    },
+    /// Closes a session: releases its holds (reason `SessionClosed`) and drops its waiters.
+    CloseSession { session_id: SessionId },
+    /// The leader's heartbeat into the state machine: advances cluster time (firing due
+    /// deadlines) and renews the listed sessions (their keepalives since the last tick).
+    /// Renewals apply before deadlines fire; unknown ids are skipped. More than
+    /// `limits::RENEWALS_PER_TICK_MAX` ids: nothing is renewed and the outcome is
+    /// `Rejected(LimitExceeded)` (the shell must split them across ticks).
+    Tick { renewed: Vec<SessionId> },
+    /// Acquires a lock, or queues for it.
+    Acquire(AcquireRequest),
+    /// Releases the hold identified by `token`.
+    Release {
+        session_id: SessionId,
+        request_id: RequestId,
+        name: String,
+        token: FencingToken,
+    },
+    /// Removes a queued waiter (the client stopped waiting). The queued Acquire's recorded
+    /// outcome becomes `Outcome::WaitCancelled`, so a retry of it does not queue again.
+    CancelWait { session_id: SessionId, name: String },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AcquireRequest {
+    pub session_id: SessionId,
+    pub request_id: RequestId,
+    pub name: String,
+    pub mode: Mode,
+    /// For shared locks: the most concurrent holders (0 = `limits::HOLDERS_PER_LOCK_MAX`).
+    /// Fixed by the first holder or waiter of a lock; later requests must agree.
+    pub max_holders: u32,
+    /// 0 = try-lock: grant now or reject with `Rejection::WouldBlock`, never queue.
+    pub wait_timeout_ms: u64,
+    /// Passed to the policy; the built-in FIFO ignores it.
+    pub priority: i32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Mode {
+    Exclusive,
+    Shared,
+}
+
+/// The replicated result of applying one entry, for the node that holds the client's RPC.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// Nothing to report (Noop, Tick).
+    None,
+    SessionOpened {
+        session_id: SessionId,
+        ttl_ms: u64,
+    },
+    SessionClosed {
+        session_id: SessionId,
+    },
+    /// The lock is held by the session with this fencing token. `lease_ms` 0 = while the session
+    /// lives. `reentrant` is true when the session already held it.
+    Acquired {
+        token: FencingToken,
+        lease_ms: u64,
+        reentrant: bool,
+    },
+    /// Queued at `position` (0 = next in line).
+    Queued {
+        position: u32,
+    },
+    Released {
+        token: FencingToken,
+    },
+    /// The wait was cancelled: the answer to `CancelWait`, and the recorded outcome of the
+    /// cancelled Acquire (what a retry of it returns).
+    WaitCancelled,
+    Rejected(Rejection),
+}
+
+/// Why a command was refused. Deterministic: every replica rejects with the same value.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum Rejection {
+    #[error("session {session_id} does not exist (never opened, closed or expired)")]
+    UnknownSession { session_id: SessionId },
+    #[error("{field} is invalid: {reason}")]
+    InvalidArgument { field: String, reason: String },
+    #[error("lock {name} is held; try-lock does not wait")]
+    WouldBlock { name: String },
+    #[error("token {token} is not a current hold of lock {name} by this session")]
+    StaleToken { name: String, token: FencingToken },
+    #[error("lock {name} is not held by session {session_id}")]
+    NotHeld { name: String, session_id: SessionId },
+    #[error("session {session_id} is not waiting for lock {name}")]
+    NotWaiting { name: String, session_id: SessionId },
+    #[error(
+        "lock {name} is held in {held:?} mode (max_holders {max_holders}); the request asked otherwise"
+    )]
+    ModeConflict {
+        name: String,
+        held: Mode,
+        max_holders: u32,
+    },
+    #[error("limit reached: {limit}")]
+    LimitExceeded { limit: String },
+    #[error("wait for lock {name} timed out")]
+    WaitTimedOut { name: String },
+    #[error("request {request_id} is older than the outcomes this session remembers")]
+    RequestTooOld { request_id: RequestId },
+    #[error("denied by policy: {reason}")]
+    PolicyDenied { reason: String },
+    #[error("the session ended while waiting for lock {name}")]
+    SessionEnded { name: String },
+}
+
+/// Why a hold ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReleaseReason {
+    Released,
+    SessionClosed,
+    SessionExpired,
+    LeaseExpired,
+}
+
+/// Why a waiter left the queue without being granted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LeaveReason {
+    TimedOut,
+    Cancelled,
+    SessionClosed,
+    SessionExpired,
+}
+
+/// A change, in the order apply made it. Watchers, blocked Acquire RPCs and tests consume these.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Event {
+    SessionOpened {
+        session_id: SessionId,
+    },
+    SessionClosed {
+        session_id: SessionId,
+    },
+    SessionExpired {
+        session_id: SessionId,
+    },
+    Acquired {
+        name: String,
+        session_id: SessionId,
+        token: FencingToken,
+        mode: Mode,
+        lease_ms: u64,
+    },
+    Released {
+        name: String,
+        session_id: SessionId,
+        token: FencingToken,
+        reason: ReleaseReason,
+    },
+    Queued {
+        name: String,
+        session_id: SessionId,
+        position: u32,
+    },
+    LeftQueue {
+        name: String,
+        session_id: SessionId,
+        reason: LeaveReason,
+    },
+}
+
+/// Everything one apply produced.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Applied {
+    pub outcome: Outcome,
+    pub events: Vec<Event>,
+}

@@ -1,0 +1,214 @@
+//! The seam between the state machine and lock policies: [`PolicyRuntime`], its plain-data
+//! inputs, the native default [`BuiltinFifo`], and the checks `apply` runs on every answer.
+//!
+//! A policy decides *who* (admission, who is granted next) and *for how long* (lease,
+//! lock-delay). It never decides *whether mutual exclusion holds*: `apply` validates every
+//! `choose_next` answer against the lock's holders, mode and `max_holders` and falls back to
+//! FIFO when the answer is out of range, duplicated, incompatible or would strand the queue;
+//! lease and lock-delay lengths are clamped to [`limits`](crate::limits). A hostile or buggy
+//! policy can therefore be unfair, never unsafe. The wasm host in `server` implements the same
+//! trait; every replica calls it with the same inputs, so it must be a pure function of them.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::limits;
+use crate::model::{AcquireRequest, Mode, SessionId};
+use crate::state::HolderView;
+
+/// Lock decisions that are up to a policy. Called only while applying a committed entry, with
+/// inputs built from replicated state, so every replica gets the same calls in the same order.
+///
+/// Implementations must be deterministic functions of their input: no clock, no randomness,
+/// no state carried from one call to the next (a replica restarted from a snapshot makes the
+/// same calls from that point on, but never saw the earlier ones).
+pub trait PolicyRuntime {
+    /// Admission: may this request proceed (grant-if-free / queue) or is it denied?
+    /// Not called for re-entrant acquires or requests already queued.
+    fn admit(&mut self, input: &AdmitInput<'_>) -> AdmitDecision;
+    /// On release/expiry/revocation/lock-delay end: indexes into `input.waiters` to grant now,
+    /// in order. Validated by `apply`; an invalid answer gives the FIFO choice instead.
+    fn choose_next(&mut self, input: &NextInput<'_>) -> Vec<usize>;
+    /// Lease and lock-delay for a grant about to be made. Clamped to
+    /// `limits::LEASE_MS_MAX` / `limits::LOCK_DELAY_MS_MAX` by `apply`.
+    fn lease_for(&mut self, input: &AdmitInput<'_>) -> LeaseDecision;
+}
+
+/// What a policy sees about one acquire request (admission) or one grant (lease).
+#[derive(Clone, Debug)]
+pub struct AdmitInput<'a> {
+    /// The request. For a grant handed off to a waiter it is rebuilt from the queue entry.
+    pub request: &'a AcquireRequest,
+    /// Principal of the requesting session.
+    pub principal: &'a str,
+    /// Labels of the requesting session.
+    pub labels: &'a BTreeMap<String, String>,
+    /// Current holders of the lock, by session id.
+    pub holders: &'a [HolderView],
+    /// Current waiters of the lock, in queue order.
+    pub waiters: &'a [WaiterView],
+    pub now_ms: u64,
+    pub log_index: u64,
+}
+
+/// Answer of [`PolicyRuntime::admit`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AdmitDecision {
+    /// Proceed: grant if the lock is free, else queue (or `WouldBlock` for a try-lock).
+    Admit,
+    /// Reject with `Rejection::PolicyDenied { reason }` (reason truncated to
+    /// `limits::POLICY_REASON_BYTES_MAX`).
+    Deny { reason: String },
+}
+
+/// Answer of [`PolicyRuntime::lease_for`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LeaseDecision {
+    /// How long the hold may last; 0 = while the session lives.
+    pub lease_ms: u64,
+    /// How long the lock stays un-grantable if this hold ends by session expiry; 0 = none.
+    pub lock_delay_ms: u64,
+}
+
+/// What a policy sees when choosing whom to grant next.
+#[derive(Clone, Debug)]
+pub struct NextInput<'a> {
+    pub name: &'a str,
+    /// Current holders (possibly none), by session id.
+    pub holders: &'a [HolderView],
+    /// Waiters in queue order; the answer indexes into this slice.
+    pub waiters: &'a [WaiterView],
+    /// Capacity of the lock when held in shared mode (1 ..= `limits::HOLDERS_PER_LOCK_MAX`).
+    pub max_holders: u32,
+    pub now_ms: u64,
+    pub log_index: u64,
+}
+
+/// One queued request as a policy sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WaiterView {
+    pub session_id: SessionId,
+    pub mode: Mode,
+    pub priority: i32,
+    pub queued_at_ms: u64,
+}
+
+/// The native default policy: admit everything, grant in arrival order, no lease, no
+/// lock-delay.
+///
+/// Handoff grants the head of the queue; when the head is shared it also grants the shared
+/// waiters directly behind it, while capacity lasts (a reader/writer lock never lets a later
+/// reader overtake a queued writer).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BuiltinFifo;
+
+impl PolicyRuntime for BuiltinFifo {
+    fn admit(&mut self, _input: &AdmitInput<'_>) -> AdmitDecision {
+        AdmitDecision::Admit
+    }
+
+    fn choose_next(&mut self, input: &NextInput<'_>) -> Vec<usize> {
+        fifo_choice(input.holders, input.waiters, input.max_holders)
+    }
+
+    fn lease_for(&mut self, _input: &AdmitInput<'_>) -> LeaseDecision {
+        LeaseDecision::default()
+    }
+}
+
+/// The FIFO handoff: the longest prefix of the queue that fits beside the current holders.
+pub(crate) fn fifo_choice(
+    holders: &[HolderView],
+    waiters: &[WaiterView],
+    max_holders: u32,
+) -> Vec<usize> {
+    let mut fit = Fit::new(holders, max_holders);
+    let mut chosen = Vec::new();
+    for (index, waiter) in waiters.iter().enumerate() {
+        if !fit.admit(waiter.mode) {
+            break;
+        }
+        chosen.push(index);
+    }
+    assert!(chosen.len() <= waiters.len());
+    chosen
+}
+
+/// Whether a `choose_next` answer may be applied as is: every index in range and distinct,
+/// the waiters compatible with the holders and with each other in the given order, and not
+/// empty when the lock is free (nothing else would re-evaluate that queue).
+pub(crate) fn choice_is_valid(
+    holders: &[HolderView],
+    waiters: &[WaiterView],
+    max_holders: u32,
+    choice: &[usize],
+) -> bool {
+    if choice.is_empty() {
+        return !holders.is_empty();
+    }
+    let mut seen = BTreeSet::new();
+    let mut fit = Fit::new(holders, max_holders);
+    for &index in choice {
+        let Some(waiter) = waiters.get(index) else {
+            return false;
+        };
+        if !seen.insert(index) || !fit.admit(waiter.mode) {
+            return false;
+        }
+    }
+    true
+}
+
+/// Clamps a policy's lease answer into the limits. Returns the decision and whether it had to
+/// be changed (a policy fault).
+pub(crate) fn clamp_lease(decision: LeaseDecision) -> (LeaseDecision, bool) {
+    let clamped = LeaseDecision {
+        lease_ms: decision.lease_ms.min(limits::LEASE_MS_MAX),
+        lock_delay_ms: decision.lock_delay_ms.min(limits::LOCK_DELAY_MS_MAX),
+    };
+    (clamped, clamped != decision)
+}
+
+/// Truncates a policy's deny reason to `limits::POLICY_REASON_BYTES_MAX`, on a char boundary.
+pub(crate) fn truncate_reason(mut reason: String) -> String {
+    if reason.len() > limits::POLICY_REASON_BYTES_MAX {
+        let mut end = limits::POLICY_REASON_BYTES_MAX;
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        reason.truncate(end);
+    }
+    assert!(reason.len() <= limits::POLICY_REASON_BYTES_MAX);
+    reason
+}
+
+/// Simulates granting waiters one after another beside the current holders.
+struct Fit {
+    mode: Option<Mode>,
+    count: u64,
+    max_holders: u64,
+}
+
+impl Fit {
+    fn new(holders: &[HolderView], max_holders: u32) -> Fit {
+        let mode = holders.first().map(|holder| holder.mode);
+        Fit {
+            mode,
+            count: holders.len() as u64,
+            max_holders: u64::from(max_holders.max(1)),
+        }
+    }
+
+    /// Takes one more holder of `mode` if it fits; false (and unchanged) otherwise.
+    fn admit(&mut self, mode: Mode) -> bool {
+        let fits = match self.mode {
+            None => true,
+            Some(Mode::Exclusive) => false,
+            Some(Mode::Shared) => mode == Mode::Shared && self.count < self.max_holders,
+        };
+        if fits {
+            self.mode = Some(mode);
+            self.count += 1;
+        }
+        fits
+    }
+}

@@ -1,0 +1,376 @@
+//! Data-driven tests of the state machine. Most tests are a script of commands, one log entry
+//! per line, and the expected rendering of what `apply` returned, checked by [`check`]. After
+//! every entry the harness also runs `check_invariants()` and a snapshot round trip.
+//!
+//! Script syntax (one entry per line; `#` starts a comment; log indexes count from 1):
+//!
+//! ```text
+//! @5000                       optional prefix on any line: cluster time of this and later entries
+//! open [ttl=N] [principal=P] [k:v ...]       default ttl=10000
+//! close S
+//! acquire S NAME [shared] [max=N] [wait=N] [req=N] [prio=N]    default exclusive try-lock
+//! release S NAME TOKEN [req=N]
+//! cancel S NAME
+//! tick [S ...]                (sessions renewed)
+//! noop
+//! ?lock NAME  ?session S  ?token NAME TOKEN  ?next  ?faults     queries: rendered, not applied
+//! ```
+
+mod determinism;
+mod limits;
+mod locks;
+mod policies;
+mod sessions;
+mod snapshot;
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use crate::{
+    AcquireRequest, Applied, BuiltinFifo, Command, Entry, Event, LockView, Mode, Outcome,
+    PolicyRuntime, State, apply,
+};
+
+/// Runs `script` with the built-in FIFO policy and compares the rendering with `expect`.
+pub(crate) fn check(script: &str, expect: &str) {
+    check_with(&mut BuiltinFifo, script, expect);
+}
+
+/// Runs `script` with `policy` and compares the rendering with `expect` (whitespace at line
+/// ends and blank lines ignored).
+pub(crate) fn check_with(policy: &mut dyn PolicyRuntime, script: &str, expect: &str) {
+    assert_text(&run(policy, script), expect);
+}
+
+/// Runs `script` and returns its rendering.
+pub(crate) fn run(policy: &mut dyn PolicyRuntime, script: &str) -> String {
+    let mut harness = Harness::new(policy);
+    for line in script.lines() {
+        harness.line(line);
+    }
+    harness.out
+}
+
+pub(crate) fn assert_text(actual: &str, expect: &str) {
+    if normalize(actual) != normalize(expect) {
+        panic!(
+            "rendering differs.\n--- expected ---\n{}\n--- actual ---\n{}",
+            normalize(expect),
+            normalize(actual)
+        );
+    }
+}
+
+fn normalize(text: &str) -> String {
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .collect();
+    lines.join("\n")
+}
+
+/// Applies entries to one state, checking invariants and snapshots after each.
+pub(crate) struct Harness<'p> {
+    pub(crate) state: State,
+    policy: &'p mut dyn PolicyRuntime,
+    pub(crate) now_ms: u64,
+    pub(crate) out: String,
+}
+
+impl<'p> Harness<'p> {
+    pub(crate) fn new(policy: &'p mut dyn PolicyRuntime) -> Harness<'p> {
+        Harness {
+            state: State::default(),
+            policy,
+            now_ms: 0,
+            out: String::new(),
+        }
+    }
+
+    /// Applies one command as the next log entry, renders the result into `out`.
+    pub(crate) fn apply(&mut self, command: Command) -> Applied {
+        let log_index = self.state.applied_index() + 1;
+        let entry = Entry {
+            log_index,
+            now_ms: self.now_ms,
+            command,
+        };
+        let applied = apply(&mut self.state, &entry, self.policy);
+        if let Err(broken) = self.state.check_invariants() {
+            panic!(
+                "invariant broken after entry {log_index}: {broken}\n{:#?}",
+                self.state
+            );
+        }
+        // Round-trip the snapshot after every entry of a short script; after every 64th in the
+        // long ones (the limit tests build a thousand waiters or holds).
+        if log_index <= 256 || log_index.is_multiple_of(64) {
+            let bytes = self.state.to_snapshot_bytes();
+            let restored = State::from_snapshot_bytes(&bytes).expect("snapshot decodes");
+            assert_eq!(restored, self.state);
+            assert_eq!(restored.to_snapshot_bytes(), bytes);
+        }
+        writeln!(
+            self.out,
+            "#{log_index} => {}",
+            render_outcome(&applied.outcome)
+        )
+        .unwrap();
+        for event in &applied.events {
+            writeln!(self.out, "   + {}", render_event(event)).unwrap();
+        }
+        applied
+    }
+
+    pub(crate) fn line(&mut self, line: &str) {
+        let line = line.split('#').next().unwrap_or("").trim();
+        let mut words: Vec<&str> = line.split_whitespace().collect();
+        if let Some(time) = words.first().and_then(|word| word.strip_prefix('@')) {
+            self.now_ms = time.parse().expect("@time");
+            words.remove(0);
+        }
+        let Some((&verb, args)) = words.split_first() else {
+            return;
+        };
+        if let Some(query) = verb.strip_prefix('?') {
+            let rendered = self.query(query, args);
+            writeln!(
+                self.out,
+                "?{} => {rendered}",
+                words.join(" ").trim_start_matches('?')
+            )
+            .unwrap();
+            return;
+        }
+        let command = parse_command(verb, args);
+        self.apply(command);
+    }
+
+    fn query(&self, query: &str, args: &[&str]) -> String {
+        match query {
+            "lock" => self
+                .state
+                .lock(args[0])
+                .map_or("none".to_string(), |lock| render_lock(&lock)),
+            "session" => match self.state.session(number(args[0])) {
+                None => "none".to_string(),
+                Some(session) => format!(
+                    "expires={} holds={:?} waiting={:?}",
+                    session.expires_at_ms, session.holds, session.waiting
+                ),
+            },
+            "token" => format!("{:?}", self.state.check_token(args[0], number(args[1]))),
+            "next" => format!("{:?}", self.state.next_deadline_ms()),
+            "faults" => format!("{}", self.state.policy_fault_count()),
+            other => panic!("unknown query ?{other}"),
+        }
+    }
+}
+
+fn number(word: &str) -> u64 {
+    word.parse()
+        .unwrap_or_else(|_| panic!("expected a number, got {word:?}"))
+}
+
+fn parse_command(verb: &str, args: &[&str]) -> Command {
+    let mut positional = Vec::new();
+    let mut options: BTreeMap<&str, &str> = BTreeMap::new();
+    for arg in args {
+        match arg.split_once('=') {
+            Some((key, value)) => {
+                options.insert(key, value);
+            }
+            None => positional.push(*arg),
+        }
+    }
+    let option = |key: &str, default: u64| options.get(key).map_or(default, |value| number(value));
+    match verb {
+        "noop" => Command::Noop,
+        "open" => Command::OpenSession {
+            ttl_ms: option("ttl", 10_000),
+            principal: options.get("principal").unwrap_or(&"p").to_string(),
+            labels: positional
+                .iter()
+                .map(|label| {
+                    let (key, value) = label.split_once(':').expect("label k:v");
+                    (key.to_string(), value.to_string())
+                })
+                .collect(),
+        },
+        "close" => Command::CloseSession {
+            session_id: number(positional[0]),
+        },
+        "tick" => Command::Tick {
+            renewed: positional.iter().map(|id| number(id)).collect(),
+        },
+        "acquire" => Command::Acquire(AcquireRequest {
+            session_id: number(positional[0]),
+            request_id: option("req", 0),
+            name: positional[1].to_string(),
+            mode: if positional.contains(&"shared") {
+                Mode::Shared
+            } else {
+                Mode::Exclusive
+            },
+            max_holders: u32::try_from(option("max", 0)).unwrap(),
+            wait_timeout_ms: option("wait", 0),
+            priority: i32::try_from(option("prio", 0)).unwrap(),
+        }),
+        "release" => Command::Release {
+            session_id: number(positional[0]),
+            request_id: option("req", 0),
+            name: positional[1].to_string(),
+            token: number(positional[2]),
+        },
+        "cancel" => Command::CancelWait {
+            session_id: number(positional[0]),
+            name: positional[1].to_string(),
+        },
+        other => panic!("unknown command {other:?}"),
+    }
+}
+
+fn mode_letter(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Exclusive => "x",
+        Mode::Shared => "s",
+    }
+}
+
+pub(crate) fn render_outcome(outcome: &Outcome) -> String {
+    match outcome {
+        Outcome::None => "ok".to_string(),
+        Outcome::SessionOpened { session_id, ttl_ms } => {
+            format!("opened s{session_id} ttl={ttl_ms}")
+        }
+        Outcome::SessionClosed { session_id } => format!("closed s{session_id}"),
+        Outcome::Acquired {
+            token,
+            lease_ms,
+            reentrant,
+        } => {
+            let lease = if *lease_ms > 0 {
+                format!(" lease={lease_ms}")
+            } else {
+                String::new()
+            };
+            let reentrant = if *reentrant { " reentrant" } else { "" };
+            format!("acquired t{token}{lease}{reentrant}")
+        }
+        Outcome::Queued { position } => format!("queued pos={position}"),
+        Outcome::Released { token } => format!("released t{token}"),
+        Outcome::WaitCancelled => "wait-cancelled".to_string(),
+        Outcome::Rejected(rejection) => format!("rejected {rejection:?}"),
+    }
+}
+
+pub(crate) fn render_event(event: &Event) -> String {
+    match event {
+        Event::SessionOpened { session_id } => format!("session-opened s{session_id}"),
+        Event::SessionClosed { session_id } => format!("session-closed s{session_id}"),
+        Event::SessionExpired { session_id } => format!("session-expired s{session_id}"),
+        Event::Acquired {
+            name,
+            session_id,
+            token,
+            mode,
+            lease_ms,
+        } => {
+            let lease = if *lease_ms > 0 {
+                format!(" lease={lease_ms}")
+            } else {
+                String::new()
+            };
+            format!(
+                "acquired {name} s{session_id} t{token} {}{lease}",
+                mode_letter(*mode)
+            )
+        }
+        Event::Released {
+            name,
+            session_id,
+            token,
+            reason,
+        } => {
+            format!("released {name} s{session_id} t{token} {reason:?}")
+        }
+        Event::Queued {
+            name,
+            session_id,
+            position,
+        } => format!("queued {name} s{session_id} pos={position}"),
+        Event::LeftQueue {
+            name,
+            session_id,
+            reason,
+        } => format!("left {name} s{session_id} {reason:?}"),
+    }
+}
+
+fn render_lock(lock: &LockView) -> String {
+    let holders: Vec<String> = lock
+        .holders
+        .iter()
+        .map(|holder| {
+            let lease = holder
+                .lease_expires_at_ms
+                .map_or(String::new(), |at| format!(" lease-until={at}"));
+            format!("s{}:t{}{lease}", holder.session_id, holder.token)
+        })
+        .collect();
+    let waiters: Vec<String> = lock
+        .waiters
+        .iter()
+        .map(|waiter| {
+            format!(
+                "{}:s{}:{}",
+                waiter.position,
+                waiter.session_id,
+                mode_letter(waiter.mode)
+            )
+        })
+        .collect();
+    let delayed = lock
+        .delayed_until_ms
+        .map_or(String::new(), |until| format!(" delayed-until={until}"));
+    format!(
+        "{}/{} holders=[{}] waiters=[{}]{delayed}",
+        mode_letter(lock.mode),
+        lock.max_holders,
+        holders.join(" "),
+        waiters.join(" ")
+    )
+}
+
+/// splitmix64: a tiny seeded PRNG for tests (the crate has no randomness).
+pub(crate) struct SplitMix64(u64);
+
+impl SplitMix64 {
+    pub(crate) fn new(seed: u64) -> SplitMix64 {
+        SplitMix64(seed)
+    }
+
+    pub(crate) fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..bound` (bound > 0; the modulo bias is irrelevant here).
+    pub(crate) fn below(&mut self, bound: u64) -> u64 {
+        assert!(bound > 0);
+        self.next_u64() % bound
+    }
+
+    /// True with probability `percent`/100.
+    pub(crate) fn percent(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+
+    pub(crate) fn pick<'t, T>(&mut self, items: &'t [T]) -> &'t T {
+        &items[self.below(items.len() as u64) as usize]
+    }
+}

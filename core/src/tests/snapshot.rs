@@ -1,0 +1,153 @@
+//! Snapshots: canonical bytes, digests, and refusal of bad bytes without panicking.
+
+use super::{Harness, SplitMix64};
+use crate::{BuiltinFifo, SNAPSHOT_FORMAT_VERSION, SnapshotError, State};
+
+const SCRIPT: &str = "
+    @0 open principal=marker-principal zone:eu
+    open ttl=60000
+    open ttl=60000
+    acquire 1 a req=1
+    acquire 2 a wait=5000 req=1
+    acquire 2 r shared max=3
+    acquire 3 r shared max=3
+    acquire 3 b
+    @1000 tick 1 2 3
+";
+
+fn build(script: &str) -> State {
+    let mut policy = BuiltinFifo;
+    let mut harness = Harness::new(&mut policy);
+    for line in script.lines() {
+        harness.line(line);
+    }
+    harness.state
+}
+
+#[test]
+fn round_trip_gives_equal_bytes_and_digest() {
+    let state = build(SCRIPT);
+    let bytes = state.to_snapshot_bytes();
+    assert_eq!(bytes[0], SNAPSHOT_FORMAT_VERSION);
+    let restored = State::from_snapshot_bytes(&bytes).unwrap();
+    assert_eq!(restored, state);
+    assert_eq!(restored.to_snapshot_bytes(), bytes);
+    assert_eq!(restored.digest(), state.digest());
+    assert_eq!(restored.next_deadline_ms(), state.next_deadline_ms());
+    assert_eq!(restored.lock("a"), state.lock("a"));
+    assert_eq!(restored.session(1), state.session(1));
+    // A state built independently from the same entries has the same digest.
+    assert_eq!(build(SCRIPT).digest(), state.digest());
+    // One more entry changes it.
+    assert_ne!(build(&format!("{SCRIPT}\nnoop")).digest(), state.digest());
+    assert_eq!(
+        State::default().digest(),
+        State::from_snapshot_bytes(&State::default().to_snapshot_bytes())
+            .unwrap()
+            .digest()
+    );
+}
+
+#[test]
+fn refuses_empty_unknown_version_truncated_and_trailing_bytes() {
+    let bytes = build(SCRIPT).to_snapshot_bytes();
+    assert_eq!(State::from_snapshot_bytes(&[]), Err(SnapshotError::Empty));
+    let mut wrong_version = bytes.clone();
+    wrong_version[0] = SNAPSHOT_FORMAT_VERSION + 1;
+    assert_eq!(
+        State::from_snapshot_bytes(&wrong_version),
+        Err(SnapshotError::UnsupportedVersion {
+            found: SNAPSHOT_FORMAT_VERSION + 1,
+            expected: SNAPSHOT_FORMAT_VERSION
+        })
+    );
+    for len in 1..bytes.len() {
+        assert!(
+            matches!(
+                State::from_snapshot_bytes(&bytes[..len]),
+                Err(SnapshotError::Decode(_))
+            ),
+            "prefix {len}"
+        );
+    }
+    let mut trailing = bytes.clone();
+    trailing.push(0);
+    assert_eq!(
+        State::from_snapshot_bytes(&trailing),
+        Err(SnapshotError::TrailingBytes { count: 1 })
+    );
+}
+
+#[test]
+fn refuses_a_decodable_but_invalid_state() {
+    let mut state = build(SCRIPT);
+    // Move time past every session's expiry without firing the deadlines.
+    state.now_ms = 10_000_000;
+    let result = State::from_snapshot_bytes(&state.to_snapshot_bytes());
+    assert!(
+        matches!(&result, Err(SnapshotError::Invalid(reason)) if reason.contains("expiry")),
+        "{result:?}"
+    );
+
+    let mut state = build(SCRIPT);
+    state.deadlines.pop_last();
+    let result = State::from_snapshot_bytes(&state.to_snapshot_bytes());
+    assert!(
+        matches!(&result, Err(SnapshotError::Invalid(reason)) if reason.contains("deadline")),
+        "{result:?}"
+    );
+
+    let mut state = build(SCRIPT);
+    let lock = state.locks.get_mut("a").unwrap();
+    let hold = lock.holders.values().next().unwrap().clone();
+    lock.holders.insert(2, hold);
+    let result = State::from_snapshot_bytes(&state.to_snapshot_bytes());
+    assert!(
+        matches!(result, Err(SnapshotError::Invalid(_))),
+        "{result:?}"
+    );
+}
+
+#[test]
+fn a_corrupt_length_prefix_is_refused_without_allocating_it() {
+    let bytes = build(SCRIPT).to_snapshot_bytes();
+    let marker = b"marker-principal";
+    let at = bytes
+        .windows(marker.len())
+        .position(|window| window == marker)
+        .unwrap();
+    assert_eq!(bytes[at - 1] as usize, marker.len(), "varint length prefix");
+    // bincode varint: 253 then a little-endian u64.
+    let mut corrupt = bytes[..at - 1].to_vec();
+    corrupt.push(253);
+    corrupt.extend_from_slice(&(u64::MAX / 2).to_le_bytes());
+    corrupt.extend_from_slice(&bytes[at..]);
+    assert!(matches!(
+        State::from_snapshot_bytes(&corrupt),
+        Err(SnapshotError::Decode(_))
+    ));
+}
+
+#[test]
+fn random_bytes_and_bit_flips_never_panic() {
+    let valid = build(SCRIPT).to_snapshot_bytes();
+    let mut random = SplitMix64::new(0x5eed);
+    for _ in 0..2_000 {
+        let len = random.below(300) as usize;
+        let mut bytes: Vec<u8> = (0..len).map(|_| random.next_u64() as u8).collect();
+        if let Some(first) = bytes.first_mut() {
+            *first = SNAPSHOT_FORMAT_VERSION;
+        }
+        if let Ok(state) = State::from_snapshot_bytes(&bytes) {
+            state.check_invariants().unwrap();
+        }
+    }
+    for _ in 0..2_000 {
+        let mut bytes = valid.clone();
+        let at = 1 + random.below(valid.len() as u64 - 1) as usize;
+        bytes[at] ^= 1 << random.below(8);
+        if let Ok(state) = State::from_snapshot_bytes(&bytes) {
+            state.check_invariants().unwrap();
+        }
+    }
+}

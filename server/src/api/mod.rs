@@ -1,0 +1,68 @@
+//! The gRPC edge: the only place that knows protobuf. Every handler has the same steps (etcd's
+//! v3rpc): validate the request's shape → write or read through [`Node`] → map rejections and
+//! errors through `status` → fill the response header.
+
+mod locks;
+mod peer;
+mod sessions;
+pub mod status;
+mod validate;
+
+use std::sync::Arc;
+
+use holdfast_proto::v1::{self as pb, ResponseHeader};
+use openraft::async_runtime::WatchReceiver as _;
+
+use crate::node::Node;
+
+pub use locks::LocksApi;
+pub use peer::PeerApi;
+pub use sessions::SessionsApi;
+
+/// Header for an answer computed at `revision` (a write's log index, or the applied index of a
+/// read) with cluster time `now_ms`.
+fn header(node: &Node, revision: u64, now_ms: u64) -> Option<ResponseHeader> {
+    let (leader, _) = node.leader();
+    Some(ResponseHeader { revision, node_id: node.id, leader_id: leader.unwrap_or(0), now_ms })
+}
+
+/// Header for a read of the current applied state.
+fn read_header(node: &Node) -> Option<ResponseHeader> {
+    let (revision, now_ms) = node.shared.read(|s| (s.applied_index(), s.now_ms()));
+    header(node, revision, now_ms)
+}
+
+pub struct ClusterApi {
+    pub node: Arc<Node>,
+}
+
+#[tonic::async_trait]
+impl pb::cluster_server::Cluster for ClusterApi {
+    async fn status(
+        &self,
+        _request: tonic::Request<pb::StatusRequest>,
+    ) -> Result<tonic::Response<pb::StatusResponse>, tonic::Status> {
+        let node = &self.node;
+        let (leader_id, leader_addr) = node.leader();
+        let (term, last_log_index, voters) = {
+            let metrics = node.raft.metrics();
+            let metrics = metrics.borrow_watched();
+            let voters: Vec<u64> = metrics.membership_config.membership().voter_ids().collect();
+            (metrics.current_term, metrics.last_log_index.unwrap_or(0), voters)
+        };
+        let (applied_index, now_ms, session_count, digest) =
+            node.shared.read(|s| (s.applied_index(), s.now_ms(), s.session_count(), s.digest()));
+        Ok(tonic::Response::new(pb::StatusResponse {
+            node_id: node.id,
+            leader_id: leader_id.unwrap_or(0),
+            leader_addr: leader_addr.unwrap_or_default(),
+            term,
+            last_log_index,
+            applied_index,
+            now_ms,
+            voters,
+            session_count: session_count as u64,
+            state_digest: digest.iter().map(|b| format!("{b:02x}")).collect(),
+        }))
+    }
+}

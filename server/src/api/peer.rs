@@ -1,0 +1,74 @@
+//! The internal peer service: Raft RPCs, and the leader's side of forwarded writes, keepalives
+//! and read-index requests. Payloads are `raft::codec` bincode.
+
+use std::sync::Arc;
+
+use holdfast_core::{Command, SessionId};
+use holdfast_proto::internal::{Payload, peer_server::Peer};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tonic::{Request, Response, Status};
+
+use crate::node::{Node, Renewal, ServeError};
+use crate::raft::{SnapshotMeta, TypeConfig, Vote, codec};
+
+pub struct PeerApi {
+    pub node: Arc<Node>,
+}
+
+fn decode<T: DeserializeOwned>(request: Request<Payload>) -> Result<T, Status> {
+    codec::decode(&request.into_inner().data).map_err(|e| Status::invalid_argument(format!("undecodable peer payload: {e}")))
+}
+
+fn reply<T: Serialize>(value: &T) -> Result<Response<Payload>, Status> {
+    Ok(Response::new(Payload { data: codec::encode(value) }))
+}
+
+#[tonic::async_trait]
+impl Peer for PeerApi {
+    async fn append_entries(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
+        let rpc: openraft::raft::AppendEntriesRequest<TypeConfig> = decode(request)?;
+        let result = self.node.raft.append_entries(rpc).await.map_err(|e| e.to_string());
+        reply(&result)
+    }
+
+    async fn vote(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
+        let rpc: openraft::raft::VoteRequest<TypeConfig> = decode(request)?;
+        let result = self.node.raft.vote(rpc).await.map_err(|e| e.to_string());
+        reply(&result)
+    }
+
+    async fn pre_vote(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
+        let rpc: openraft::raft::VoteRequest<TypeConfig> = decode(request)?;
+        let result = self.node.raft.pre_vote(rpc).await.map_err(|e| e.to_string());
+        reply(&result)
+    }
+
+    async fn install_snapshot(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
+        let (vote, meta, data): (Vote, SnapshotMeta, Vec<u8>) = decode(request)?;
+        let snapshot = openraft::Snapshot { meta, snapshot: data };
+        let result = self.node.raft.install_full_snapshot(vote, snapshot).await.map_err(|e| e.to_string());
+        reply(&result)
+    }
+
+    async fn forward(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
+        let command: Command = decode(request)?;
+        let result = self.node.propose(command).await;
+        reply(&result)
+    }
+
+    async fn renew(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
+        let sessions: Vec<SessionId> = decode(request)?;
+        if sessions.len() > holdfast_core::limits::RENEWALS_PER_TICK_MAX {
+            return Err(Status::invalid_argument("too many sessions in one renewal"));
+        }
+        let result: Result<Vec<Renewal>, ServeError> = self.node.renew_as_leader(&sessions);
+        reply(&result)
+    }
+
+    async fn read_index(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
+        let () = decode(request)?;
+        let result = self.node.read_index_as_leader().await;
+        reply(&result)
+    }
+}

@@ -1,0 +1,81 @@
+//! Node configuration: command-line flags, an optional TOML file, `HOLDFAST_*` environment
+//! variables (clap's `env`), in that order of precedence: flag > env > file > default.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// Raft timing, in milliseconds. Defaults give a leader fail-over of about 1–2 s on a LAN.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RaftTiming {
+    pub heartbeat_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// Build a snapshot (and purge the log behind it) after this many applied entries.
+    pub snapshot_every_entries: u64,
+}
+
+impl Default for RaftTiming {
+    fn default() -> RaftTiming {
+        RaftTiming { heartbeat_ms: 100, election_timeout_min_ms: 400, election_timeout_max_ms: 800, snapshot_every_entries: 10_000 }
+    }
+}
+
+/// Everything one node needs to start.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Raft node id, unique in the cluster, > 0.
+    pub id: u64,
+    /// Address the gRPC server listens on (client API and peer protocol).
+    pub listen: String,
+    /// Address other nodes and clients use to reach this node (defaults to `listen`).
+    #[serde(default)]
+    pub advertise: Option<String>,
+    /// Every voter of the initial cluster (this node included): id -> address. Peer traffic
+    /// goes to these addresses.
+    pub peers: BTreeMap<u64, String>,
+    /// Optional per-peer route overrides: peer traffic to node `id` goes to this address instead
+    /// (a test harness routes through its fault-injecting proxy this way).
+    #[serde(default)]
+    pub routes: BTreeMap<u64, String>,
+    /// Directory of this node's rocksdb database.
+    pub data_dir: PathBuf,
+    #[serde(default)]
+    pub raft: RaftTiming,
+}
+
+impl NodeConfig {
+    pub fn advertise_addr(&self) -> &str {
+        self.advertise.as_deref().unwrap_or(&self.listen)
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.id > 0, "node id must be > 0");
+        anyhow::ensure!(self.peers.contains_key(&self.id), "the peer list must include this node ({})", self.id);
+        anyhow::ensure!(!self.peers.contains_key(&0), "node ids must be > 0");
+        let timing = &self.raft;
+        anyhow::ensure!(
+            timing.heartbeat_ms > 0 && timing.heartbeat_ms < timing.election_timeout_min_ms,
+            "heartbeat_ms must be > 0 and below election_timeout_min_ms"
+        );
+        anyhow::ensure!(
+            timing.election_timeout_min_ms < timing.election_timeout_max_ms,
+            "election_timeout_min_ms must be below election_timeout_max_ms"
+        );
+        anyhow::ensure!(timing.snapshot_every_entries > 0, "snapshot_every_entries must be > 0");
+        Ok(())
+    }
+}
+
+/// Parses `ID=HOST:PORT`.
+pub fn parse_peer(text: &str) -> Result<(u64, String), String> {
+    let (id, addr) = text.split_once('=').ok_or_else(|| format!("expected ID=HOST:PORT, got {text:?}"))?;
+    let id: u64 = id.trim().parse().map_err(|_| format!("peer id {id:?} is not a number"))?;
+    if addr.trim().is_empty() {
+        return Err(format!("peer {id} has an empty address"));
+    }
+    Ok((id, addr.trim().to_owned()))
+}

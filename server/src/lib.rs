@@ -1,0 +1,10 @@
+//! holdfast-server: the shell around `holdfast-core`. Raft (openraft) with a rocksdb log, the
+//! tonic gRPC API, the leader's clock and ticker, and the `holdfast` binary's commands.
+
+pub mod api;
+pub mod clock;
+pub mod config;
+pub mod node;
+pub mod raft;
+pub mod server;
+pub mod waiters;

@@ -1,0 +1,180 @@
+//! The `holdfast` binary: `serve` runs one node, `dev` runs a local 3-node cluster in one process.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use holdfast_server::config::{NodeConfig, RaftTiming, parse_peer};
+use holdfast_server::server;
+
+#[derive(Parser)]
+#[command(name = "holdfast", version, about = "Raft-replicated lock server with programmable lock policies")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one node of a cluster.
+    Serve(ServeArgs),
+    /// Run a local 3-node cluster in this process (client API on 127.0.0.1:7701..7703).
+    Dev(DevArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// TOML file with the same keys as the flags (id, listen, advertise, peers, routes, data_dir,
+    /// [raft] heartbeat_ms ...). Flags and HOLDFAST_* variables override it.
+    #[arg(long, env = "HOLDFAST_CONFIG")]
+    config: Option<PathBuf>,
+    /// Raft node id (> 0).
+    #[arg(long, env = "HOLDFAST_ID")]
+    id: Option<u64>,
+    /// gRPC listen address.
+    #[arg(long, env = "HOLDFAST_LISTEN")]
+    listen: Option<String>,
+    /// Address others use to reach this node (default: --listen).
+    #[arg(long, env = "HOLDFAST_ADVERTISE")]
+    advertise: Option<String>,
+    /// A voter of the initial cluster, ID=HOST:PORT; repeat for each (include this node).
+    #[arg(long = "peer", value_parser = parse_peer, env = "HOLDFAST_PEERS", value_delimiter = ',')]
+    peers: Vec<(u64, String)>,
+    /// Send peer traffic for node ID to another address, ID=HOST:PORT (fault-injection proxies).
+    #[arg(long = "route", value_parser = parse_peer)]
+    routes: Vec<(u64, String)>,
+    /// Data directory (rocksdb).
+    #[arg(long, env = "HOLDFAST_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    #[arg(long, env = "HOLDFAST_HEARTBEAT_MS")]
+    heartbeat_ms: Option<u64>,
+    #[arg(long, env = "HOLDFAST_ELECTION_TIMEOUT_MIN_MS")]
+    election_timeout_min_ms: Option<u64>,
+    #[arg(long, env = "HOLDFAST_ELECTION_TIMEOUT_MAX_MS")]
+    election_timeout_max_ms: Option<u64>,
+    /// Snapshot after this many applied entries.
+    #[arg(long, env = "HOLDFAST_SNAPSHOT_EVERY_ENTRIES")]
+    snapshot_every_entries: Option<u64>,
+}
+
+#[derive(Args)]
+struct DevArgs {
+    /// Client port of node 1; nodes 2 and 3 use the next two ports.
+    #[arg(long, default_value_t = 7701, env = "HOLDFAST_BASE_PORT")]
+    base_port: u16,
+    /// Where the three nodes keep their data (node-1, node-2, node-3 inside).
+    #[arg(long, default_value = "./holdfast-data", env = "HOLDFAST_DATA_DIR")]
+    data_dir: PathBuf,
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    id: Option<u64>,
+    listen: Option<String>,
+    advertise: Option<String>,
+    #[serde(default)]
+    peers: BTreeMap<String, String>,
+    #[serde(default)]
+    routes: BTreeMap<String, String>,
+    data_dir: Option<PathBuf>,
+    #[serde(default)]
+    raft: RaftTiming,
+}
+
+fn parse_id_map(map: BTreeMap<String, String>) -> anyhow::Result<BTreeMap<u64, String>> {
+    map.into_iter().map(|(id, addr)| Ok((id.parse().with_context(|| format!("peer id {id:?}"))?, addr))).collect()
+}
+
+fn node_config(args: ServeArgs) -> anyhow::Result<NodeConfig> {
+    let file: FileConfig = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?
+        }
+        None => FileConfig::default(),
+    };
+    let mut peers = parse_id_map(file.peers)?;
+    peers.extend(args.peers);
+    let mut routes = parse_id_map(file.routes)?;
+    routes.extend(args.routes);
+    let mut raft = file.raft;
+    raft.heartbeat_ms = args.heartbeat_ms.unwrap_or(raft.heartbeat_ms);
+    raft.election_timeout_min_ms = args.election_timeout_min_ms.unwrap_or(raft.election_timeout_min_ms);
+    raft.election_timeout_max_ms = args.election_timeout_max_ms.unwrap_or(raft.election_timeout_max_ms);
+    raft.snapshot_every_entries = args.snapshot_every_entries.unwrap_or(raft.snapshot_every_entries);
+    let id = args.id.or(file.id).context("--id is required")?;
+    let listen = args.listen.or(file.listen).context("--listen is required")?;
+    let data_dir = args.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from(format!("./holdfast-data/node-{id}")));
+    if peers.is_empty() {
+        peers.insert(id, listen.clone());
+    }
+    Ok(NodeConfig { id, listen, advertise: args.advertise.or(file.advertise), peers, routes, data_dir, raft })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("installing SIGTERM handler");
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term.recv() => {}
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let config = node_config(args)?;
+    let running = server::start(config.clone()).await?;
+    println!("holdfast node {} serving on {} (data in {})", config.id, config.listen, config.data_dir.display());
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    running.shutdown().await
+}
+
+async fn dev(args: DevArgs) -> anyhow::Result<()> {
+    const DEV_NODES: u64 = 3;
+    let addr = |id: u64| format!("127.0.0.1:{}", u64::from(args.base_port) + id - 1);
+    let peers: BTreeMap<u64, String> = (1..=DEV_NODES).map(|id| (id, addr(id))).collect();
+    let mut nodes = Vec::new();
+    for id in 1..=DEV_NODES {
+        let config = NodeConfig {
+            id,
+            listen: addr(id),
+            advertise: None,
+            peers: peers.clone(),
+            routes: BTreeMap::new(),
+            data_dir: args.data_dir.join(format!("node-{id}")),
+            raft: RaftTiming::default(),
+        };
+        nodes.push(server::start(config).await.with_context(|| format!("starting node {id}"))?);
+    }
+    println!("holdfast dev cluster: 3 nodes, data in {}", args.data_dir.display());
+    for (id, addr) in &peers {
+        println!("  node {id}: http://{addr}");
+    }
+    println!("Ctrl-C stops all three; running `holdfast dev` again resumes the same cluster.");
+    shutdown_signal().await;
+    println!("stopping");
+    for running in nodes {
+        running.shutdown().await?;
+    }
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+    runtime.block_on(async {
+        match cli.command {
+            Command::Serve(args) => serve(args).await,
+            Command::Dev(args) => dev(args).await,
+        }
+    })
+}

@@ -1,0 +1,329 @@
+//! One Holdfast node: the Raft handle, the applied state, the leader's clock and the paths every
+//! request takes: writes (proposed here when leader, forwarded otherwise), keepalives (folded into
+//! the leader's next `Tick`) and linearizable reads (read index from the leader, then local
+//! apply).
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use holdfast_core::{Command, SessionId};
+use openraft::async_runtime::WatchReceiver as _;
+use openraft::{Instant as _, ReadPolicy, ServerState};
+use serde::{Deserialize, Serialize};
+
+use crate::clock::LeaderClock;
+use crate::raft::network::{PeerError, PeerRpc, Peers};
+use crate::raft::state_machine::Shared;
+use crate::raft::{NodeId, Proposal, Raft, Response};
+
+/// How long a write may take to commit before the caller gets UNAVAILABLE (the write may still
+/// commit later; requests are idempotent, so a retry is safe).
+pub const WRITE_TIMEOUT_MS: u64 = 5_000;
+/// Deadline of a forwarded write, leader side work included.
+pub const FORWARD_TIMEOUT_MS: u64 = WRITE_TIMEOUT_MS + 500;
+/// Deadline of small peer calls (keepalive forwarding, read index).
+pub const PEER_CALL_TIMEOUT_MS: u64 = 2_000;
+/// A leader that has not heard from a quorum for this long refuses writes at once instead of
+/// letting them time out: it is probably on the minority side of a partition.
+pub const QUORUM_STALE_MS: u64 = 1_500;
+/// How often the leader considers proposing a `Tick`.
+pub const TICK_INTERVAL_MS: u64 = 50;
+/// While sessions exist, the leader ticks at least this often, so that little cluster time is
+/// lost if it dies.
+pub const TICK_IDLE_INTERVAL_MS: u64 = 1_000;
+/// Most keepalives buffered on the leader between two ticks.
+pub const PENDING_RENEWALS_MAX: usize = holdfast_core::limits::RENEWALS_PER_TICK_MAX;
+
+/// Why a write or read could not be served. Every variant is retryable except `Fatal`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum ServeError {
+    #[error("this node is not the leader and cannot reach one (last known leader: {})", fmt_leader(.leader_id, .leader_addr))]
+    NotLeader { leader_id: Option<NodeId>, leader_addr: Option<String> },
+    #[error("the leader changed while the request was in flight; retry (requests are idempotent)")]
+    LeaderChanged { leader_id: Option<NodeId>, leader_addr: Option<String> },
+    #[error("no quorum: the write did not commit within {timeout_ms} ms; it may still commit, retry with the same request id")]
+    NoQuorum { timeout_ms: u64, leader_id: Option<NodeId>, leader_addr: Option<String> },
+    #[error("too many pending keepalives on the leader")]
+    Overloaded,
+    #[error("internal error: {0}")]
+    Fatal(String),
+}
+
+fn fmt_leader(id: &Option<NodeId>, addr: &Option<String>) -> String {
+    match (id, addr) {
+        (Some(id), Some(addr)) => format!("node {id} at {addr}"),
+        (Some(id), None) => format!("node {id}"),
+        _ => "none".to_owned(),
+    }
+}
+
+impl ServeError {
+    pub fn leader(&self) -> (Option<NodeId>, Option<&str>) {
+        match self {
+            ServeError::NotLeader { leader_id, leader_addr }
+            | ServeError::LeaderChanged { leader_id, leader_addr }
+            | ServeError::NoQuorum { leader_id, leader_addr, .. } => (*leader_id, leader_addr.as_deref()),
+            ServeError::Overloaded | ServeError::Fatal(_) => (None, None),
+        }
+    }
+}
+
+/// Result of renewing one session on the leader.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Renewal {
+    Renewed { ttl_ms: u64 },
+    Unknown,
+}
+
+pub struct Node {
+    pub id: NodeId,
+    pub raft: Raft,
+    pub shared: Arc<Shared>,
+    pub peers: Arc<Peers>,
+    clock: Mutex<LeaderClock>,
+    renewals: Mutex<BTreeSet<SessionId>>,
+}
+
+impl Node {
+    pub fn new(id: NodeId, raft: Raft, shared: Arc<Shared>, peers: Arc<Peers>) -> Arc<Node> {
+        Arc::new(Node {
+            id,
+            raft,
+            shared,
+            peers,
+            clock: Mutex::new(LeaderClock::default()),
+            renewals: Mutex::new(BTreeSet::new()),
+        })
+    }
+
+    /// The leader this node knows of and its client address.
+    pub fn leader(&self) -> (Option<NodeId>, Option<String>) {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow_watched();
+        let leader = metrics.current_leader;
+        let addr = leader.and_then(|id| {
+            metrics.membership_config.membership().get_node(&id).map(|n| n.addr.clone())
+        });
+        (leader, addr)
+    }
+
+    fn leader_term(&self) -> Option<u64> {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow_watched();
+        (metrics.state == ServerState::Leader && metrics.current_leader == Some(self.id))
+            .then_some(metrics.current_term)
+    }
+
+    fn quorum_is_stale(&self) -> bool {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow_watched();
+        match &metrics.last_quorum_acked {
+            Some(at) => at.elapsed() > Duration::from_millis(QUORUM_STALE_MS),
+            None => false,
+        }
+    }
+
+    fn not_leader(&self) -> ServeError {
+        let (leader_id, leader_addr) = self.leader();
+        ServeError::NotLeader { leader_id, leader_addr }
+    }
+
+    /// Resolves when the leader differs from `leader` (fail-fast for in-flight requests).
+    async fn leader_changed(&self, leader: Option<NodeId>) {
+        let mut metrics = self.raft.metrics();
+        loop {
+            if metrics.borrow_watched().current_leader != leader {
+                return;
+            }
+            // An error means the Raft task stopped, which also ends the request.
+            if metrics.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Writes a command: proposes it here when this node leads, else forwards it to the leader.
+    pub async fn write(&self, command: Command) -> Result<Response, ServeError> {
+        let (leader_id, leader_addr) = self.leader();
+        match leader_id {
+            Some(id) if id == self.id => self.propose(command).await,
+            Some(id) => {
+                let forward = self.peers.call::<_, Result<Response, ServeError>>(
+                    id,
+                    leader_addr.as_deref(),
+                    PeerRpc::Forward,
+                    &command,
+                    Duration::from_millis(FORWARD_TIMEOUT_MS),
+                );
+                tokio::select! {
+                    reply = forward => match reply {
+                        Ok(result) => result,
+                        Err(PeerError::Timeout { timeout_ms, .. }) => Err(ServeError::NoQuorum { timeout_ms, leader_id, leader_addr }),
+                        Err(_) => Err(ServeError::NotLeader { leader_id, leader_addr }),
+                    },
+                    () = self.leader_changed(leader_id) => {
+                        let (leader_id, leader_addr) = self.leader();
+                        Err(ServeError::LeaderChanged { leader_id, leader_addr })
+                    }
+                }
+            }
+            None => Err(self.not_leader()),
+        }
+    }
+
+    /// Proposes a command as leader, stamped with cluster time; answers once it is applied here.
+    pub async fn propose(&self, command: Command) -> Result<Response, ServeError> {
+        let Some(term) = self.leader_term() else { return Err(self.not_leader()) };
+        if self.quorum_is_stale() {
+            return Err(ServeError::NoQuorum { timeout_ms: QUORUM_STALE_MS, leader_id: Some(self.id), leader_addr: None });
+        }
+        let now_ms = self.cluster_now_ms(term);
+        let write = self.raft.client_write(Proposal { now_ms, command });
+        let timeout = tokio::time::sleep(Duration::from_millis(WRITE_TIMEOUT_MS));
+        tokio::select! {
+            result = write => match result {
+                Ok(response) => Ok(response.data),
+                Err(e) => match e.forward_to_leader() {
+                    Some(forward) => Err(ServeError::LeaderChanged {
+                        leader_id: forward.leader_id,
+                        leader_addr: forward.leader_node.as_ref().map(|n| n.addr.clone()),
+                    }),
+                    None => Err(ServeError::Fatal(e.to_string())),
+                },
+            },
+            () = self.leader_changed(Some(self.id)) => {
+                let (leader_id, leader_addr) = self.leader();
+                Err(ServeError::LeaderChanged { leader_id, leader_addr })
+            }
+            () = timeout => Err(ServeError::NoQuorum { timeout_ms: WRITE_TIMEOUT_MS, leader_id: Some(self.id), leader_addr: None }),
+        }
+    }
+
+    fn cluster_now_ms(&self, term: u64) -> u64 {
+        let applied_now_ms = self.shared.read(|s| s.now_ms());
+        self.clock.lock().expect("clock lock").now_ms(term, applied_now_ms)
+    }
+
+    /// Renews sessions: buffered on the leader for its next Tick, forwarded from followers.
+    pub async fn renew(&self, sessions: Vec<SessionId>) -> Result<Vec<Renewal>, ServeError> {
+        let (leader_id, leader_addr) = self.leader();
+        match leader_id {
+            Some(id) if id == self.id => self.renew_as_leader(&sessions),
+            Some(id) => self
+                .peers
+                .call::<_, Result<Vec<Renewal>, ServeError>>(
+                    id,
+                    leader_addr.as_deref(),
+                    PeerRpc::Renew,
+                    &sessions,
+                    Duration::from_millis(PEER_CALL_TIMEOUT_MS),
+                )
+                .await
+                .unwrap_or(Err(ServeError::NotLeader { leader_id, leader_addr })),
+            None => Err(self.not_leader()),
+        }
+    }
+
+    /// A keepalive counts only if the session is alive at the leader's cluster time now; it is
+    /// then carried by the next Tick, which renews before it expires anything.
+    pub fn renew_as_leader(&self, sessions: &[SessionId]) -> Result<Vec<Renewal>, ServeError> {
+        let Some(term) = self.leader_term() else { return Err(self.not_leader()) };
+        let now_ms = self.cluster_now_ms(term);
+        let renewals: Vec<Renewal> = self.shared.read(|state| {
+            sessions
+                .iter()
+                .map(|id| match state.session(*id) {
+                    Some(session) if session.expires_at_ms > now_ms => Renewal::Renewed { ttl_ms: session.ttl_ms },
+                    _ => Renewal::Unknown,
+                })
+                .collect()
+        });
+        let mut pending = self.renewals.lock().expect("renewals lock");
+        if pending.len() + sessions.len() > PENDING_RENEWALS_MAX {
+            return Err(ServeError::Overloaded);
+        }
+        for (id, renewal) in sessions.iter().zip(&renewals) {
+            if matches!(renewal, Renewal::Renewed { .. }) {
+                pending.insert(*id);
+            }
+        }
+        Ok(renewals)
+    }
+
+    /// Waits until this node has applied everything committed before the call (a linearizable
+    /// read barrier), asking the leader for the read index when this node is a follower.
+    pub async fn read_barrier(&self) -> Result<(), ServeError> {
+        let (leader_id, leader_addr) = self.leader();
+        let read_index = match leader_id {
+            Some(id) if id == self.id => self.read_index_as_leader().await?,
+            Some(id) => self
+                .peers
+                .call::<_, Result<u64, ServeError>>(
+                    id,
+                    leader_addr.as_deref(),
+                    PeerRpc::ReadIndex,
+                    &(),
+                    Duration::from_millis(PEER_CALL_TIMEOUT_MS),
+                )
+                .await
+                .unwrap_or(Err(ServeError::NotLeader { leader_id, leader_addr }))?,
+            None => return Err(self.not_leader()),
+        };
+        let mut applied = self.shared.applied_index.subscribe();
+        let wait = applied.wait_for(|index| *index >= read_index);
+        match tokio::time::timeout(Duration::from_millis(PEER_CALL_TIMEOUT_MS), wait).await {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(ServeError::NoQuorum { timeout_ms: PEER_CALL_TIMEOUT_MS, leader_id, leader_addr: None }),
+        }
+    }
+
+    /// The leader's read index: confirmed with a quorum round (ReadIndex, not a clock lease).
+    pub async fn read_index_as_leader(&self) -> Result<u64, ServeError> {
+        if self.leader_term().is_none() {
+            return Err(self.not_leader());
+        }
+        let read = self.raft.get_read_log_id(ReadPolicy::ReadIndex);
+        match tokio::time::timeout(Duration::from_millis(PEER_CALL_TIMEOUT_MS), read).await {
+            Ok(Ok((read_log_id, _applied))) => Ok(read_log_id.index()),
+            Ok(Err(e)) => match e.forward_to_leader() {
+                Some(_) => Err(self.not_leader()),
+                None => Err(ServeError::Fatal(e.to_string())),
+            },
+            Err(_) => Err(ServeError::NoQuorum { timeout_ms: PEER_CALL_TIMEOUT_MS, leader_id: Some(self.id), leader_addr: None }),
+        }
+    }
+
+    /// The leader's heartbeat into the state machine: proposes a `Tick` when a deadline is due,
+    /// keepalives are pending, or (while sessions exist) the idle interval has passed.
+    pub async fn run_ticker(self: Arc<Node>) {
+        let mut interval = tokio::time::interval(Duration::from_millis(TICK_INTERVAL_MS));
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_tick = tokio::time::Instant::now();
+        loop {
+            interval.tick().await;
+            let Some(term) = self.leader_term() else { continue };
+            let now_ms = self.cluster_now_ms(term);
+            let (due, has_sessions) =
+                self.shared.read(|s| (s.next_deadline_ms().is_some_and(|d| d <= now_ms), s.session_count() > 0));
+            let renewed: Vec<SessionId> = {
+                let pending = self.renewals.lock().expect("renewals lock");
+                pending.iter().copied().collect()
+            };
+            let idle_due = has_sessions && last_tick.elapsed() >= Duration::from_millis(TICK_IDLE_INTERVAL_MS);
+            if !due && renewed.is_empty() && !idle_due {
+                continue;
+            }
+            last_tick = tokio::time::Instant::now();
+            match self.propose(Command::Tick { renewed: renewed.clone() }).await {
+                Ok(_) => {
+                    let mut pending = self.renewals.lock().expect("renewals lock");
+                    for id in &renewed {
+                        pending.remove(id);
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "tick not committed"),
+            }
+        }
+    }
+}

@@ -1,0 +1,192 @@
+//! The state machine as openraft sees it: `holdfast-core`'s `State` in memory, applied entry by
+//! entry, with canonical snapshots persisted in rocksdb.
+//!
+//! Restart = load the last snapshot, then openraft replays the log from the snapshot's index up
+//! to the saved commit index. Nothing of the state machine is written per entry: a snapshot is
+//! the only persisted form, and the log behind it is purged only after it is durable.
+
+use std::io;
+use std::sync::{Arc, RwLock};
+
+use futures::{Stream, TryStreamExt};
+use holdfast_core::{BuiltinFifo, Command, State};
+use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
+use openraft::{EntryPayload, OptionalSend};
+use rocksdb::{DB, WriteOptions};
+use tokio::sync::watch;
+
+use super::log_store::CF_META;
+use super::{LogId, Response, Snapshot, SnapshotMeta, StoredMembership, TypeConfig, codec};
+use crate::waiters::Waiters;
+
+const KEY_SNAPSHOT: &[u8] = b"snapshot";
+
+/// The applied state plus the Raft bookkeeping that travels with it.
+#[derive(Default)]
+pub struct Applied {
+    pub state: State,
+    pub last_applied: Option<LogId>,
+    pub membership: StoredMembership,
+}
+
+/// What the rest of the node reads: the applied state, apply progress and blocked waiters.
+pub struct Shared {
+    pub applied: RwLock<Applied>,
+    /// The index of the last applied entry; read paths wait on it.
+    pub applied_index: watch::Sender<u64>,
+    pub waiters: Waiters,
+}
+
+impl Shared {
+    pub fn read<T>(&self, f: impl FnOnce(&State) -> T) -> T {
+        f(&self.applied.read().expect("state lock").state)
+    }
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredSnapshot {
+    meta: SnapshotMeta,
+    data: Vec<u8>,
+}
+
+pub struct StateMachineStore {
+    shared: Arc<Shared>,
+    db: Arc<DB>,
+}
+
+impl StateMachineStore {
+    /// Loads the last persisted snapshot, if any, as the starting state.
+    pub fn open(db: Arc<DB>) -> io::Result<StateMachineStore> {
+        let mut applied = Applied::default();
+        if let Some(stored) = load_snapshot(&db)? {
+            applied.state = State::from_snapshot_bytes(&stored.data).map_err(io::Error::other)?;
+            applied.last_applied = stored.meta.last_log_id;
+            applied.membership = stored.meta.last_membership;
+        }
+        let (applied_index, _) = watch::channel(applied.state.applied_index());
+        let shared = Arc::new(Shared { applied: RwLock::new(applied), applied_index, waiters: Waiters::default() });
+        Ok(StateMachineStore { shared, db })
+    }
+
+    pub fn shared(&self) -> Arc<Shared> {
+        Arc::clone(&self.shared)
+    }
+}
+
+fn load_snapshot(db: &DB) -> io::Result<Option<StoredSnapshot>> {
+    let cf = db.cf_handle(CF_META).expect("meta column family");
+    let bytes = db.get_cf(cf, KEY_SNAPSHOT).map_err(io::Error::other)?;
+    bytes.map(|b| codec::decode(&b)).transpose()
+}
+
+fn save_snapshot(db: &DB, snapshot: &StoredSnapshot) -> io::Result<()> {
+    let cf = db.cf_handle(CF_META).expect("meta column family");
+    let mut options = WriteOptions::default();
+    options.set_sync(true);
+    db.put_cf_opt(cf, KEY_SNAPSHOT, codec::encode(snapshot), &options).map_err(io::Error::other)
+}
+
+pub struct SnapshotBuilder {
+    shared: Arc<Shared>,
+    db: Arc<DB>,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    type SnapshotData = Vec<u8>;
+
+    async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
+        let stored = {
+            let applied = self.shared.applied.read().expect("state lock");
+            StoredSnapshot {
+                meta: SnapshotMeta {
+                    last_log_id: applied.last_applied.clone(),
+                    last_membership: applied.membership.clone(),
+                },
+                data: applied.state.to_snapshot_bytes(),
+            }
+        };
+        // Pair check: what we persist must decode to a valid state.
+        debug_assert!(State::from_snapshot_bytes(&stored.data).is_ok());
+        save_snapshot(&self.db, &stored)?;
+        tracing::info!(last_log_id = ?stored.meta.last_log_id, bytes = stored.data.len(), "snapshot built");
+        Ok(Snapshot { meta: stored.meta, snapshot: stored.data })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotData = Vec<u8>;
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
+        let applied = self.shared.applied.read().expect("state lock");
+        Ok((applied.last_applied.clone(), applied.membership.clone()))
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
+    where
+        Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
+    {
+        let mut policy = BuiltinFifo;
+        while let Some((entry, responder)) = entries.try_next().await? {
+            let log_index = entry.log_id.index;
+            let log_id = entry.log_id;
+            let (now_ms, command, membership) = match entry.payload {
+                EntryPayload::Normal(proposal) => (proposal.now_ms, proposal.command, None),
+                EntryPayload::Blank => (0, Command::Noop, None),
+                EntryPayload::Membership(membership) => (0, Command::Noop, Some(membership)),
+            };
+            let core_entry = holdfast_core::Entry { log_index, now_ms, command };
+            let (result, state_now_ms) = {
+                let mut applied = self.shared.applied.write().expect("state lock");
+                let _span = tracing::trace_span!("apply", log_index).entered();
+                // Index 0 is openraft's initial membership entry; the state machine starts at 0.
+                let result = if log_index == 0 {
+                    assert!(membership.is_some(), "log index 0 must be a membership entry");
+                    holdfast_core::Applied { outcome: holdfast_core::Outcome::None, events: Vec::new() }
+                } else {
+                    holdfast_core::apply(&mut applied.state, &core_entry, &mut policy)
+                };
+                if cfg!(debug_assertions)
+                    && let Err(broken) = applied.state.check_invariants()
+                {
+                    panic!("state invariant broken after applying entry {log_index}: {broken}");
+                }
+                if let Some(membership) = membership {
+                    applied.membership = StoredMembership::new(Some(log_id.clone()), membership);
+                }
+                applied.last_applied = Some(log_id);
+                (result, applied.state.now_ms())
+            };
+            self.shared.waiters.on_events(log_index, &result.events);
+            self.shared.applied_index.send_replace(log_index);
+            if let Some(responder) = responder {
+                responder.send(Response { log_index, now_ms: state_now_ms, outcome: result.outcome });
+            }
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        SnapshotBuilder { shared: Arc::clone(&self.shared), db: Arc::clone(&self.db) }
+    }
+
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Vec<u8>) -> Result<(), io::Error> {
+        let state = State::from_snapshot_bytes(&snapshot).map_err(io::Error::other)?;
+        save_snapshot(&self.db, &StoredSnapshot { meta: meta.clone(), data: snapshot })?;
+        let index = {
+            let mut applied = self.shared.applied.write().expect("state lock");
+            applied.state = state;
+            applied.last_applied = meta.last_log_id.clone();
+            applied.membership = meta.last_membership.clone();
+            self.shared.waiters.on_snapshot(&applied.state);
+            applied.state.applied_index()
+        };
+        self.shared.applied_index.send_replace(index);
+        tracing::info!(last_log_id = ?meta.last_log_id, "snapshot installed");
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
+        Ok(load_snapshot(&self.db)?.map(|s| Snapshot { meta: s.meta, snapshot: s.data }))
+    }
+}

@@ -1,0 +1,119 @@
+//! Starting and stopping one node: storage, Raft, the gRPC server and the leader's ticker.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use holdfast_proto::{internal::peer_server::PeerServer, v1};
+use tokio::task::JoinHandle;
+
+use crate::api::{ClusterApi, LocksApi, PeerApi, SessionsApi};
+use crate::config::NodeConfig;
+use crate::node::Node;
+use crate::raft::log_store::{LogStore, open_db};
+use crate::raft::network::{NetworkFactory, PEER_MESSAGE_BYTES_MAX, Peers};
+use crate::raft::state_machine::StateMachineStore;
+use crate::raft::{NodeInfo, Raft};
+
+/// Largest client request or response message.
+pub const CLIENT_MESSAGE_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// Raft entries kept behind a snapshot so that slightly lagging followers catch up from the log.
+pub const LOG_KEPT_BEHIND_SNAPSHOT: u64 = 1_000;
+/// openraft's deadline for sending a whole snapshot to a follower.
+pub const SNAPSHOT_SEND_TIMEOUT_MS: u64 = 10_000;
+
+pub struct RunningNode {
+    pub node: Arc<Node>,
+    server: JoinHandle<Result<(), tonic::transport::Error>>,
+    ticker: JoinHandle<()>,
+    shutdown: tokio::sync::oneshot::Sender<()>,
+}
+
+impl RunningNode {
+    /// Stops serving, stops Raft, and waits for both.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        self.ticker.abort();
+        let _ = self.shutdown.send(());
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.server).await;
+        self.node.raft.shutdown().await.map_err(|e| anyhow::anyhow!("raft shutdown: {e}"))?;
+        Ok(())
+    }
+}
+
+pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
+    config.validate()?;
+    std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating {}", config.data_dir.display()))?;
+    let db = open_db(&config.data_dir).with_context(|| format!("opening rocksdb in {}", config.data_dir.display()))?;
+    let log_store = LogStore::new(Arc::clone(&db));
+    let state_machine = StateMachineStore::open(Arc::clone(&db)).context("loading the last snapshot")?;
+    let shared = state_machine.shared();
+
+    let timing = &config.raft;
+    let raft_config = openraft::Config {
+        cluster_name: "holdfast".to_owned(),
+        heartbeat_interval: timing.heartbeat_ms,
+        election_timeout_min: timing.election_timeout_min_ms,
+        election_timeout_max: timing.election_timeout_max_ms,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(timing.snapshot_every_entries),
+        max_in_snapshot_log_to_keep: LOG_KEPT_BEHIND_SNAPSHOT,
+        install_snapshot_timeout: SNAPSHOT_SEND_TIMEOUT_MS,
+        enable_pre_vote: Some(true),
+        ..Default::default()
+    }
+    .validate()
+    .context("raft configuration")?;
+
+    let mut peer_addrs = config.peers.clone();
+    peer_addrs.extend(config.routes.clone());
+    peer_addrs.remove(&config.id);
+    let peers = Peers::new(peer_addrs);
+    let network = NetworkFactory { peers: Arc::clone(&peers) };
+    let raft = Raft::new(config.id, Arc::new(raft_config), network, log_store, state_machine)
+        .await
+        .map_err(|e| anyhow::anyhow!("starting raft: {e}"))?;
+
+    let node = Node::new(config.id, raft.clone(), shared, peers);
+
+    let listener = tokio::net::TcpListener::bind(&config.listen).await.with_context(|| format!("binding {}", config.listen))?;
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let (shutdown, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
+    let router = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(Duration::from_secs(1)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(2)))
+        .add_service(
+            v1::sessions_server::SessionsServer::new(SessionsApi { node: Arc::clone(&node) })
+                .max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX),
+        )
+        .add_service(
+            v1::locks_server::LocksServer::new(LocksApi { node: Arc::clone(&node) })
+                .max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX),
+        )
+        .add_service(v1::cluster_server::ClusterServer::new(ClusterApi { node: Arc::clone(&node) }))
+        .add_service(
+            PeerServer::new(PeerApi { node: Arc::clone(&node) })
+                .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
+                .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX),
+        );
+    let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
+        let _ = shutdown_rx.await;
+    }));
+
+    // The lowest-numbered voter founds a brand-new cluster; everyone else waits to be contacted.
+    let founder = config.peers.keys().next().copied() == Some(config.id);
+    if founder && !raft.is_initialized().await.map_err(|e| anyhow::anyhow!("{e}"))? {
+        let members = config
+            .peers
+            .iter()
+            .map(|(id, addr)| (*id, NodeInfo { addr: if *id == config.id { config.advertise_addr().to_owned() } else { addr.clone() } }))
+            .collect::<std::collections::BTreeMap<_, _>>();
+        match raft.initialize(members).await {
+            Ok(()) => tracing::info!(node_id = config.id, "initialized a new cluster"),
+            Err(e) => tracing::warn!(error = %e, "cluster initialization skipped"),
+        }
+    }
+
+    let ticker = tokio::spawn(Arc::clone(&node).run_ticker());
+    tracing::info!(node_id = config.id, listen = %config.listen, data_dir = %config.data_dir.display(), "node started");
+    Ok(RunningNode { node, server, ticker, shutdown })
+}

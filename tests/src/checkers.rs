@@ -1,0 +1,84 @@
+//! Safety checkers over what clients observed. Each returns the violations it found (empty =
+//! safe), so a test can print all of them at once.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+/// One hold as a client saw it: granted with `token` (the log index of the grant) and, if the
+/// release was acknowledged, released at log index `released_at`.
+#[derive(Clone, Debug)]
+pub struct HoldRecord {
+    pub client: usize,
+    pub lock: String,
+    pub token: u64,
+    pub released_at: Option<u64>,
+    /// When the client sent the acquire and when the grant reached it (harness clock).
+    pub invoked: Instant,
+    pub acknowledged: Instant,
+}
+
+/// Mutual exclusion by the grant/release record: for each lock, ordered by token, every hold
+/// must be granted after the previous hold was released. A hold whose release was never
+/// acknowledged (the client gave up and closed its session) must still be followed only by
+/// larger tokens, and must not be followed by another grant before... we cannot know when it
+/// ended, so it only constrains token uniqueness.
+pub fn exclusive_holds_do_not_overlap(records: &[HoldRecord]) -> Vec<String> {
+    let mut violations = Vec::new();
+    let mut by_lock: BTreeMap<&str, Vec<&HoldRecord>> = BTreeMap::new();
+    for record in records {
+        by_lock.entry(&record.lock).or_default().push(record);
+    }
+    for (lock, mut holds) in by_lock {
+        holds.sort_by_key(|h| h.token);
+        for pair in holds.windows(2) {
+            let (earlier, later) = (pair[0], pair[1]);
+            if earlier.token == later.token {
+                violations.push(format!("lock {lock}: token {} granted twice (clients {} and {})", later.token, earlier.client, later.client));
+                continue;
+            }
+            if let Some(released_at) = earlier.released_at
+                && later.token <= released_at
+            {
+                violations.push(format!(
+                    "lock {lock}: token {} granted at index {} while token {} was held until index {released_at}",
+                    later.token, later.token, earlier.token
+                ));
+            }
+        }
+    }
+    violations
+}
+
+/// Fencing tokens never go backwards in real time: if acquire B was sent after acquire A was
+/// acknowledged (on the same lock), B's token must be larger.
+pub fn tokens_increase_in_real_time(records: &[HoldRecord]) -> Vec<String> {
+    let mut violations = Vec::new();
+    let mut by_lock: BTreeMap<&str, Vec<&HoldRecord>> = BTreeMap::new();
+    for record in records {
+        by_lock.entry(&record.lock).or_default().push(record);
+    }
+    for (lock, mut holds) in by_lock {
+        holds.sort_by_key(|h| h.acknowledged);
+        // The largest token acknowledged so far, swept in acknowledgement order; any acquire
+        // invoked after that acknowledgement must beat it.
+        let mut acknowledged: Vec<(Instant, u64)> = Vec::with_capacity(holds.len());
+        let mut max_token = 0;
+        for hold in &holds {
+            max_token = max_token.max(hold.token);
+            acknowledged.push((hold.acknowledged, max_token));
+        }
+        for hold in &holds {
+            let before = acknowledged.partition_point(|(at, _)| *at < hold.invoked);
+            if before > 0 {
+                let (_, max_before) = acknowledged[before - 1];
+                if hold.token <= max_before {
+                    violations.push(format!(
+                        "lock {lock}: client {} got token {} after token {max_before} had been acknowledged",
+                        hold.client, hold.token
+                    ));
+                }
+            }
+        }
+    }
+    violations
+}

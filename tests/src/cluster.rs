@@ -1,0 +1,243 @@
+//! Starts real `holdfast serve` processes on free 127.0.0.1 ports with data in a temp dir, and
+//! kills every one of them (by pid) when the `Cluster` is dropped, even if the test failed.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use holdfast_client::Client;
+use tokio::time::Instant;
+
+/// Raft timing for tests: faster than production so fail-overs are quick. Tests never assert on
+/// timings, only on "eventually, within a bound".
+pub const TEST_HEARTBEAT_MS: u64 = 50;
+pub const TEST_ELECTION_TIMEOUT_MIN_MS: u64 = 300;
+pub const TEST_ELECTION_TIMEOUT_MAX_MS: u64 = 600;
+/// How long a test waits for a cluster to elect a leader or converge.
+pub const CONVERGE_TIMEOUT_MS: u64 = 30_000;
+/// Poll interval while waiting for a condition.
+pub const POLL_INTERVAL_MS: u64 = 50;
+
+/// The `holdfast` binary under test: `$HOLDFAST_BIN`, else the one built beside this test
+/// executable (same cargo profile: target/<profile>/holdfast).
+pub fn holdfast_bin() -> PathBuf {
+    if let Some(path) = std::env::var_os("HOLDFAST_BIN") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/it-<hash> -> target/<profile>/holdfast
+    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile> directory");
+    let bin = profile_dir.join("holdfast");
+    assert!(bin.exists(), "{} not found: run `cargo build --bins` first (scripts/test does)", bin.display());
+    bin
+}
+
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("binding an ephemeral port");
+    listener.local_addr().expect("local addr").port()
+}
+
+struct NodeProcess {
+    addr: String,
+    data_dir: PathBuf,
+    log_path: PathBuf,
+    child: Option<Child>,
+    starts: u32,
+}
+
+pub struct Cluster {
+    nodes: BTreeMap<u64, NodeProcess>,
+    peers: BTreeMap<u64, String>,
+    extra_args: Vec<String>,
+    bin: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// Starts `size` nodes (ids 1..=size) and waits for a leader.
+    pub async fn start(size: u64) -> Cluster {
+        Cluster::start_with(size, &[]).await
+    }
+
+    pub async fn start_with(size: u64, extra_args: &[&str]) -> Cluster {
+        let dir = tempfile::Builder::new().prefix("holdfast-it-").tempdir().expect("temp dir");
+        let peers: BTreeMap<u64, String> = (1..=size).map(|id| (id, format!("127.0.0.1:{}", free_port()))).collect();
+        let nodes = peers
+            .iter()
+            .map(|(id, addr)| {
+                let node = NodeProcess {
+                    addr: addr.clone(),
+                    data_dir: dir.path().join(format!("node-{id}")),
+                    log_path: dir.path().join(format!("node-{id}.log")),
+                    child: None,
+                    starts: 0,
+                };
+                (*id, node)
+            })
+            .collect();
+        let mut cluster = Cluster {
+            nodes,
+            peers,
+            extra_args: extra_args.iter().map(|s| (*s).to_owned()).collect(),
+            bin: holdfast_bin(),
+            dir,
+        };
+        for id in 1..=size {
+            cluster.spawn(id);
+        }
+        cluster.wait_leader(&cluster.ids()).await;
+        cluster
+    }
+
+    pub fn ids(&self) -> Vec<u64> {
+        self.nodes.keys().copied().collect()
+    }
+
+    pub fn addr(&self, id: u64) -> &str {
+        &self.nodes[&id].addr
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn spawn(&mut self, id: u64) {
+        let peers: Vec<String> = self.peers.iter().map(|(id, addr)| format!("--peer={id}={addr}")).collect();
+        let node = self.nodes.get_mut(&id).expect("known node");
+        assert!(node.child.is_none(), "node {id} is already running");
+        let log = File::options().create(true).append(true).open(&node.log_path).expect("node log file");
+        let child = Command::new(&self.bin)
+            .arg("serve")
+            .arg(format!("--id={id}"))
+            .arg(format!("--listen={}", node.addr))
+            .arg(format!("--data-dir={}", node.data_dir.display()))
+            .arg(format!("--heartbeat-ms={TEST_HEARTBEAT_MS}"))
+            .arg(format!("--election-timeout-min-ms={TEST_ELECTION_TIMEOUT_MIN_MS}"))
+            .arg(format!("--election-timeout-max-ms={TEST_ELECTION_TIMEOUT_MAX_MS}"))
+            .args(&peers)
+            .args(&self.extra_args)
+            .env("RUST_LOG", std::env::var("HOLDFAST_TEST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log handle"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {}: {e}", self.bin.display()));
+        node.child = Some(child);
+        node.starts += 1;
+    }
+
+    /// kill -9 of one node (SIGKILL to its pid), reaped.
+    pub fn kill(&mut self, id: u64) {
+        let node = self.nodes.get_mut(&id).expect("known node");
+        if let Some(mut child) = node.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM one node and wait (bounded) for a clean exit, SIGKILL after that.
+    pub fn stop(&mut self, id: u64) {
+        let node = self.nodes.get_mut(&id).expect("known node");
+        if let Some(mut child) = node.child.take() {
+            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while std::time::Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(POLL_INTERVAL_MS));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn restart(&mut self, id: u64) {
+        self.kill(id);
+        self.spawn(id);
+    }
+
+    pub fn is_running(&self, id: u64) -> bool {
+        self.nodes[&id].child.is_some()
+    }
+
+    /// A client that may use every node.
+    pub fn client(&self) -> Client {
+        let endpoints: Vec<&str> = self.nodes.values().map(|n| n.addr.as_str()).collect();
+        Client::connect(&endpoints).expect("client")
+    }
+
+    /// A client bound to one node only (no fail-over to others).
+    pub fn client_of(&self, id: u64) -> Client {
+        Client::connect(&[self.addr(id)]).expect("client")
+    }
+
+    /// Waits until every node in `ids` reports the same leader, itself among `ids`.
+    pub async fn wait_leader(&self, ids: &[u64]) -> u64 {
+        let deadline = Instant::now() + Duration::from_millis(CONVERGE_TIMEOUT_MS);
+        loop {
+            let mut leaders = Vec::new();
+            for id in ids {
+                match self.client_of(*id).status(0).await {
+                    Ok(status) => leaders.push(status.leader_id),
+                    Err(_) => leaders.push(0),
+                }
+            }
+            if let Some(&leader) = leaders.first()
+                && leader != 0
+                && ids.contains(&leader)
+                && leaders.iter().all(|l| *l == leader)
+            {
+                return leader;
+            }
+            assert!(Instant::now() < deadline, "no agreed leader among {ids:?} within {CONVERGE_TIMEOUT_MS} ms: {leaders:?}\n{}", self.logs_hint());
+            tokio::time::sleep(Duration::from_millis(POLL_INTERVAL_MS)).await;
+        }
+    }
+
+    /// Waits until every node in `ids` has applied the same index with the same state digest.
+    pub async fn wait_converged(&self, ids: &[u64]) -> (u64, String) {
+        let deadline = Instant::now() + Duration::from_millis(CONVERGE_TIMEOUT_MS);
+        loop {
+            let mut views = Vec::new();
+            for id in ids {
+                if let Ok(status) = self.client_of(*id).status(0).await {
+                    views.push((status.applied_index, status.state_digest));
+                }
+            }
+            if views.len() == ids.len() && views.windows(2).all(|w| w[0] == w[1]) {
+                return views.swap_remove(0);
+            }
+            assert!(Instant::now() < deadline, "nodes {ids:?} did not converge: {views:?}\n{}", self.logs_hint());
+            tokio::time::sleep(Duration::from_millis(POLL_INTERVAL_MS)).await;
+        }
+    }
+
+    pub fn logs_hint(&self) -> String {
+        let mut text = String::new();
+        for (id, node) in &self.nodes {
+            let log = std::fs::read_to_string(&node.log_path).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(15).collect();
+            text.push_str(&format!("--- node {id} log (last lines, newest first) ---\n{}\n", tail.join("\n")));
+        }
+        text
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for node in self.nodes.values_mut() {
+            if let Some(mut child) = node.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        if std::thread::panicking() || std::env::var_os("HOLDFAST_KEEP_TEST_DIRS").is_some() {
+            let kept = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir")).keep();
+            eprintln!("cluster data and node logs kept in {}", kept.display());
+        }
+    }
+}

@@ -1,0 +1,44 @@
+//! A node without a quorum grants nothing; the cluster heals by itself.
+
+use std::time::Duration;
+
+use holdfast_tests::cluster::Cluster;
+use tonic::Code;
+
+use crate::support::{acquire_request, raw_locks};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn survivor_of_two_kills_grants_nothing_and_the_cluster_heals() {
+    let mut cluster = Cluster::start(3).await;
+    let client = cluster.client();
+    let session = client.open_session(60_000, "survivor").await.unwrap();
+    let ids = cluster.ids();
+    let (survivor, killed) = (ids[2], [ids[0], ids[1]]);
+    for id in killed {
+        cluster.kill(id);
+    }
+
+    let mut locks = raw_locks(cluster.addr(survivor)).await;
+    for attempt in 0..3 {
+        let name = format!("minority-{attempt}");
+        let result = locks.acquire(acquire_request(session.id, 100 + attempt, &name, 0)).await;
+        match result {
+            Err(status) => assert_eq!(status.code(), Code::Unavailable, "attempt {attempt}: {status:?}"),
+            Ok(response) => panic!("a node without quorum answered an acquire: {response:?}"),
+        }
+    }
+
+    for id in killed {
+        cluster.restart(id);
+    }
+    cluster.wait_leader(&cluster.ids()).await;
+    let hold = session.acquire("healed", holdfast_client::LockMode::Exclusive, 0).await.unwrap();
+    assert!(hold.is_some(), "the healed cluster must grant a free lock");
+    // Nothing from the minority period was granted.
+    for attempt in 0..3 {
+        let described = client.describe(&format!("minority-{attempt}")).await.unwrap();
+        assert!(described.lock.is_none(), "minority acquire {attempt} took effect: {described:?}");
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    cluster.wait_converged(&cluster.ids()).await;
+}

@@ -1,0 +1,63 @@
+//! A full-cluster crash and restart brings back every hold, waiter and live session.
+
+use std::time::Duration;
+
+use holdfast_client::LockMode;
+use holdfast_tests::cluster::Cluster;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn full_restart_keeps_holds_waiters_and_sessions() {
+    let mut cluster = Cluster::start(3).await;
+    let client = cluster.client();
+    let owner = client.open_session(60_000, "owner").await.unwrap();
+    let queued = client.open_session(60_000, "queued").await.unwrap();
+    let a = owner.acquire("restart/a", LockMode::Exclusive, 0).await.unwrap().expect("free");
+    let b = owner.acquire("restart/b", LockMode::Exclusive, 0).await.unwrap().expect("free");
+
+    // `queued` waits for restart/a in the background; its RPC dies with the cluster.
+    let queued_id = queued.id;
+    let wait_task = tokio::spawn(async move {
+        let result = queued.acquire("restart/a", LockMode::Exclusive, 60_000).await;
+        (queued, result)
+    });
+    // Wait until the queue entry is visible.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let lock = client.describe("restart/a").await.unwrap().lock.expect("held");
+        if lock.waiters.iter().any(|w| w.session_id == queued_id) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "waiter never queued");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (_, before_digest) = cluster.wait_converged(&cluster.ids()).await;
+    assert!(!before_digest.is_empty());
+
+    for id in cluster.ids() {
+        cluster.kill(id);
+    }
+    for id in cluster.ids() {
+        cluster.restart(id);
+    }
+    cluster.wait_leader(&cluster.ids()).await;
+
+    let lock_a = client.describe("restart/a").await.unwrap().lock.expect("restart/a survives");
+    assert_eq!(lock_a.holders.len(), 1);
+    assert_eq!((lock_a.holders[0].session_id, lock_a.holders[0].token), (owner.id, a.token));
+    assert!(lock_a.waiters.iter().any(|w| w.session_id == queued_id), "waiter lost: {lock_a:?}");
+    let lock_b = client.describe("restart/b").await.unwrap().lock.expect("restart/b survives");
+    assert_eq!((lock_b.holders[0].session_id, lock_b.holders[0].token), (owner.id, b.token));
+
+    // The release hands the lock to the waiter. Its blocked RPC either rode out the restart
+    // (the client retried with the same request id and rejoined the same queue entry) or gave up,
+    // in which case asking again finds the grant (re-entrant: same hold, same token).
+    owner.release(&a).await.unwrap();
+    let (queued, first) = wait_task.await.unwrap();
+    let granted = match first {
+        Ok(Some(hold)) => hold,
+        _ => queued.acquire("restart/a", LockMode::Exclusive, 30_000).await.unwrap().expect("handoff after restart"),
+    };
+    assert!(granted.token > a.token);
+    assert!(owner.is_alive() && queued.is_alive());
+    cluster.wait_converged(&cluster.ids()).await;
+}
