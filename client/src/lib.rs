@@ -45,7 +45,8 @@ pub struct Client {
 }
 
 fn retryable(status: &Status) -> bool {
-    matches!(status.code(), Code::Unavailable | Code::Unknown) || status.message().contains("transport error")
+    matches!(status.code(), Code::Unavailable | Code::Unknown)
+        || status.message().contains("transport error")
 }
 
 impl Client {
@@ -53,7 +54,11 @@ impl Client {
         let mut channels = Vec::new();
         for endpoint in endpoints {
             let addr = endpoint.as_ref();
-            let uri = if addr.contains("://") { addr.to_owned() } else { format!("http://{addr}") };
+            let uri = if addr.contains("://") {
+                addr.to_owned()
+            } else {
+                format!("http://{addr}")
+            };
             let channel = Endpoint::from_shared(uri)
                 .map_err(|_| Error::Endpoint(addr.to_owned()))?
                 .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
@@ -64,7 +69,10 @@ impl Client {
         if channels.is_empty() {
             return Err(Error::Endpoint(String::new()));
         }
-        Ok(Client { channels: Arc::new(channels), preferred: Arc::new(AtomicUsize::new(0)) })
+        Ok(Client {
+            channels: Arc::new(channels),
+            preferred: Arc::new(AtomicUsize::new(0)),
+        })
     }
 
     pub fn endpoints(&self) -> Vec<String> {
@@ -104,7 +112,10 @@ impl Client {
         let channel = self.channels[endpoint % self.channels.len()].1.clone();
         let mut request = tonic::Request::new(pb::StatusRequest {});
         request.set_timeout(Duration::from_millis(RPC_TIMEOUT_MS));
-        Ok(ClusterClient::new(channel).status(request).await?.into_inner())
+        Ok(ClusterClient::new(channel)
+            .status(request)
+            .await?
+            .into_inner())
     }
 
     /// Opens a session and starts renewing it every TTL/3 in the background.
@@ -117,29 +128,63 @@ impl Client {
                     labels: Default::default(),
                 });
                 request.set_timeout(Duration::from_millis(RPC_TIMEOUT_MS));
-                Ok(SessionsClient::new(channel).open(request).await?.into_inner())
+                Ok(SessionsClient::new(channel)
+                    .open(request)
+                    .await?
+                    .into_inner())
             })
             .await?;
         let session_id = response.session_id;
-        let state = Arc::new(SessionState { next_request_id: AtomicU64::new(1), alive: tokio::sync::watch::channel(true).0 });
-        let keepalive = tokio::spawn(keep_alive(self.clone(), session_id, response.ttl_ms, Arc::clone(&state)));
-        Ok(Session { client: self.clone(), id: session_id, ttl_ms: response.ttl_ms, state, keepalive })
+        let state = Arc::new(SessionState {
+            next_request_id: AtomicU64::new(1),
+            alive: tokio::sync::watch::channel(true).0,
+        });
+        let keepalive = tokio::spawn(keep_alive(
+            self.clone(),
+            session_id,
+            response.ttl_ms,
+            Arc::clone(&state),
+        ));
+        Ok(Session {
+            client: self.clone(),
+            id: session_id,
+            ttl_ms: response.ttl_ms,
+            state,
+            keepalive,
+        })
     }
 
     pub async fn describe(&self, name: &str) -> Result<pb::DescribeResponse, Status> {
         self.retry(|channel| async move {
-            let mut request = tonic::Request::new(pb::DescribeRequest { name: name.to_owned(), serializable: false });
+            let mut request = tonic::Request::new(pb::DescribeRequest {
+                name: name.to_owned(),
+                serializable: false,
+            });
             request.set_timeout(Duration::from_millis(RPC_TIMEOUT_MS));
-            Ok(LocksClient::new(channel).describe(request).await?.into_inner())
+            Ok(LocksClient::new(channel)
+                .describe(request)
+                .await?
+                .into_inner())
         })
         .await
     }
 
-    pub async fn check_token(&self, name: &str, token: u64) -> Result<pb::CheckTokenResponse, Status> {
+    pub async fn check_token(
+        &self,
+        name: &str,
+        token: u64,
+    ) -> Result<pb::CheckTokenResponse, Status> {
         self.retry(|channel| async move {
-            let mut request = tonic::Request::new(pb::CheckTokenRequest { name: name.to_owned(), token, serializable: false });
+            let mut request = tonic::Request::new(pb::CheckTokenRequest {
+                name: name.to_owned(),
+                token,
+                serializable: false,
+            });
             request.set_timeout(Duration::from_millis(RPC_TIMEOUT_MS));
-            Ok(LocksClient::new(channel).check_token(request).await?.into_inner())
+            Ok(LocksClient::new(channel)
+                .check_token(request)
+                .await?
+                .into_inner())
         })
         .await
     }
@@ -181,9 +226,13 @@ async fn keep_alive(client: Client, session_id: u64, ttl_ms: u64, state: Arc<Ses
     loop {
         let result = client
             .retry(|channel| async move {
-                let mut request = tonic::Request::new(tokio_stream::iter([pb::KeepAliveRequest { session_id }]));
+                let mut request =
+                    tonic::Request::new(tokio_stream::iter([pb::KeepAliveRequest { session_id }]));
                 request.set_timeout(Duration::from_millis(RPC_TIMEOUT_MS));
-                let mut responses = SessionsClient::new(channel).keep_alive(request).await?.into_inner();
+                let mut responses = SessionsClient::new(channel)
+                    .keep_alive(request)
+                    .await?
+                    .into_inner();
                 match responses.message().await? {
                     Some(response) => Ok(response),
                     None => Err(Status::unavailable("keepalive stream closed")),
@@ -217,7 +266,12 @@ impl Session {
 
     /// Acquires `name` exclusively, waiting up to `wait_timeout_ms` (0 = try-lock). Returns
     /// `None` if not granted (busy or timed out).
-    pub async fn acquire(&self, name: &str, mode: LockMode, wait_timeout_ms: u64) -> Result<Option<Hold>, Status> {
+    pub async fn acquire(
+        &self,
+        name: &str,
+        mode: LockMode,
+        wait_timeout_ms: u64,
+    ) -> Result<Option<Hold>, Status> {
         let request_id = self.next_request_id();
         let session_id = self.id;
         let response = self
@@ -233,7 +287,10 @@ impl Session {
                     priority: 0,
                 });
                 request.set_timeout(Duration::from_millis(RPC_TIMEOUT_MS + wait_timeout_ms));
-                Ok(LocksClient::new(channel).acquire(request).await?.into_inner())
+                Ok(LocksClient::new(channel)
+                    .acquire(request)
+                    .await?
+                    .into_inner())
             })
             .await?;
         if response.status == AcquireStatus::Acquired as i32 {
@@ -248,7 +305,7 @@ impl Session {
         }
     }
 
-    /// Releases a hold; returns the revision (log index) of the release.
+    /// Releases a hold; returns the log index at which it ended.
     pub async fn release(&self, hold: &Hold) -> Result<u64, Status> {
         let request_id = self.next_request_id();
         let session_id = self.id;
@@ -262,10 +319,13 @@ impl Session {
                     token: hold.token,
                 });
                 request.set_timeout(Duration::from_millis(RPC_TIMEOUT_MS));
-                Ok(LocksClient::new(channel).release(request).await?.into_inner())
+                Ok(LocksClient::new(channel)
+                    .release(request)
+                    .await?
+                    .into_inner())
             })
             .await?;
-        Ok(response.header.map_or(0, |h| h.revision))
+        Ok(response.released_at)
     }
 
     /// Closes the session, releasing everything it holds.
@@ -276,7 +336,10 @@ impl Session {
             .retry(|channel| async move {
                 let mut request = tonic::Request::new(pb::CloseSessionRequest { session_id });
                 request.set_timeout(Duration::from_millis(RPC_TIMEOUT_MS));
-                SessionsClient::new(channel).close(request).await.map(|_| ())
+                SessionsClient::new(channel)
+                    .close(request)
+                    .await
+                    .map(|_| ())
             })
             .await
     }

@@ -795,7 +795,10 @@ impl Applier<'_, '_> {
             }),
             Some(_) => {
                 self.end_hold(name, session_id, ReleaseReason::Released);
-                Outcome::Released { token }
+                Outcome::Released {
+                    token,
+                    released_at: self.log_index,
+                }
             }
         };
         self.record(session_id, request_id, &outcome);

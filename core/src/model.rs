@@ -103,8 +103,11 @@ pub enum Outcome {
     Queued {
         position: u32,
     },
+    /// The hold `token` ended at log index `released_at` (a deduplicated retry answers with the
+    /// original release's index, not its own).
     Released {
         token: FencingToken,
+        released_at: u64,
     },
     /// The wait was cancelled: the answer to `CancelWait`, and the recorded outcome of the
     /// cancelled Acquire (what a retry of it returns).

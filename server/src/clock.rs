@@ -28,9 +28,14 @@ impl LeaderClock {
         let now = Instant::now();
         let office = match &mut self.office {
             Some(office) if office.term == term => office,
-            slot => slot.insert(Office { term, base_cluster_ms: applied_now_ms, base: now }),
+            slot => slot.insert(Office {
+                term,
+                base_cluster_ms: applied_now_ms,
+                base: now,
+            }),
         };
-        let elapsed_ms = u64::try_from(now.duration_since(office.base).as_millis()).unwrap_or(u64::MAX);
+        let elapsed_ms =
+            u64::try_from(now.duration_since(office.base).as_millis()).unwrap_or(u64::MAX);
         let cluster_ms = office.base_cluster_ms.saturating_add(elapsed_ms);
         if cluster_ms < applied_now_ms {
             office.base_cluster_ms = applied_now_ms;

@@ -19,7 +19,12 @@ pub struct RaftTiming {
 
 impl Default for RaftTiming {
     fn default() -> RaftTiming {
-        RaftTiming { heartbeat_ms: 100, election_timeout_min_ms: 400, election_timeout_max_ms: 800, snapshot_every_entries: 10_000 }
+        RaftTiming {
+            heartbeat_ms: 100,
+            election_timeout_min_ms: 400,
+            election_timeout_max_ms: 800,
+            snapshot_every_entries: 10_000,
+        }
     }
 }
 
@@ -54,7 +59,11 @@ impl NodeConfig {
 
     pub fn validate(&self) -> anyhow::Result<()> {
         anyhow::ensure!(self.id > 0, "node id must be > 0");
-        anyhow::ensure!(self.peers.contains_key(&self.id), "the peer list must include this node ({})", self.id);
+        anyhow::ensure!(
+            self.peers.contains_key(&self.id),
+            "the peer list must include this node ({})",
+            self.id
+        );
         anyhow::ensure!(!self.peers.contains_key(&0), "node ids must be > 0");
         let timing = &self.raft;
         anyhow::ensure!(
@@ -65,15 +74,23 @@ impl NodeConfig {
             timing.election_timeout_min_ms < timing.election_timeout_max_ms,
             "election_timeout_min_ms must be below election_timeout_max_ms"
         );
-        anyhow::ensure!(timing.snapshot_every_entries > 0, "snapshot_every_entries must be > 0");
+        anyhow::ensure!(
+            timing.snapshot_every_entries > 0,
+            "snapshot_every_entries must be > 0"
+        );
         Ok(())
     }
 }
 
 /// Parses `ID=HOST:PORT`.
 pub fn parse_peer(text: &str) -> Result<(u64, String), String> {
-    let (id, addr) = text.split_once('=').ok_or_else(|| format!("expected ID=HOST:PORT, got {text:?}"))?;
-    let id: u64 = id.trim().parse().map_err(|_| format!("peer id {id:?} is not a number"))?;
+    let (id, addr) = text
+        .split_once('=')
+        .ok_or_else(|| format!("expected ID=HOST:PORT, got {text:?}"))?;
+    let id: u64 = id
+        .trim()
+        .parse()
+        .map_err(|_| format!("peer id {id:?} is not a number"))?;
     if addr.trim().is_empty() {
         return Err(format!("peer {id} has an empty address"));
     }

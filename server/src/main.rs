@@ -9,7 +9,11 @@ use holdfast_server::config::{NodeConfig, RaftTiming, parse_peer};
 use holdfast_server::server;
 
 #[derive(Parser)]
-#[command(name = "holdfast", version, about = "Raft-replicated lock server with programmable lock policies")]
+#[command(
+    name = "holdfast",
+    version,
+    about = "Raft-replicated lock server with programmable lock policies"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -84,13 +88,16 @@ struct FileConfig {
 }
 
 fn parse_id_map(map: BTreeMap<String, String>) -> anyhow::Result<BTreeMap<u64, String>> {
-    map.into_iter().map(|(id, addr)| Ok((id.parse().with_context(|| format!("peer id {id:?}"))?, addr))).collect()
+    map.into_iter()
+        .map(|(id, addr)| Ok((id.parse().with_context(|| format!("peer id {id:?}"))?, addr)))
+        .collect()
 }
 
 fn node_config(args: ServeArgs) -> anyhow::Result<NodeConfig> {
     let file: FileConfig = match &args.config {
         Some(path) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
             toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?
         }
         None => FileConfig::default(),
@@ -101,21 +108,42 @@ fn node_config(args: ServeArgs) -> anyhow::Result<NodeConfig> {
     routes.extend(args.routes);
     let mut raft = file.raft;
     raft.heartbeat_ms = args.heartbeat_ms.unwrap_or(raft.heartbeat_ms);
-    raft.election_timeout_min_ms = args.election_timeout_min_ms.unwrap_or(raft.election_timeout_min_ms);
-    raft.election_timeout_max_ms = args.election_timeout_max_ms.unwrap_or(raft.election_timeout_max_ms);
-    raft.snapshot_every_entries = args.snapshot_every_entries.unwrap_or(raft.snapshot_every_entries);
+    raft.election_timeout_min_ms = args
+        .election_timeout_min_ms
+        .unwrap_or(raft.election_timeout_min_ms);
+    raft.election_timeout_max_ms = args
+        .election_timeout_max_ms
+        .unwrap_or(raft.election_timeout_max_ms);
+    raft.snapshot_every_entries = args
+        .snapshot_every_entries
+        .unwrap_or(raft.snapshot_every_entries);
     let id = args.id.or(file.id).context("--id is required")?;
-    let listen = args.listen.or(file.listen).context("--listen is required")?;
-    let data_dir = args.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from(format!("./holdfast-data/node-{id}")));
+    let listen = args
+        .listen
+        .or(file.listen)
+        .context("--listen is required")?;
+    let data_dir = args
+        .data_dir
+        .or(file.data_dir)
+        .unwrap_or_else(|| PathBuf::from(format!("./holdfast-data/node-{id}")));
     if peers.is_empty() {
         peers.insert(id, listen.clone());
     }
-    Ok(NodeConfig { id, listen, advertise: args.advertise.or(file.advertise), peers, routes, data_dir, raft })
+    Ok(NodeConfig {
+        id,
+        listen,
+        advertise: args.advertise.or(file.advertise),
+        peers,
+        routes,
+        data_dir,
+        raft,
+    })
 }
 
 async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("installing SIGTERM handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing SIGTERM handler");
     tokio::select! {
         _ = ctrl_c => {}
         _ = term.recv() => {}
@@ -125,7 +153,12 @@ async fn shutdown_signal() {
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = node_config(args)?;
     let running = server::start(config.clone()).await?;
-    println!("holdfast node {} serving on {} (data in {})", config.id, config.listen, config.data_dir.display());
+    println!(
+        "holdfast node {} serving on {} (data in {})",
+        config.id,
+        config.listen,
+        config.data_dir.display()
+    );
     shutdown_signal().await;
     tracing::info!("shutting down");
     running.shutdown().await
@@ -146,9 +179,16 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
             data_dir: args.data_dir.join(format!("node-{id}")),
             raft: RaftTiming::default(),
         };
-        nodes.push(server::start(config).await.with_context(|| format!("starting node {id}"))?);
+        nodes.push(
+            server::start(config)
+                .await
+                .with_context(|| format!("starting node {id}"))?,
+        );
     }
-    println!("holdfast dev cluster: 3 nodes, data in {}", args.data_dir.display());
+    println!(
+        "holdfast dev cluster: 3 nodes, data in {}",
+        args.data_dir.display()
+    );
     for (id, addr) in &peers {
         println!("  node {id}: http://{addr}");
     }

@@ -39,11 +39,23 @@ pub const PENDING_RENEWALS_MAX: usize = holdfast_core::limits::RENEWALS_PER_TICK
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub enum ServeError {
     #[error("this node is not the leader and cannot reach one (last known leader: {})", fmt_leader(.leader_id, .leader_addr))]
-    NotLeader { leader_id: Option<NodeId>, leader_addr: Option<String> },
+    NotLeader {
+        leader_id: Option<NodeId>,
+        leader_addr: Option<String>,
+    },
     #[error("the leader changed while the request was in flight; retry (requests are idempotent)")]
-    LeaderChanged { leader_id: Option<NodeId>, leader_addr: Option<String> },
-    #[error("no quorum: the write did not commit within {timeout_ms} ms; it may still commit, retry with the same request id")]
-    NoQuorum { timeout_ms: u64, leader_id: Option<NodeId>, leader_addr: Option<String> },
+    LeaderChanged {
+        leader_id: Option<NodeId>,
+        leader_addr: Option<String>,
+    },
+    #[error(
+        "no quorum: the write did not commit within {timeout_ms} ms; it may still commit, retry with the same request id"
+    )]
+    NoQuorum {
+        timeout_ms: u64,
+        leader_id: Option<NodeId>,
+        leader_addr: Option<String>,
+    },
     #[error("too many pending keepalives on the leader")]
     Overloaded,
     #[error("internal error: {0}")]
@@ -61,9 +73,19 @@ fn fmt_leader(id: &Option<NodeId>, addr: &Option<String>) -> String {
 impl ServeError {
     pub fn leader(&self) -> (Option<NodeId>, Option<&str>) {
         match self {
-            ServeError::NotLeader { leader_id, leader_addr }
-            | ServeError::LeaderChanged { leader_id, leader_addr }
-            | ServeError::NoQuorum { leader_id, leader_addr, .. } => (*leader_id, leader_addr.as_deref()),
+            ServeError::NotLeader {
+                leader_id,
+                leader_addr,
+            }
+            | ServeError::LeaderChanged {
+                leader_id,
+                leader_addr,
+            }
+            | ServeError::NoQuorum {
+                leader_id,
+                leader_addr,
+                ..
+            } => (*leader_id, leader_addr.as_deref()),
             ServeError::Overloaded | ServeError::Fatal(_) => (None, None),
         }
     }
@@ -103,7 +125,11 @@ impl Node {
         let metrics = metrics.borrow_watched();
         let leader = metrics.current_leader;
         let addr = leader.and_then(|id| {
-            metrics.membership_config.membership().get_node(&id).map(|n| n.addr.clone())
+            metrics
+                .membership_config
+                .membership()
+                .get_node(&id)
+                .map(|n| n.addr.clone())
         });
         (leader, addr)
     }
@@ -126,7 +152,10 @@ impl Node {
 
     fn not_leader(&self) -> ServeError {
         let (leader_id, leader_addr) = self.leader();
-        ServeError::NotLeader { leader_id, leader_addr }
+        ServeError::NotLeader {
+            leader_id,
+            leader_addr,
+        }
     }
 
     /// Resolves when the leader differs from `leader` (fail-fast for in-flight requests).
@@ -174,9 +203,15 @@ impl Node {
 
     /// Proposes a command as leader, stamped with cluster time; answers once it is applied here.
     pub async fn propose(&self, command: Command) -> Result<Response, ServeError> {
-        let Some(term) = self.leader_term() else { return Err(self.not_leader()) };
+        let Some(term) = self.leader_term() else {
+            return Err(self.not_leader());
+        };
         if self.quorum_is_stale() {
-            return Err(ServeError::NoQuorum { timeout_ms: QUORUM_STALE_MS, leader_id: Some(self.id), leader_addr: None });
+            return Err(ServeError::NoQuorum {
+                timeout_ms: QUORUM_STALE_MS,
+                leader_id: Some(self.id),
+                leader_addr: None,
+            });
         }
         let now_ms = self.cluster_now_ms(term);
         let write = self.raft.client_write(Proposal { now_ms, command });
@@ -202,7 +237,10 @@ impl Node {
 
     fn cluster_now_ms(&self, term: u64) -> u64 {
         let applied_now_ms = self.shared.read(|s| s.now_ms());
-        self.clock.lock().expect("clock lock").now_ms(term, applied_now_ms)
+        self.clock
+            .lock()
+            .expect("clock lock")
+            .now_ms(term, applied_now_ms)
     }
 
     /// Renews sessions: buffered on the leader for its next Tick, forwarded from followers.
@@ -220,7 +258,10 @@ impl Node {
                     Duration::from_millis(PEER_CALL_TIMEOUT_MS),
                 )
                 .await
-                .unwrap_or(Err(ServeError::NotLeader { leader_id, leader_addr })),
+                .unwrap_or(Err(ServeError::NotLeader {
+                    leader_id,
+                    leader_addr,
+                })),
             None => Err(self.not_leader()),
         }
     }
@@ -228,13 +269,17 @@ impl Node {
     /// A keepalive counts only if the session is alive at the leader's cluster time now; it is
     /// then carried by the next Tick, which renews before it expires anything.
     pub fn renew_as_leader(&self, sessions: &[SessionId]) -> Result<Vec<Renewal>, ServeError> {
-        let Some(term) = self.leader_term() else { return Err(self.not_leader()) };
+        let Some(term) = self.leader_term() else {
+            return Err(self.not_leader());
+        };
         let now_ms = self.cluster_now_ms(term);
         let renewals: Vec<Renewal> = self.shared.read(|state| {
             sessions
                 .iter()
                 .map(|id| match state.session(*id) {
-                    Some(session) if session.expires_at_ms > now_ms => Renewal::Renewed { ttl_ms: session.ttl_ms },
+                    Some(session) if session.expires_at_ms > now_ms => Renewal::Renewed {
+                        ttl_ms: session.ttl_ms,
+                    },
                     _ => Renewal::Unknown,
                 })
                 .collect()
@@ -267,14 +312,21 @@ impl Node {
                     Duration::from_millis(PEER_CALL_TIMEOUT_MS),
                 )
                 .await
-                .unwrap_or(Err(ServeError::NotLeader { leader_id, leader_addr }))?,
+                .unwrap_or(Err(ServeError::NotLeader {
+                    leader_id,
+                    leader_addr,
+                }))?,
             None => return Err(self.not_leader()),
         };
         let mut applied = self.shared.applied_index.subscribe();
         let wait = applied.wait_for(|index| *index >= read_index);
         match tokio::time::timeout(Duration::from_millis(PEER_CALL_TIMEOUT_MS), wait).await {
             Ok(Ok(_)) => Ok(()),
-            _ => Err(ServeError::NoQuorum { timeout_ms: PEER_CALL_TIMEOUT_MS, leader_id, leader_addr: None }),
+            _ => Err(ServeError::NoQuorum {
+                timeout_ms: PEER_CALL_TIMEOUT_MS,
+                leader_id,
+                leader_addr: None,
+            }),
         }
     }
 
@@ -290,7 +342,11 @@ impl Node {
                 Some(_) => Err(self.not_leader()),
                 None => Err(ServeError::Fatal(e.to_string())),
             },
-            Err(_) => Err(ServeError::NoQuorum { timeout_ms: PEER_CALL_TIMEOUT_MS, leader_id: Some(self.id), leader_addr: None }),
+            Err(_) => Err(ServeError::NoQuorum {
+                timeout_ms: PEER_CALL_TIMEOUT_MS,
+                leader_id: Some(self.id),
+                leader_addr: None,
+            }),
         }
     }
 
@@ -302,20 +358,32 @@ impl Node {
         let mut last_tick = tokio::time::Instant::now();
         loop {
             interval.tick().await;
-            let Some(term) = self.leader_term() else { continue };
+            let Some(term) = self.leader_term() else {
+                continue;
+            };
             let now_ms = self.cluster_now_ms(term);
-            let (due, has_sessions) =
-                self.shared.read(|s| (s.next_deadline_ms().is_some_and(|d| d <= now_ms), s.session_count() > 0));
+            let (due, has_sessions) = self.shared.read(|s| {
+                (
+                    s.next_deadline_ms().is_some_and(|d| d <= now_ms),
+                    s.session_count() > 0,
+                )
+            });
             let renewed: Vec<SessionId> = {
                 let pending = self.renewals.lock().expect("renewals lock");
                 pending.iter().copied().collect()
             };
-            let idle_due = has_sessions && last_tick.elapsed() >= Duration::from_millis(TICK_IDLE_INTERVAL_MS);
+            let idle_due =
+                has_sessions && last_tick.elapsed() >= Duration::from_millis(TICK_IDLE_INTERVAL_MS);
             if !due && renewed.is_empty() && !idle_due {
                 continue;
             }
             last_tick = tokio::time::Instant::now();
-            match self.propose(Command::Tick { renewed: renewed.clone() }).await {
+            match self
+                .propose(Command::Tick {
+                    renewed: renewed.clone(),
+                })
+                .await
+            {
                 Ok(_) => {
                     let mut pending = self.renewals.lock().expect("renewals lock");
                     for id in &renewed {

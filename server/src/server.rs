@@ -35,17 +35,24 @@ impl RunningNode {
         self.ticker.abort();
         let _ = self.shutdown.send(());
         let _ = tokio::time::timeout(Duration::from_secs(5), self.server).await;
-        self.node.raft.shutdown().await.map_err(|e| anyhow::anyhow!("raft shutdown: {e}"))?;
+        self.node
+            .raft
+            .shutdown()
+            .await
+            .map_err(|e| anyhow::anyhow!("raft shutdown: {e}"))?;
         Ok(())
     }
 }
 
 pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
     config.validate()?;
-    std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating {}", config.data_dir.display()))?;
-    let db = open_db(&config.data_dir).with_context(|| format!("opening rocksdb in {}", config.data_dir.display()))?;
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating {}", config.data_dir.display()))?;
+    let db = open_db(&config.data_dir)
+        .with_context(|| format!("opening rocksdb in {}", config.data_dir.display()))?;
     let log_store = LogStore::new(Arc::clone(&db));
-    let state_machine = StateMachineStore::open(Arc::clone(&db)).context("loading the last snapshot")?;
+    let state_machine =
+        StateMachineStore::open(Arc::clone(&db)).context("loading the last snapshot")?;
     let shared = state_machine.shared();
 
     let timing = &config.raft;
@@ -67,14 +74,24 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
     peer_addrs.extend(config.routes.clone());
     peer_addrs.remove(&config.id);
     let peers = Peers::new(peer_addrs);
-    let network = NetworkFactory { peers: Arc::clone(&peers) };
-    let raft = Raft::new(config.id, Arc::new(raft_config), network, log_store, state_machine)
-        .await
-        .map_err(|e| anyhow::anyhow!("starting raft: {e}"))?;
+    let network = NetworkFactory {
+        peers: Arc::clone(&peers),
+    };
+    let raft = Raft::new(
+        config.id,
+        Arc::new(raft_config),
+        network,
+        log_store,
+        state_machine,
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("starting raft: {e}"))?;
 
     let node = Node::new(config.id, raft.clone(), shared, peers);
 
-    let listener = tokio::net::TcpListener::bind(&config.listen).await.with_context(|| format!("binding {}", config.listen))?;
+    let listener = tokio::net::TcpListener::bind(&config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let (shutdown, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
     let router = tonic::transport::Server::builder()
@@ -82,18 +99,26 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         .http2_keepalive_interval(Some(Duration::from_secs(1)))
         .http2_keepalive_timeout(Some(Duration::from_secs(2)))
         .add_service(
-            v1::sessions_server::SessionsServer::new(SessionsApi { node: Arc::clone(&node) })
-                .max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX),
+            v1::sessions_server::SessionsServer::new(SessionsApi {
+                node: Arc::clone(&node),
+            })
+            .max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX),
         )
         .add_service(
-            v1::locks_server::LocksServer::new(LocksApi { node: Arc::clone(&node) })
-                .max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX),
+            v1::locks_server::LocksServer::new(LocksApi {
+                node: Arc::clone(&node),
+            })
+            .max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX),
         )
-        .add_service(v1::cluster_server::ClusterServer::new(ClusterApi { node: Arc::clone(&node) }))
+        .add_service(v1::cluster_server::ClusterServer::new(ClusterApi {
+            node: Arc::clone(&node),
+        }))
         .add_service(
-            PeerServer::new(PeerApi { node: Arc::clone(&node) })
-                .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
-                .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX),
+            PeerServer::new(PeerApi {
+                node: Arc::clone(&node),
+            })
+            .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX),
         );
     let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
         let _ = shutdown_rx.await;
@@ -101,11 +126,27 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
 
     // The lowest-numbered voter founds a brand-new cluster; everyone else waits to be contacted.
     let founder = config.peers.keys().next().copied() == Some(config.id);
-    if founder && !raft.is_initialized().await.map_err(|e| anyhow::anyhow!("{e}"))? {
+    if founder
+        && !raft
+            .is_initialized()
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+    {
         let members = config
             .peers
             .iter()
-            .map(|(id, addr)| (*id, NodeInfo { addr: if *id == config.id { config.advertise_addr().to_owned() } else { addr.clone() } }))
+            .map(|(id, addr)| {
+                (
+                    *id,
+                    NodeInfo {
+                        addr: if *id == config.id {
+                            config.advertise_addr().to_owned()
+                        } else {
+                            addr.clone()
+                        },
+                    },
+                )
+            })
             .collect::<std::collections::BTreeMap<_, _>>();
         match raft.initialize(members).await {
             Ok(()) => tracing::info!(node_id = config.id, "initialized a new cluster"),
@@ -115,5 +156,10 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
 
     let ticker = tokio::spawn(Arc::clone(&node).run_ticker());
     tracing::info!(node_id = config.id, listen = %config.listen, data_dir = %config.data_dir.display(), "node started");
-    Ok(RunningNode { node, server, ticker, shutdown })
+    Ok(RunningNode {
+        node,
+        server,
+        ticker,
+        shutdown,
+    })
 }

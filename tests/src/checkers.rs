@@ -17,11 +17,11 @@ pub struct HoldRecord {
     pub acknowledged: Instant,
 }
 
-/// Mutual exclusion by the grant/release record: for each lock, ordered by token, every hold
-/// must be granted after the previous hold was released. A hold whose release was never
-/// acknowledged (the client gave up and closed its session) must still be followed only by
-/// larger tokens, and must not be followed by another grant before... we cannot know when it
-/// ended, so it only constrains token uniqueness.
+/// Mutual exclusion by the grant/release record: for each lock, ordered by token (= grant
+/// index), no hold may be granted before the previous hold's release index. A handoff grants in
+/// the very entry that releases, so `token == released_at` is the normal, safe case. A hold whose
+/// release was never acknowledged (the client gave up and closed its session) has no known end,
+/// so it only constrains token uniqueness.
 pub fn exclusive_holds_do_not_overlap(records: &[HoldRecord]) -> Vec<String> {
     let mut violations = Vec::new();
     let mut by_lock: BTreeMap<&str, Vec<&HoldRecord>> = BTreeMap::new();
@@ -33,11 +33,14 @@ pub fn exclusive_holds_do_not_overlap(records: &[HoldRecord]) -> Vec<String> {
         for pair in holds.windows(2) {
             let (earlier, later) = (pair[0], pair[1]);
             if earlier.token == later.token {
-                violations.push(format!("lock {lock}: token {} granted twice (clients {} and {})", later.token, earlier.client, later.client));
+                violations.push(format!(
+                    "lock {lock}: token {} granted twice (clients {} and {})",
+                    later.token, earlier.client, later.client
+                ));
                 continue;
             }
             if let Some(released_at) = earlier.released_at
-                && later.token <= released_at
+                && later.token < released_at
             {
                 violations.push(format!(
                     "lock {lock}: token {} granted at index {} while token {} was held until index {released_at}",

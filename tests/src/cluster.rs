@@ -29,9 +29,16 @@ pub fn holdfast_bin() -> PathBuf {
     }
     let exe = std::env::current_exe().expect("test executable path");
     // target/<profile>/deps/it-<hash> -> target/<profile>/holdfast
-    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile> directory");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile> directory");
     let bin = profile_dir.join("holdfast");
-    assert!(bin.exists(), "{} not found: run `cargo build --bins` first (scripts/test does)", bin.display());
+    assert!(
+        bin.exists(),
+        "{} not found: run `cargo build --bins` first (scripts/test does)",
+        bin.display()
+    );
     bin
 }
 
@@ -63,8 +70,13 @@ impl Cluster {
     }
 
     pub async fn start_with(size: u64, extra_args: &[&str]) -> Cluster {
-        let dir = tempfile::Builder::new().prefix("holdfast-it-").tempdir().expect("temp dir");
-        let peers: BTreeMap<u64, String> = (1..=size).map(|id| (id, format!("127.0.0.1:{}", free_port()))).collect();
+        let dir = tempfile::Builder::new()
+            .prefix("holdfast-it-")
+            .tempdir()
+            .expect("temp dir");
+        let peers: BTreeMap<u64, String> = (1..=size)
+            .map(|id| (id, format!("127.0.0.1:{}", free_port())))
+            .collect();
         let nodes = peers
             .iter()
             .map(|(id, addr)| {
@@ -105,21 +117,36 @@ impl Cluster {
     }
 
     fn spawn(&mut self, id: u64) {
-        let peers: Vec<String> = self.peers.iter().map(|(id, addr)| format!("--peer={id}={addr}")).collect();
+        let peers: Vec<String> = self
+            .peers
+            .iter()
+            .map(|(id, addr)| format!("--peer={id}={addr}"))
+            .collect();
         let node = self.nodes.get_mut(&id).expect("known node");
         assert!(node.child.is_none(), "node {id} is already running");
-        let log = File::options().create(true).append(true).open(&node.log_path).expect("node log file");
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&node.log_path)
+            .expect("node log file");
         let child = Command::new(&self.bin)
             .arg("serve")
             .arg(format!("--id={id}"))
             .arg(format!("--listen={}", node.addr))
             .arg(format!("--data-dir={}", node.data_dir.display()))
             .arg(format!("--heartbeat-ms={TEST_HEARTBEAT_MS}"))
-            .arg(format!("--election-timeout-min-ms={TEST_ELECTION_TIMEOUT_MIN_MS}"))
-            .arg(format!("--election-timeout-max-ms={TEST_ELECTION_TIMEOUT_MAX_MS}"))
+            .arg(format!(
+                "--election-timeout-min-ms={TEST_ELECTION_TIMEOUT_MIN_MS}"
+            ))
+            .arg(format!(
+                "--election-timeout-max-ms={TEST_ELECTION_TIMEOUT_MAX_MS}"
+            ))
             .args(&peers)
             .args(&self.extra_args)
-            .env("RUST_LOG", std::env::var("HOLDFAST_TEST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("HOLDFAST_TEST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log handle"))
             .stderr(log)
@@ -142,7 +169,10 @@ impl Cluster {
     pub fn stop(&mut self, id: u64) {
         let node = self.nodes.get_mut(&id).expect("known node");
         if let Some(mut child) = node.child.take() {
-            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
             let deadline = std::time::Instant::now() + Duration::from_secs(10);
             while std::time::Instant::now() < deadline {
                 if let Ok(Some(_)) = child.try_wait() {
@@ -193,7 +223,11 @@ impl Cluster {
             {
                 return leader;
             }
-            assert!(Instant::now() < deadline, "no agreed leader among {ids:?} within {CONVERGE_TIMEOUT_MS} ms: {leaders:?}\n{}", self.logs_hint());
+            assert!(
+                Instant::now() < deadline,
+                "no agreed leader among {ids:?} within {CONVERGE_TIMEOUT_MS} ms: {leaders:?}\n{}",
+                self.logs_hint()
+            );
             tokio::time::sleep(Duration::from_millis(POLL_INTERVAL_MS)).await;
         }
     }
@@ -211,7 +245,11 @@ impl Cluster {
             if views.len() == ids.len() && views.windows(2).all(|w| w[0] == w[1]) {
                 return views.swap_remove(0);
             }
-            assert!(Instant::now() < deadline, "nodes {ids:?} did not converge: {views:?}\n{}", self.logs_hint());
+            assert!(
+                Instant::now() < deadline,
+                "nodes {ids:?} did not converge: {views:?}\n{}",
+                self.logs_hint()
+            );
             tokio::time::sleep(Duration::from_millis(POLL_INTERVAL_MS)).await;
         }
     }
@@ -221,7 +259,10 @@ impl Cluster {
         for (id, node) in &self.nodes {
             let log = std::fs::read_to_string(&node.log_path).unwrap_or_default();
             let tail: Vec<&str> = log.lines().rev().take(15).collect();
-            text.push_str(&format!("--- node {id} log (last lines, newest first) ---\n{}\n", tail.join("\n")));
+            text.push_str(&format!(
+                "--- node {id} log (last lines, newest first) ---\n{}\n",
+                tail.join("\n")
+            ));
         }
         text
     }
@@ -236,7 +277,8 @@ impl Drop for Cluster {
             }
         }
         if std::thread::panicking() || std::env::var_os("HOLDFAST_KEEP_TEST_DIRS").is_some() {
-            let kept = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir")).keep();
+            let kept =
+                std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir")).keep();
             eprintln!("cluster data and node logs kept in {}", kept.display());
         }
     }

@@ -58,11 +58,11 @@ fn queued_fifo_handoff_token_is_release_index() {
             #6 => queued pos=1
                + queued a s3 pos=1
             ?lock a => x/1 holders=[s1:t4] waiters=[0:s2:x 1:s3:x]
-            #7 => released t4
+            #7 => released t4 @7
                + released a s1 t4 Released
                + acquired a s2 t7 x
             ?lock a => x/1 holders=[s2:t7] waiters=[0:s3:x]
-            #8 => released t7
+            #8 => released t7 @8
                + released a s2 t7 Released
                + acquired a s3 t8 x
             ?token a 7 => None
@@ -107,7 +107,7 @@ fn shared_up_to_max_holders() {
             #9 => queued pos=0
                + queued r s4 pos=0
             ?lock r => s/3 holders=[s1:t5 s2:t6 s3:t7] waiters=[0:s4:s]
-            #10 => released t6
+            #10 => released t6 @10
                + released r s2 t6 Released
                + acquired r s4 t10 s
             ?lock r => s/3 holders=[s1:t5 s3:t7 s4:t10] waiters=[]
@@ -149,10 +149,10 @@ fn readers_and_writers_wait_for_each_other_in_order() {
             #7 => queued pos=1
                + queued rw s3 pos=1
             #8 => rejected WouldBlock { name: "rw" }
-            #9 => released t5
+            #9 => released t5 @9
                + released rw s1 t5 Released
                + acquired rw s2 t9 x
-            #10 => released t9
+            #10 => released t9 @10
                + released rw s2 t9 Released
                + acquired rw s3 t10 s
             ?lock rw => s/1024 holders=[s3:t10] waiters=[]
@@ -208,13 +208,13 @@ fn capacity_is_free_again_once_no_shared_user_is_left() {
                + session-opened s2
             #3 => acquired t3
                + acquired sem s1 t3 s
-            #4 => released t3
+            #4 => released t3 @4
                + released sem s1 t3 Released
             #5 => acquired t5
                + acquired sem s1 t5 x
             #6 => queued pos=0
                + queued sem s2 pos=0
-            #7 => released t5
+            #7 => released t5 @7
                + released sem s1 t5 Released
                + acquired sem s2 t7 s
             ?lock sem => s/5 holders=[s2:t7] waiters=[]
@@ -240,7 +240,7 @@ fn reentrant_acquire_returns_the_same_hold() {
                + acquired a s1 t2 x
             #3 => acquired t2 reentrant
             #4 => rejected ModeConflict { name: "a", held: Exclusive, max_holders: 1 }
-            #5 => released t2
+            #5 => released t2 @5
                + released a s1 t2 Released
             #6 => acquired t6
                + acquired a s1 t6 x
@@ -309,7 +309,7 @@ fn idempotent_acquire_retry() {
             #5 => queued pos=0
                + queued a s2 pos=0
             #6 => queued pos=0
-            #7 => released t3
+            #7 => released t3 @7
                + released a s1 t3 Released
                + acquired a s2 t7 x
             #8 => acquired t7
@@ -344,10 +344,10 @@ fn idempotent_release_retry() {
                + acquired a s1 t3 x
             #4 => queued pos=0
                + queued a s2 pos=0
-            #5 => released t3
+            #5 => released t3 @5
                + released a s1 t3 Released
                + acquired a s2 t5 x
-            #6 => released t3
+            #6 => released t3 @5
             #7 => queued pos=0
                + queued a s1 pos=0
             #8 => rejected NotHeld { name: "a", session_id: 1 }
@@ -376,7 +376,7 @@ fn rejected_requests_are_recorded_too() {
             #3 => acquired t3
                + acquired a s1 t3 x
             #4 => rejected WouldBlock { name: "a" }
-            #5 => released t3
+            #5 => released t3 @5
                + released a s1 t3 Released
             #6 => rejected WouldBlock { name: "a" }
             #7 => acquired t7
@@ -411,7 +411,7 @@ fn release_with_stale_token_or_without_hold() {
             #5 => rejected StaleToken { name: "a", token: 99 }
             #6 => rejected NotHeld { name: "a", session_id: 2 }
             #7 => rejected NotHeld { name: "b", session_id: 2 }
-            #8 => released t3
+            #8 => released t3 @8
                + released a s1 t3 Released
             #9 => rejected NotHeld { name: "a", session_id: 1 }
             ?token a 3 => None

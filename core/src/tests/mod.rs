@@ -259,7 +259,7 @@ pub(crate) fn render_outcome(outcome: &Outcome) -> String {
             format!("acquired t{token}{lease}{reentrant}")
         }
         Outcome::Queued { position } => format!("queued pos={position}"),
-        Outcome::Released { token } => format!("released t{token}"),
+        Outcome::Released { token, released_at } => format!("released t{token} @{released_at}"),
         Outcome::WaitCancelled => "wait-cancelled".to_string(),
         Outcome::Rejected(rejection) => format!("rejected {rejection:?}"),
     }

@@ -270,7 +270,7 @@ fn no_lock_delay_after_release_or_close() {
                + queued a s2 pos=0
             #6 => queued pos=1
                + queued a s3 pos=1
-            #7 => released t4
+            #7 => released t4 @7
                + released a s1 t4 Released
                + acquired a s2 t7 x
             #8 => closed s2
@@ -309,7 +309,7 @@ fn out_of_range_choice_falls_back_to_fifo() {
                + queued a s2 pos=0
             #6 => queued pos=1
                + queued a s3 pos=1
-            #7 => released t4
+            #7 => released t4 @7
                + released a s1 t4 Released
                + acquired a s2 t7 x
             ?faults => 1
@@ -351,10 +351,10 @@ fn duplicate_or_incompatible_choice_falls_back_to_fifo() {
                + queued r s2 pos=0
             #6 => queued pos=1
                + queued r s3 pos=1
-            #7 => released t4
+            #7 => released t4 @7
                + released r s1 t4 Released
                + acquired r s2 t7 x
-            #8 => released t7
+            #8 => released t7 @8
                + released r s2 t7 Released
                + acquired r s3 t8 s
             ?faults => 2
@@ -386,7 +386,7 @@ fn duplicate_or_incompatible_choice_falls_back_to_fifo() {
                + queued a s2 pos=0
             #6 => queued pos=1
                + queued a s3 pos=1
-            #7 => released t4
+            #7 => released t4 @7
                + released a s1 t4 Released
                + acquired a s2 t7 x
             ?faults => 1
@@ -415,7 +415,7 @@ fn empty_choice_on_a_free_lock_falls_back_to_fifo() {
                + acquired a s1 t3 x
             #4 => queued pos=0
                + queued a s2 pos=0
-            #5 => released t3
+            #5 => released t3 @5
                + released a s1 t3 Released
                + acquired a s2 t5 x
             ?faults => 1
@@ -484,7 +484,7 @@ fn valid_policy_choice_is_honoured() {
                + queued a s2 pos=0
             #6 => queued pos=1
                + queued a s3 pos=1
-            #7 => released t4
+            #7 => released t4 @7
                + released a s1 t4 Released
                + acquired a s3 t7 x
             ?lock a => x/1 holders=[s3:t7] waiters=[0:s2:x]
@@ -551,7 +551,7 @@ fn builtin_fifo_grants_consecutive_readers_up_to_capacity() {
                + queued r s4 pos=2
             #10 => queued pos=3
                + queued r s5 pos=3
-            #11 => released t6
+            #11 => released t6 @11
                + released r s1 t6 Released
                + acquired r s2 t11 s
                + acquired r s3 t11 s

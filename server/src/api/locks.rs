@@ -2,7 +2,10 @@
 
 use std::sync::Arc;
 
-use holdfast_core::{AcquireRequest, Command, HolderView, LeaveReason, LockView, Mode, Outcome, Rejection, WaiterInfo};
+use holdfast_core::{
+    AcquireRequest, Command, HolderView, LeaveReason, LockView, Mode, Outcome, Rejection,
+    WaiterInfo,
+};
 use holdfast_proto::v1::{self as pb, locks_server::Locks};
 use tonic::{Request, Response, Status};
 
@@ -19,7 +22,9 @@ fn mode_from_pb(mode: i32) -> Result<Mode, Status> {
     match pb::LockMode::try_from(mode) {
         Ok(pb::LockMode::Exclusive) => Ok(Mode::Exclusive),
         Ok(pb::LockMode::Shared) => Ok(Mode::Shared),
-        Err(_) => Err(Status::invalid_argument(format!("mode: unknown lock mode {mode}"))),
+        Err(_) => Err(Status::invalid_argument(format!(
+            "mode: unknown lock mode {mode}"
+        ))),
     }
 }
 
@@ -72,12 +77,14 @@ struct CancelOnDrop {
 
 impl Drop for CancelOnDrop {
     fn drop(&mut self) {
-        self.node.shared.waiters.forget(self.session_id, &self.name);
         if !self.armed {
             return;
         }
         let node = Arc::clone(&self.node);
-        let command = Command::CancelWait { session_id: self.session_id, name: std::mem::take(&mut self.name) };
+        let command = Command::CancelWait {
+            session_id: self.session_id,
+            name: std::mem::take(&mut self.name),
+        };
         tokio::spawn(async move {
             if let Err(e) = node.write(command).await {
                 tracing::debug!(error = %e, "cancelling an abandoned wait failed; it will time out");
@@ -87,7 +94,14 @@ impl Drop for CancelOnDrop {
 }
 
 impl LocksApi {
-    fn acquired(&self, log_index: u64, now_ms: u64, token: u64, lease_ms: u64, reentrant: bool) -> Response<pb::AcquireResponse> {
+    fn acquired(
+        &self,
+        log_index: u64,
+        now_ms: u64,
+        token: u64,
+        lease_ms: u64,
+        reentrant: bool,
+    ) -> Response<pb::AcquireResponse> {
         Response::new(pb::AcquireResponse {
             header: header(&self.node, log_index, now_ms),
             status: pb::AcquireStatus::Acquired as i32,
@@ -97,7 +111,12 @@ impl LocksApi {
         })
     }
 
-    fn not_acquired(&self, log_index: u64, now_ms: u64, status: pb::AcquireStatus) -> Response<pb::AcquireResponse> {
+    fn not_acquired(
+        &self,
+        log_index: u64,
+        now_ms: u64,
+        status: pb::AcquireStatus,
+    ) -> Response<pb::AcquireResponse> {
         Response::new(pb::AcquireResponse {
             header: header(&self.node, log_index, now_ms),
             status: status as i32,
@@ -111,7 +130,10 @@ impl LocksApi {
 #[tonic::async_trait]
 impl Locks for LocksApi {
     #[tracing::instrument(level = "debug", skip_all, fields(lock = %request.get_ref().name, session_id = request.get_ref().session_id))]
-    async fn acquire(&self, request: Request<pb::AcquireRequest>) -> Result<Response<pb::AcquireResponse>, Status> {
+    async fn acquire(
+        &self,
+        request: Request<pb::AcquireRequest>,
+    ) -> Result<Response<pb::AcquireResponse>, Status> {
         let request = request.into_inner();
         validate::session_id(request.session_id)?;
         validate::lock_name("name", &request.name)?;
@@ -121,8 +143,14 @@ impl Locks for LocksApi {
         let session_id = request.session_id;
         let name = request.name.clone();
         // Register before proposing, so that a grant applied before we start waiting is not missed.
-        let mut wait = (request.wait_timeout_ms > 0).then(|| self.node.shared.waiters.register(session_id, &name));
-        let mut guard = CancelOnDrop { node: Arc::clone(&self.node), session_id, name: name.clone(), armed: false };
+        let wait = (request.wait_timeout_ms > 0)
+            .then(|| self.node.shared.waiters.register(session_id, &name));
+        let mut guard = CancelOnDrop {
+            node: Arc::clone(&self.node),
+            session_id,
+            name: name.clone(),
+            armed: false,
+        };
         let command = Command::Acquire(AcquireRequest {
             session_id,
             request_id: request.request_id,
@@ -134,49 +162,77 @@ impl Locks for LocksApi {
         });
         let response = self.node.write(command).await?;
         match response.outcome {
-            Outcome::Acquired { token, lease_ms, reentrant } => {
-                Ok(self.acquired(response.log_index, response.now_ms, token, lease_ms, reentrant))
-            }
+            Outcome::Acquired {
+                token,
+                lease_ms,
+                reentrant,
+            } => Ok(self.acquired(
+                response.log_index,
+                response.now_ms,
+                token,
+                lease_ms,
+                reentrant,
+            )),
             Outcome::Queued { .. } => {
-                let Some(wait) = wait.take() else {
+                let Some(wait) = wait else {
                     return Err(Status::internal("queued a try-lock"));
                 };
                 guard.armed = true;
-                let result = wait.await.map_err(|_| Status::internal("waiter registry dropped the wait"))?;
+                let result = wait.after(response.log_index).await;
                 guard.armed = false;
                 match result {
-                    WaitResult::Granted { token, lease_ms, log_index } => {
+                    WaitResult::Granted {
+                        token,
+                        lease_ms,
+                        log_index,
+                    } => {
                         let now_ms = self.node.shared.read(|s| s.now_ms());
                         Ok(self.acquired(log_index, now_ms, token, lease_ms, false))
                     }
-                    WaitResult::Left { reason: LeaveReason::TimedOut, log_index } => {
+                    WaitResult::Left {
+                        reason: LeaveReason::TimedOut,
+                        log_index,
+                    } => {
                         let now_ms = self.node.shared.read(|s| s.now_ms());
                         Ok(self.not_acquired(log_index, now_ms, pb::AcquireStatus::TimedOut))
                     }
-                    WaitResult::Left { reason: LeaveReason::Cancelled, .. } => {
-                        Err(Status::cancelled(format!("the wait for lock {name} was cancelled")))
-                    }
-                    WaitResult::Left { reason: LeaveReason::SessionClosed | LeaveReason::SessionExpired, .. } => {
-                        Err(rejection_status(&Rejection::SessionEnded { name }))
-                    }
+                    WaitResult::Left {
+                        reason: LeaveReason::Cancelled,
+                        ..
+                    } => Err(Status::cancelled(format!(
+                        "the wait for lock {name} was cancelled"
+                    ))),
+                    WaitResult::Left {
+                        reason: LeaveReason::SessionClosed | LeaveReason::SessionExpired,
+                        ..
+                    } => Err(rejection_status(&Rejection::SessionEnded { name })),
                     WaitResult::Lost { .. } => Err(Status::aborted(format!(
                         "this node installed a snapshot and session {session_id} no longer waits for lock {name}; describe the lock or retry"
                     ))),
                 }
             }
-            Outcome::Rejected(Rejection::WouldBlock { .. }) => {
-                Ok(self.not_acquired(response.log_index, response.now_ms, pb::AcquireStatus::WouldBlock))
-            }
-            Outcome::Rejected(Rejection::WaitTimedOut { .. }) => {
-                Ok(self.not_acquired(response.log_index, response.now_ms, pb::AcquireStatus::TimedOut))
-            }
+            Outcome::Rejected(Rejection::WouldBlock { .. }) => Ok(self.not_acquired(
+                response.log_index,
+                response.now_ms,
+                pb::AcquireStatus::WouldBlock,
+            )),
+            Outcome::Rejected(Rejection::WaitTimedOut { .. }) => Ok(self.not_acquired(
+                response.log_index,
+                response.now_ms,
+                pb::AcquireStatus::TimedOut,
+            )),
             Outcome::Rejected(rejection) => Err(rejection_status(&rejection)),
-            other => Err(Status::internal(format!("unexpected outcome for Acquire: {other:?}"))),
+            other => Err(Status::internal(format!(
+                "unexpected outcome for Acquire: {other:?}"
+            ))),
         }
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(lock = %request.get_ref().name, fencing_token = request.get_ref().token))]
-    async fn release(&self, request: Request<pb::ReleaseRequest>) -> Result<Response<pb::ReleaseResponse>, Status> {
+    async fn release(
+        &self,
+        request: Request<pb::ReleaseRequest>,
+    ) -> Result<Response<pb::ReleaseResponse>, Status> {
         let request = request.into_inner();
         validate::session_id(request.session_id)?;
         validate::lock_name("name", &request.name)?;
@@ -189,21 +245,30 @@ impl Locks for LocksApi {
         };
         let response = self.node.write(command).await?;
         match response.outcome {
-            Outcome::Released { .. } => Ok(Response::new(pb::ReleaseResponse {
+            Outcome::Released { released_at, .. } => Ok(Response::new(pb::ReleaseResponse {
                 header: header(&self.node, response.log_index, response.now_ms),
+                released_at,
             })),
             Outcome::Rejected(rejection) => Err(rejection_status(&rejection)),
-            other => Err(Status::internal(format!("unexpected outcome for Release: {other:?}"))),
+            other => Err(Status::internal(format!(
+                "unexpected outcome for Release: {other:?}"
+            ))),
         }
     }
 
-    async fn check_token(&self, request: Request<pb::CheckTokenRequest>) -> Result<Response<pb::CheckTokenResponse>, Status> {
+    async fn check_token(
+        &self,
+        request: Request<pb::CheckTokenRequest>,
+    ) -> Result<Response<pb::CheckTokenResponse>, Status> {
         let request = request.into_inner();
         validate::lock_name("name", &request.name)?;
         if !request.serializable {
             self.node.read_barrier().await?;
         }
-        let holder = self.node.shared.read(|s| s.check_token(&request.name, request.token));
+        let holder = self
+            .node
+            .shared
+            .read(|s| s.check_token(&request.name, request.token));
         Ok(Response::new(pb::CheckTokenResponse {
             header: read_header(&self.node),
             current: holder.is_some(),
@@ -211,17 +276,26 @@ impl Locks for LocksApi {
         }))
     }
 
-    async fn describe(&self, request: Request<pb::DescribeRequest>) -> Result<Response<pb::DescribeResponse>, Status> {
+    async fn describe(
+        &self,
+        request: Request<pb::DescribeRequest>,
+    ) -> Result<Response<pb::DescribeResponse>, Status> {
         let request = request.into_inner();
         validate::lock_name("name", &request.name)?;
         if !request.serializable {
             self.node.read_barrier().await?;
         }
         let lock = self.node.shared.read(|s| s.lock(&request.name));
-        Ok(Response::new(pb::DescribeResponse { header: read_header(&self.node), lock: lock.as_ref().map(lock_to_pb) }))
+        Ok(Response::new(pb::DescribeResponse {
+            header: read_header(&self.node),
+            lock: lock.as_ref().map(lock_to_pb),
+        }))
     }
 
-    async fn list(&self, request: Request<pb::ListRequest>) -> Result<Response<pb::ListResponse>, Status> {
+    async fn list(
+        &self,
+        request: Request<pb::ListRequest>,
+    ) -> Result<Response<pb::ListResponse>, Status> {
         let request = request.into_inner();
         validate::prefix(&request.prefix)?;
         let limit = validate::list_limit(request.limit);
@@ -229,6 +303,9 @@ impl Locks for LocksApi {
             self.node.read_barrier().await?;
         }
         let locks = self.node.shared.read(|s| s.locks(&request.prefix, limit));
-        Ok(Response::new(pb::ListResponse { header: read_header(&self.node), locks: locks.iter().map(lock_to_pb).collect() }))
+        Ok(Response::new(pb::ListResponse {
+            header: read_header(&self.node),
+            locks: locks.iter().map(lock_to_pb).collect(),
+        }))
     }
 }

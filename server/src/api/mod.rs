@@ -23,7 +23,12 @@ pub use sessions::SessionsApi;
 /// read) with cluster time `now_ms`.
 fn header(node: &Node, revision: u64, now_ms: u64) -> Option<ResponseHeader> {
     let (leader, _) = node.leader();
-    Some(ResponseHeader { revision, node_id: node.id, leader_id: leader.unwrap_or(0), now_ms })
+    Some(ResponseHeader {
+        revision,
+        node_id: node.id,
+        leader_id: leader.unwrap_or(0),
+        now_ms,
+    })
 }
 
 /// Header for a read of the current applied state.
@@ -48,10 +53,15 @@ impl pb::cluster_server::Cluster for ClusterApi {
             let metrics = node.raft.metrics();
             let metrics = metrics.borrow_watched();
             let voters: Vec<u64> = metrics.membership_config.membership().voter_ids().collect();
-            (metrics.current_term, metrics.last_log_index.unwrap_or(0), voters)
+            (
+                metrics.current_term,
+                metrics.last_log_index.unwrap_or(0),
+                voters,
+            )
         };
-        let (applied_index, now_ms, session_count, digest) =
-            node.shared.read(|s| (s.applied_index(), s.now_ms(), s.session_count(), s.digest()));
+        let (applied_index, now_ms, session_count, digest) = node
+            .shared
+            .read(|s| (s.applied_index(), s.now_ms(), s.session_count(), s.digest()));
         Ok(tonic::Response::new(pb::StatusResponse {
             node_id: node.id,
             leader_id: leader_id.unwrap_or(0),

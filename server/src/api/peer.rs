@@ -17,18 +17,26 @@ pub struct PeerApi {
 }
 
 fn decode<T: DeserializeOwned>(request: Request<Payload>) -> Result<T, Status> {
-    codec::decode(&request.into_inner().data).map_err(|e| Status::invalid_argument(format!("undecodable peer payload: {e}")))
+    codec::decode(&request.into_inner().data)
+        .map_err(|e| Status::invalid_argument(format!("undecodable peer payload: {e}")))
 }
 
 fn reply<T: Serialize>(value: &T) -> Result<Response<Payload>, Status> {
-    Ok(Response::new(Payload { data: codec::encode(value) }))
+    Ok(Response::new(Payload {
+        data: codec::encode(value),
+    }))
 }
 
 #[tonic::async_trait]
 impl Peer for PeerApi {
     async fn append_entries(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
         let rpc: openraft::raft::AppendEntriesRequest<TypeConfig> = decode(request)?;
-        let result = self.node.raft.append_entries(rpc).await.map_err(|e| e.to_string());
+        let result = self
+            .node
+            .raft
+            .append_entries(rpc)
+            .await
+            .map_err(|e| e.to_string());
         reply(&result)
     }
 
@@ -40,14 +48,30 @@ impl Peer for PeerApi {
 
     async fn pre_vote(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
         let rpc: openraft::raft::VoteRequest<TypeConfig> = decode(request)?;
-        let result = self.node.raft.pre_vote(rpc).await.map_err(|e| e.to_string());
+        let result = self
+            .node
+            .raft
+            .pre_vote(rpc)
+            .await
+            .map_err(|e| e.to_string());
         reply(&result)
     }
 
-    async fn install_snapshot(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
+    async fn install_snapshot(
+        &self,
+        request: Request<Payload>,
+    ) -> Result<Response<Payload>, Status> {
         let (vote, meta, data): (Vote, SnapshotMeta, Vec<u8>) = decode(request)?;
-        let snapshot = openraft::Snapshot { meta, snapshot: data };
-        let result = self.node.raft.install_full_snapshot(vote, snapshot).await.map_err(|e| e.to_string());
+        let snapshot = openraft::Snapshot {
+            meta,
+            snapshot: data,
+        };
+        let result = self
+            .node
+            .raft
+            .install_full_snapshot(vote, snapshot)
+            .await
+            .map_err(|e| e.to_string());
         reply(&result)
     }
 

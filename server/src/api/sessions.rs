@@ -24,28 +24,42 @@ type KeepAliveStream = Pin<Box<dyn Stream<Item = Result<pb::KeepAliveResponse, S
 #[tonic::async_trait]
 impl Sessions for SessionsApi {
     #[tracing::instrument(level = "debug", skip_all, fields(ttl_ms = request.get_ref().ttl_ms))]
-    async fn open(&self, request: Request<pb::OpenSessionRequest>) -> Result<Response<pb::OpenSessionResponse>, Status> {
+    async fn open(
+        &self,
+        request: Request<pb::OpenSessionRequest>,
+    ) -> Result<Response<pb::OpenSessionResponse>, Status> {
         let request = request.into_inner();
         validate::ttl_ms(request.ttl_ms)?;
         validate::principal(&request.principal)?;
         let labels = request.labels.into_iter().collect();
         validate::labels(&labels)?;
-        let command = Command::OpenSession { ttl_ms: request.ttl_ms, principal: request.principal, labels };
+        let command = Command::OpenSession {
+            ttl_ms: request.ttl_ms,
+            principal: request.principal,
+            labels,
+        };
         let response = self.node.write(command).await?;
         match response.outcome {
-            Outcome::SessionOpened { session_id, ttl_ms } => Ok(Response::new(pb::OpenSessionResponse {
-                header: header(&self.node, response.log_index, response.now_ms),
-                session_id,
-                ttl_ms,
-            })),
+            Outcome::SessionOpened { session_id, ttl_ms } => {
+                Ok(Response::new(pb::OpenSessionResponse {
+                    header: header(&self.node, response.log_index, response.now_ms),
+                    session_id,
+                    ttl_ms,
+                }))
+            }
             Outcome::Rejected(rejection) => Err(rejection_status(&rejection)),
-            other => Err(Status::internal(format!("unexpected outcome for OpenSession: {other:?}"))),
+            other => Err(Status::internal(format!(
+                "unexpected outcome for OpenSession: {other:?}"
+            ))),
         }
     }
 
     type KeepAliveStream = KeepAliveStream;
 
-    async fn keep_alive(&self, request: Request<Streaming<pb::KeepAliveRequest>>) -> Result<Response<KeepAliveStream>, Status> {
+    async fn keep_alive(
+        &self,
+        request: Request<Streaming<pb::KeepAliveRequest>>,
+    ) -> Result<Response<KeepAliveStream>, Status> {
         let mut requests = request.into_inner();
         let node = Arc::clone(&self.node);
         let (tx, rx) = tokio::sync::mpsc::channel(KEEPALIVE_STREAM_BUFFER);
@@ -53,37 +67,57 @@ impl Sessions for SessionsApi {
             while let Some(next) = requests.next().await {
                 let reply = match next {
                     Err(status) => Err(status),
-                    Ok(request) if request.session_id == 0 => Err(Status::invalid_argument("session_id: must be set")),
+                    Ok(request) if request.session_id == 0 => {
+                        Err(Status::invalid_argument("session_id: must be set"))
+                    }
                     Ok(request) => match node.renew(vec![request.session_id]).await {
                         Ok(renewals) => match renewals.first() {
-                            Some(Renewal::Renewed { ttl_ms }) => {
-                                Ok(pb::KeepAliveResponse { session_id: request.session_id, ttl_ms: *ttl_ms })
-                            }
-                            _ => Err(Status::not_found(format!("session {} does not exist (closed or expired)", request.session_id))),
+                            Some(Renewal::Renewed { ttl_ms }) => Ok(pb::KeepAliveResponse {
+                                session_id: request.session_id,
+                                ttl_ms: *ttl_ms,
+                            }),
+                            _ => Err(Status::not_found(format!(
+                                "session {} does not exist (closed or expired)",
+                                request.session_id
+                            ))),
                         },
                         Err(e) => Err(e.into()),
                     },
                 };
-                let stop = reply.as_ref().is_err_and(|s| s.code() == tonic::Code::NotFound);
+                let stop = reply
+                    .as_ref()
+                    .is_err_and(|s| s.code() == tonic::Code::NotFound);
                 if tx.send(reply).await.is_err() || stop {
                     break;
                 }
             }
         });
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(session_id = request.get_ref().session_id))]
-    async fn close(&self, request: Request<pb::CloseSessionRequest>) -> Result<Response<pb::CloseSessionResponse>, Status> {
+    async fn close(
+        &self,
+        request: Request<pb::CloseSessionRequest>,
+    ) -> Result<Response<pb::CloseSessionResponse>, Status> {
         let request = request.into_inner();
         validate::session_id(request.session_id)?;
-        let response = self.node.write(Command::CloseSession { session_id: request.session_id }).await?;
+        let response = self
+            .node
+            .write(Command::CloseSession {
+                session_id: request.session_id,
+            })
+            .await?;
         match response.outcome {
             Outcome::SessionClosed { .. } => Ok(Response::new(pb::CloseSessionResponse {
                 header: header(&self.node, response.log_index, response.now_ms),
             })),
             Outcome::Rejected(rejection) => Err(rejection_status(&rejection)),
-            other => Err(Status::internal(format!("unexpected outcome for CloseSession: {other:?}"))),
+            other => Err(Status::internal(format!(
+                "unexpected outcome for CloseSession: {other:?}"
+            ))),
         }
     }
 }

@@ -31,7 +31,9 @@ pub fn rejection_status(rejection: &Rejection) -> Status {
 
 pub fn serve_status(error: &ServeError) -> Status {
     let code = match error {
-        ServeError::NotLeader { .. } | ServeError::LeaderChanged { .. } | ServeError::NoQuorum { .. } => Code::Unavailable,
+        ServeError::NotLeader { .. }
+        | ServeError::LeaderChanged { .. }
+        | ServeError::NoQuorum { .. } => Code::Unavailable,
         ServeError::Overloaded => Code::ResourceExhausted,
         ServeError::Fatal(_) => Code::Internal,
     };

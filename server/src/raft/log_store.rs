@@ -19,7 +19,9 @@ use std::sync::mpsc;
 
 use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{OptionalSend, RaftTypeConfig};
-use rocksdb::{ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, WriteBatch, WriteOptions};
+use rocksdb::{
+    ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, WriteBatch, WriteOptions,
+};
 
 use super::{Entry, LogId, TypeConfig, Vote, codec};
 
@@ -34,7 +36,8 @@ pub fn open_db(dir: &Path) -> io::Result<Arc<DB>> {
     let mut options = Options::default();
     options.create_if_missing(true);
     options.create_missing_column_families(true);
-    let families = [CF_LOG, CF_META].map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
+    let families =
+        [CF_LOG, CF_META].map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
     let db = DB::open_cf_descriptors(&options, dir, families).map_err(io::Error::other)?;
     Ok(Arc::new(db))
 }
@@ -44,7 +47,9 @@ fn index_key(index: u64) -> [u8; 8] {
 }
 
 fn key_index(key: &[u8]) -> io::Result<u64> {
-    let bytes: [u8; 8] = key.try_into().map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "log key is not 8 bytes"))?;
+    let bytes: [u8; 8] = key
+        .try_into()
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "log key is not 8 bytes"))?;
     Ok(u64::from_be_bytes(bytes))
 }
 
@@ -72,11 +77,16 @@ impl LogStore {
     }
 
     fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
-        self.db.cf_handle(name).expect("column family created at open")
+        self.db
+            .cf_handle(name)
+            .expect("column family created at open")
     }
 
     fn get_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> io::Result<Option<T>> {
-        let bytes = self.db.get_cf(self.cf(CF_META), key).map_err(io::Error::other)?;
+        let bytes = self
+            .db
+            .get_cf(self.cf(CF_META), key)
+            .map_err(io::Error::other)?;
         bytes.map(|b| codec::decode(&b)).transpose()
     }
 
@@ -102,7 +112,9 @@ fn run_flusher(db: &DB, pending: &mpsc::Receiver<IOFlushed<TypeConfig>>) {
         for callback in batch {
             let result = match &synced {
                 Ok(()) => Ok(()),
-                Err(e) => Err(io::Error::other(format!("fsync of the raft log failed: {e}"))),
+                Err(e) => Err(io::Error::other(format!(
+                    "fsync of the raft log failed: {e}"
+                ))),
             };
             callback.io_completed(result);
         }
@@ -123,7 +135,10 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Unbounded => 0,
         };
         let mut entries = Vec::new();
-        let iter = self.db.iterator_cf(self.cf(CF_LOG), IteratorMode::From(&index_key(start), Direction::Forward));
+        let iter = self.db.iterator_cf(
+            self.cf(CF_LOG),
+            IteratorMode::From(&index_key(start), Direction::Forward),
+        );
         for item in iter {
             let (key, value) = item.map_err(io::Error::other)?;
             let index = key_index(&key)?;
@@ -147,8 +162,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
         let last_purged_log_id: Option<LogId> = self.get_meta(KEY_LAST_PURGED)?;
-        let last_log_id = self.last_entry_log_id()?.or_else(|| last_purged_log_id.clone());
-        Ok(LogState { last_purged_log_id, last_log_id })
+        let last_log_id = self
+            .last_entry_log_id()?
+            .or_else(|| last_purged_log_id.clone());
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id,
+        })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -156,19 +176,32 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
-        self.db.put_cf_opt(self.cf(CF_META), KEY_VOTE, codec::encode(vote), &sync_write()).map_err(io::Error::other)
+        self.db
+            .put_cf_opt(
+                self.cf(CF_META),
+                KEY_VOTE,
+                codec::encode(vote),
+                &sync_write(),
+            )
+            .map_err(io::Error::other)
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
         // Not synced: losing it only means replaying a little more of the log after a crash.
-        self.db.put_cf(self.cf(CF_META), KEY_COMMITTED, codec::encode(&committed)).map_err(io::Error::other)
+        self.db
+            .put_cf(self.cf(CF_META), KEY_COMMITTED, codec::encode(&committed))
+            .map_err(io::Error::other)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
         Ok(self.get_meta::<Option<LogId>>(KEY_COMMITTED)?.flatten())
     }
 
-    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), io::Error>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: IOFlushed<TypeConfig>,
+    ) -> Result<(), io::Error>
     where
         I: IntoIterator<Item = <TypeConfig as RaftTypeConfig>::Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -179,7 +212,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             batch.put_cf(cf, index_key(entry.log_id.index), codec::encode(&entry));
         }
         self.db.write(batch).map_err(io::Error::other)?;
-        self.flusher.send(callback).map_err(|_| io::Error::other("log flusher thread has stopped"))
+        self.flusher
+            .send(callback)
+            .map_err(|_| io::Error::other("log flusher thread has stopped"))
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
@@ -187,13 +222,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut batch = WriteBatch::default();
         batch.delete_range_cf(self.cf(CF_LOG), index_key(from), index_key(u64::MAX));
         batch.delete_cf(self.cf(CF_LOG), index_key(u64::MAX));
-        self.db.write_opt(batch, &sync_write()).map_err(io::Error::other)
+        self.db
+            .write_opt(batch, &sync_write())
+            .map_err(io::Error::other)
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
         let mut batch = WriteBatch::default();
         batch.put_cf(self.cf(CF_META), KEY_LAST_PURGED, codec::encode(&log_id));
         batch.delete_range_cf(self.cf(CF_LOG), index_key(0), index_key(log_id.index + 1));
-        self.db.write_opt(batch, &sync_write()).map_err(io::Error::other)
+        self.db
+            .write_opt(batch, &sync_write())
+            .map_err(io::Error::other)
     }
 }

@@ -74,14 +74,18 @@ pub mod codec {
 
     pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
         // Encoding into a Vec fails only for types serde cannot represent, which is a bug.
-        bincode::serde::encode_to_vec(value, CONFIG).expect("bincode encoding of an in-memory value")
+        bincode::serde::encode_to_vec(value, CONFIG)
+            .expect("bincode encoding of an in-memory value")
     }
 
     pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> io::Result<T> {
         let (value, read) = bincode::serde::decode_from_slice(bytes, CONFIG)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
         if read != bytes.len() {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "trailing bytes after value"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "trailing bytes after value",
+            ));
         }
         Ok(value)
     }

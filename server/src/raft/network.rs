@@ -13,7 +13,9 @@ use holdfast_proto::internal::Payload;
 use holdfast_proto::internal::peer_client::PeerClient;
 use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
-use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+};
 use serde::{Serialize, de::DeserializeOwned};
 use tonic::transport::{Channel, Endpoint};
 
@@ -58,7 +60,10 @@ pub struct Peers {
 
 impl Peers {
     pub fn new(configured: BTreeMap<NodeId, String>) -> Arc<Peers> {
-        Arc::new(Peers { configured, channels: Mutex::new(BTreeMap::new()) })
+        Arc::new(Peers {
+            configured,
+            channels: Mutex::new(BTreeMap::new()),
+        })
     }
 
     pub fn configured_addr(&self, node: NodeId) -> Option<&str> {
@@ -66,7 +71,10 @@ impl Peers {
     }
 
     fn channel(&self, node: NodeId, membership_addr: Option<&str>) -> Result<Channel, PeerError> {
-        let addr = self.configured_addr(node).or(membership_addr).ok_or(PeerError::NoAddress(node))?;
+        let addr = self
+            .configured_addr(node)
+            .or(membership_addr)
+            .ok_or(PeerError::NoAddress(node))?;
         let mut channels = self.channels.lock().expect("peer channel cache lock");
         if let Some((cached_addr, channel)) = channels.get(&node)
             && cached_addr == addr
@@ -74,7 +82,10 @@ impl Peers {
             return Ok(channel.clone());
         }
         let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| PeerError::Unreachable { node, message: e.to_string() })?
+            .map_err(|e| PeerError::Unreachable {
+                node,
+                message: e.to_string(),
+            })?
             .connect_timeout(Duration::from_millis(PEER_CONNECT_TIMEOUT_MS))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(1))
@@ -97,7 +108,9 @@ impl Peers {
         let mut client = PeerClient::new(channel)
             .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX);
-        let mut message = tonic::Request::new(Payload { data: codec::encode(request) });
+        let mut message = tonic::Request::new(Payload {
+            data: codec::encode(request),
+        });
         message.set_timeout(timeout);
         let call = async {
             match rpc {
@@ -116,10 +129,18 @@ impl Peers {
             Ok(Err(status)) if status.code() == tonic::Code::DeadlineExceeded => {
                 return Err(PeerError::Timeout { node, timeout_ms });
             }
-            Ok(Err(status)) => return Err(PeerError::Unreachable { node, message: status.message().to_owned() }),
+            Ok(Err(status)) => {
+                return Err(PeerError::Unreachable {
+                    node,
+                    message: status.message().to_owned(),
+                });
+            }
             Ok(Ok(reply)) => reply.into_inner(),
         };
-        codec::decode(&reply.data).map_err(|e| PeerError::BadReply { node, message: e.to_string() })
+        codec::decode(&reply.data).map_err(|e| PeerError::BadReply {
+            node,
+            message: e.to_string(),
+        })
     }
 }
 
@@ -138,14 +159,22 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     type Network = PeerNetwork;
 
     async fn new_client(&mut self, target: NodeId, node: &NodeInfo) -> PeerNetwork {
-        PeerNetwork { peers: Arc::clone(&self.peers), target, addr: node.addr.clone() }
+        PeerNetwork {
+            peers: Arc::clone(&self.peers),
+            target,
+            addr: node.addr.clone(),
+        }
     }
 }
 
 fn to_rpc_error(e: PeerError) -> RPCError<TypeConfig> {
     match e {
-        PeerError::NoAddress(_) | PeerError::Unreachable { .. } => RPCError::Unreachable(Unreachable::new(&e)),
-        PeerError::Timeout { .. } | PeerError::BadReply { .. } => RPCError::Network(NetworkError::new(&e)),
+        PeerError::NoAddress(_) | PeerError::Unreachable { .. } => {
+            RPCError::Unreachable(Unreachable::new(&e))
+        }
+        PeerError::Timeout { .. } | PeerError::BadReply { .. } => {
+            RPCError::Network(NetworkError::new(&e))
+        }
     }
 }
 
@@ -162,8 +191,17 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        let reply: Result<AppendEntriesResponse<TypeConfig>, String> =
-            self.peers.call(self.target, Some(&self.addr), PeerRpc::AppendEntries, &rpc, option.soft_ttl()).await.map_err(to_rpc_error)?;
+        let reply: Result<AppendEntriesResponse<TypeConfig>, String> = self
+            .peers
+            .call(
+                self.target,
+                Some(&self.addr),
+                PeerRpc::AppendEntries,
+                &rpc,
+                option.soft_ttl(),
+            )
+            .await
+            .map_err(to_rpc_error)?;
         reply.map_err(remote_failed)
     }
 
@@ -172,8 +210,17 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        let reply: Result<VoteResponse<TypeConfig>, String> =
-            self.peers.call(self.target, Some(&self.addr), PeerRpc::Vote, &rpc, option.soft_ttl()).await.map_err(to_rpc_error)?;
+        let reply: Result<VoteResponse<TypeConfig>, String> = self
+            .peers
+            .call(
+                self.target,
+                Some(&self.addr),
+                PeerRpc::Vote,
+                &rpc,
+                option.soft_ttl(),
+            )
+            .await
+            .map_err(to_rpc_error)?;
         reply.map_err(remote_failed)
     }
 
@@ -182,8 +229,17 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        let reply: Result<VoteResponse<TypeConfig>, String> =
-            self.peers.call(self.target, Some(&self.addr), PeerRpc::PreVote, &rpc, option.soft_ttl()).await.map_err(to_rpc_error)?;
+        let reply: Result<VoteResponse<TypeConfig>, String> = self
+            .peers
+            .call(
+                self.target,
+                Some(&self.addr),
+                PeerRpc::PreVote,
+                &rpc,
+                option.soft_ttl(),
+            )
+            .await
+            .map_err(to_rpc_error)?;
         reply.map_err(remote_failed)
     }
 
@@ -195,21 +251,27 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
         let request = (vote, snapshot.meta, snapshot.snapshot);
-        let call = self.peers.call::<_, Result<SnapshotResponse<TypeConfig>, String>>(
-            self.target,
-            Some(&self.addr),
-            PeerRpc::InstallSnapshot,
-            &request,
-            option.soft_ttl(),
-        );
+        let call = self
+            .peers
+            .call::<_, Result<SnapshotResponse<TypeConfig>, String>>(
+                self.target,
+                Some(&self.addr),
+                PeerRpc::InstallSnapshot,
+                &request,
+                option.soft_ttl(),
+            );
         let reply = tokio::select! {
             closed = cancel => return Err(StreamingError::Closed(closed)),
             reply = call => reply,
         };
         match reply {
             Ok(Ok(response)) => Ok(response),
-            Ok(Err(e)) => Err(StreamingError::Unreachable(Unreachable::from_string(format!("peer failed: {e}")))),
-            Err(e @ (PeerError::NoAddress(_) | PeerError::Unreachable { .. })) => Err(StreamingError::Unreachable(Unreachable::new(&e))),
+            Ok(Err(e)) => Err(StreamingError::Unreachable(Unreachable::from_string(
+                format!("peer failed: {e}"),
+            ))),
+            Err(e @ (PeerError::NoAddress(_) | PeerError::Unreachable { .. })) => {
+                Err(StreamingError::Unreachable(Unreachable::new(&e)))
+            }
             Err(e) => Err(StreamingError::Network(NetworkError::new(&e))),
         }
     }

@@ -64,7 +64,11 @@ impl StateMachineStore {
             applied.membership = stored.meta.last_membership;
         }
         let (applied_index, _) = watch::channel(applied.state.applied_index());
-        let shared = Arc::new(Shared { applied: RwLock::new(applied), applied_index, waiters: Waiters::default() });
+        let shared = Arc::new(Shared {
+            applied: RwLock::new(applied),
+            applied_index,
+            waiters: Waiters::default(),
+        });
         Ok(StateMachineStore { shared, db })
     }
 
@@ -83,7 +87,8 @@ fn save_snapshot(db: &DB, snapshot: &StoredSnapshot) -> io::Result<()> {
     let cf = db.cf_handle(CF_META).expect("meta column family");
     let mut options = WriteOptions::default();
     options.set_sync(true);
-    db.put_cf_opt(cf, KEY_SNAPSHOT, codec::encode(snapshot), &options).map_err(io::Error::other)
+    db.put_cf_opt(cf, KEY_SNAPSHOT, codec::encode(snapshot), &options)
+        .map_err(io::Error::other)
 }
 
 pub struct SnapshotBuilder {
@@ -109,7 +114,10 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         debug_assert!(State::from_snapshot_bytes(&stored.data).is_ok());
         save_snapshot(&self.db, &stored)?;
         tracing::info!(last_log_id = ?stored.meta.last_log_id, bytes = stored.data.len(), "snapshot built");
-        Ok(Snapshot { meta: stored.meta, snapshot: stored.data })
+        Ok(Snapshot {
+            meta: stored.meta,
+            snapshot: stored.data,
+        })
     }
 }
 
@@ -135,14 +143,24 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 EntryPayload::Blank => (0, Command::Noop, None),
                 EntryPayload::Membership(membership) => (0, Command::Noop, Some(membership)),
             };
-            let core_entry = holdfast_core::Entry { log_index, now_ms, command };
+            let core_entry = holdfast_core::Entry {
+                log_index,
+                now_ms,
+                command,
+            };
             let (result, state_now_ms) = {
                 let mut applied = self.shared.applied.write().expect("state lock");
                 let _span = tracing::trace_span!("apply", log_index).entered();
                 // Index 0 is openraft's initial membership entry; the state machine starts at 0.
                 let result = if log_index == 0 {
-                    assert!(membership.is_some(), "log index 0 must be a membership entry");
-                    holdfast_core::Applied { outcome: holdfast_core::Outcome::None, events: Vec::new() }
+                    assert!(
+                        membership.is_some(),
+                        "log index 0 must be a membership entry"
+                    );
+                    holdfast_core::Applied {
+                        outcome: holdfast_core::Outcome::None,
+                        events: Vec::new(),
+                    }
                 } else {
                     holdfast_core::apply(&mut applied.state, &core_entry, &mut policy)
                 };
@@ -160,19 +178,36 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             self.shared.waiters.on_events(log_index, &result.events);
             self.shared.applied_index.send_replace(log_index);
             if let Some(responder) = responder {
-                responder.send(Response { log_index, now_ms: state_now_ms, outcome: result.outcome });
+                responder.send(Response {
+                    log_index,
+                    now_ms: state_now_ms,
+                    outcome: result.outcome,
+                });
             }
         }
         Ok(())
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        SnapshotBuilder { shared: Arc::clone(&self.shared), db: Arc::clone(&self.db) }
+        SnapshotBuilder {
+            shared: Arc::clone(&self.shared),
+            db: Arc::clone(&self.db),
+        }
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Vec<u8>) -> Result<(), io::Error> {
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Vec<u8>,
+    ) -> Result<(), io::Error> {
         let state = State::from_snapshot_bytes(&snapshot).map_err(io::Error::other)?;
-        save_snapshot(&self.db, &StoredSnapshot { meta: meta.clone(), data: snapshot })?;
+        save_snapshot(
+            &self.db,
+            &StoredSnapshot {
+                meta: meta.clone(),
+                data: snapshot,
+            },
+        )?;
         let index = {
             let mut applied = self.shared.applied.write().expect("state lock");
             applied.state = state;
@@ -187,6 +222,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
-        Ok(load_snapshot(&self.db)?.map(|s| Snapshot { meta: s.meta, snapshot: s.data }))
+        Ok(load_snapshot(&self.db)?.map(|s| Snapshot {
+            meta: s.meta,
+            snapshot: s.data,
+        }))
     }
 }

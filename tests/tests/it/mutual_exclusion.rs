@@ -17,17 +17,36 @@ fn assert_safe(result: &WorkloadResult, resource: &Resource) {
     let mut violations = exclusive_holds_do_not_overlap(&result.records);
     violations.extend(tokens_increase_in_real_time(&result.records));
     violations.extend(resource.violations.lock().unwrap().iter().cloned());
-    assert!(violations.is_empty(), "{} safety violations:\n{}", violations.len(), violations.join("\n"));
+    assert!(
+        violations.is_empty(),
+        "{} safety violations:\n{}",
+        violations.len(),
+        violations.join("\n")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sixteen_clients_four_locks_never_overlap() {
     let cluster = Cluster::start(3).await;
     let resource = Arc::new(Resource::default());
-    let result = run_workload(&cluster.client(), CLIENTS, LOCKS, Duration::from_secs(LOAD_SECS), Arc::clone(&resource)).await;
+    let result = run_workload(
+        &cluster.client(),
+        CLIENTS,
+        LOCKS,
+        Duration::from_secs(LOAD_SECS),
+        Arc::clone(&resource),
+    )
+    .await;
     assert_safe(&result, &resource);
-    assert!(result.records.len() >= 100, "too little progress: {} holds in {LOAD_SECS} s", result.records.len());
-    assert_eq!(result.failed_ops, 0, "operations failed in a healthy cluster");
+    assert!(
+        result.records.len() >= 100,
+        "too little progress: {} holds in {LOAD_SECS} s",
+        result.records.len()
+    );
+    assert_eq!(
+        result.failed_ops, 0,
+        "operations failed in a healthy cluster"
+    );
     cluster.wait_converged(&cluster.ids()).await;
 }
 
@@ -39,12 +58,24 @@ async fn leader_kill_loses_no_acknowledged_operation() {
     let load = tokio::spawn({
         let client = client.clone();
         let resource = Arc::clone(&resource);
-        async move { run_workload(&client, CLIENTS, LOCKS, Duration::from_secs(LOAD_SECS), resource).await }
+        async move {
+            run_workload(
+                &client,
+                CLIENTS,
+                LOCKS,
+                Duration::from_secs(LOAD_SECS),
+                resource,
+            )
+            .await
+        }
     });
 
     // A ledger: uncontended locks taken (and some released) one by one across the crash. Every
     // acknowledged acquire and release must be visible afterwards.
-    let ledger = client.open_session(30_000, "ledger").await.expect("ledger session");
+    let ledger = client
+        .open_session(30_000, "ledger")
+        .await
+        .expect("ledger session");
     let mut acquired = Vec::new();
     let mut released = Vec::new();
     let mut killed = None;
@@ -71,24 +102,42 @@ async fn leader_kill_loses_no_acknowledged_operation() {
     }
     let result = load.await.expect("workload");
     let killed = killed.expect("the leader was killed");
-    let others: Vec<u64> = cluster.ids().into_iter().filter(|id| *id != killed).collect();
+    let others: Vec<u64> = cluster
+        .ids()
+        .into_iter()
+        .filter(|id| *id != killed)
+        .collect();
     cluster.wait_leader(&others).await;
 
     for hold in &acquired {
         let described = client.describe(&hold.name).await.expect("describe");
         let holders = described.lock.map(|l| l.holders).unwrap_or_default();
         assert!(
-            holders.iter().any(|h| h.session_id == ledger.id && h.token == hold.token),
+            holders
+                .iter()
+                .any(|h| h.session_id == ledger.id && h.token == hold.token),
             "acknowledged acquire of {} (token {}) is lost: holders {holders:?}",
             hold.name,
             hold.token
         );
     }
     for hold in &released {
-        let check = client.check_token(&hold.name, hold.token).await.expect("check token");
-        assert!(!check.current, "acknowledged release of {} (token {}) is lost", hold.name, hold.token);
+        let check = client
+            .check_token(&hold.name, hold.token)
+            .await
+            .expect("check token");
+        assert!(
+            !check.current,
+            "acknowledged release of {} (token {}) is lost",
+            hold.name, hold.token
+        );
     }
-    assert!(acquired.len() >= 10 && !released.is_empty(), "ledger made too little progress: {} / {}", acquired.len(), released.len());
+    assert!(
+        acquired.len() >= 10 && !released.is_empty(),
+        "ledger made too little progress: {} / {}",
+        acquired.len(),
+        released.len()
+    );
     assert_safe(&result, &resource);
 
     cluster.restart(killed);

@@ -21,9 +21,15 @@ async fn survivor_of_two_kills_grants_nothing_and_the_cluster_heals() {
     let mut locks = raw_locks(cluster.addr(survivor)).await;
     for attempt in 0..3 {
         let name = format!("minority-{attempt}");
-        let result = locks.acquire(acquire_request(session.id, 100 + attempt, &name, 0)).await;
+        let result = locks
+            .acquire(acquire_request(session.id, 100 + attempt, &name, 0))
+            .await;
         match result {
-            Err(status) => assert_eq!(status.code(), Code::Unavailable, "attempt {attempt}: {status:?}"),
+            Err(status) => assert_eq!(
+                status.code(),
+                Code::Unavailable,
+                "attempt {attempt}: {status:?}"
+            ),
             Ok(response) => panic!("a node without quorum answered an acquire: {response:?}"),
         }
     }
@@ -32,12 +38,21 @@ async fn survivor_of_two_kills_grants_nothing_and_the_cluster_heals() {
         cluster.restart(id);
     }
     cluster.wait_leader(&cluster.ids()).await;
-    let hold = session.acquire("healed", holdfast_client::LockMode::Exclusive, 0).await.unwrap();
+    let hold = session
+        .acquire("healed", holdfast_client::LockMode::Exclusive, 0)
+        .await
+        .unwrap();
     assert!(hold.is_some(), "the healed cluster must grant a free lock");
     // Nothing from the minority period was granted.
     for attempt in 0..3 {
-        let described = client.describe(&format!("minority-{attempt}")).await.unwrap();
-        assert!(described.lock.is_none(), "minority acquire {attempt} took effect: {described:?}");
+        let described = client
+            .describe(&format!("minority-{attempt}"))
+            .await
+            .unwrap();
+        assert!(
+            described.lock.is_none(),
+            "minority acquire {attempt} took effect: {described:?}"
+        );
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
     cluster.wait_converged(&cluster.ids()).await;

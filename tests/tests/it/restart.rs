@@ -11,23 +11,41 @@ async fn full_restart_keeps_holds_waiters_and_sessions() {
     let client = cluster.client();
     let owner = client.open_session(60_000, "owner").await.unwrap();
     let queued = client.open_session(60_000, "queued").await.unwrap();
-    let a = owner.acquire("restart/a", LockMode::Exclusive, 0).await.unwrap().expect("free");
-    let b = owner.acquire("restart/b", LockMode::Exclusive, 0).await.unwrap().expect("free");
+    let a = owner
+        .acquire("restart/a", LockMode::Exclusive, 0)
+        .await
+        .unwrap()
+        .expect("free");
+    let b = owner
+        .acquire("restart/b", LockMode::Exclusive, 0)
+        .await
+        .unwrap()
+        .expect("free");
 
     // `queued` waits for restart/a in the background; its RPC dies with the cluster.
     let queued_id = queued.id;
     let wait_task = tokio::spawn(async move {
-        let result = queued.acquire("restart/a", LockMode::Exclusive, 60_000).await;
+        let result = queued
+            .acquire("restart/a", LockMode::Exclusive, 60_000)
+            .await;
         (queued, result)
     });
     // Wait until the queue entry is visible.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let lock = client.describe("restart/a").await.unwrap().lock.expect("held");
+        let lock = client
+            .describe("restart/a")
+            .await
+            .unwrap()
+            .lock
+            .expect("held");
         if lock.waiters.iter().any(|w| w.session_id == queued_id) {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "waiter never queued");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "waiter never queued"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let (_, before_digest) = cluster.wait_converged(&cluster.ids()).await;
@@ -41,12 +59,31 @@ async fn full_restart_keeps_holds_waiters_and_sessions() {
     }
     cluster.wait_leader(&cluster.ids()).await;
 
-    let lock_a = client.describe("restart/a").await.unwrap().lock.expect("restart/a survives");
+    let lock_a = client
+        .describe("restart/a")
+        .await
+        .unwrap()
+        .lock
+        .expect("restart/a survives");
     assert_eq!(lock_a.holders.len(), 1);
-    assert_eq!((lock_a.holders[0].session_id, lock_a.holders[0].token), (owner.id, a.token));
-    assert!(lock_a.waiters.iter().any(|w| w.session_id == queued_id), "waiter lost: {lock_a:?}");
-    let lock_b = client.describe("restart/b").await.unwrap().lock.expect("restart/b survives");
-    assert_eq!((lock_b.holders[0].session_id, lock_b.holders[0].token), (owner.id, b.token));
+    assert_eq!(
+        (lock_a.holders[0].session_id, lock_a.holders[0].token),
+        (owner.id, a.token)
+    );
+    assert!(
+        lock_a.waiters.iter().any(|w| w.session_id == queued_id),
+        "waiter lost: {lock_a:?}"
+    );
+    let lock_b = client
+        .describe("restart/b")
+        .await
+        .unwrap()
+        .lock
+        .expect("restart/b survives");
+    assert_eq!(
+        (lock_b.holders[0].session_id, lock_b.holders[0].token),
+        (owner.id, b.token)
+    );
 
     // The release hands the lock to the waiter. Its blocked RPC either rode out the restart
     // (the client retried with the same request id and rejoined the same queue entry) or gave up,
@@ -55,7 +92,11 @@ async fn full_restart_keeps_holds_waiters_and_sessions() {
     let (queued, first) = wait_task.await.unwrap();
     let granted = match first {
         Ok(Some(hold)) => hold,
-        _ => queued.acquire("restart/a", LockMode::Exclusive, 30_000).await.unwrap().expect("handoff after restart"),
+        _ => queued
+            .acquire("restart/a", LockMode::Exclusive, 30_000)
+            .await
+            .unwrap()
+            .expect("handoff after restart"),
     };
     assert!(granted.token > a.token);
     assert!(owner.is_alive() && queued.is_alive());

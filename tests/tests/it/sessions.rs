@@ -16,18 +16,37 @@ async fn silent_session_expires_and_its_lock_goes_to_the_next_waiter() {
     let cluster = Cluster::start(3).await;
     let client = cluster.client();
     let holder = client.open_session(TTL_MS, "holder").await.unwrap();
-    let hold = holder.acquire("expiring", LockMode::Exclusive, 0).await.unwrap().expect("free lock");
+    let hold = holder
+        .acquire("expiring", LockMode::Exclusive, 0)
+        .await
+        .unwrap()
+        .expect("free lock");
     let waiter = client.open_session(30_000, "waiter").await.unwrap();
 
     holder.stop_keepalive();
     let stopped = Instant::now();
-    let granted = waiter.acquire("expiring", LockMode::Exclusive, 20_000).await.unwrap().expect("granted after expiry");
+    let granted = waiter
+        .acquire("expiring", LockMode::Exclusive, 20_000)
+        .await
+        .unwrap()
+        .expect("granted after expiry");
     let waited = stopped.elapsed();
 
-    assert!(granted.token > hold.token, "token {} after {}", granted.token, hold.token);
+    assert!(
+        granted.token > hold.token,
+        "token {} after {}",
+        granted.token,
+        hold.token
+    );
     // The last keepalive may have been sent up to TTL/3 before we stopped renewing.
-    assert!(waited >= Duration::from_millis(TTL_MS - TTL_MS / 3 - 100), "expired too early: after {waited:?}");
-    assert!(waited <= Duration::from_millis(TTL_MS + EXPIRY_SLACK_MS), "expired too late: after {waited:?}");
+    assert!(
+        waited >= Duration::from_millis(TTL_MS - TTL_MS / 3 - 100),
+        "expired too early: after {waited:?}"
+    );
+    assert!(
+        waited <= Duration::from_millis(TTL_MS + EXPIRY_SLACK_MS),
+        "expired too late: after {waited:?}"
+    );
     let check = client.check_token("expiring", hold.token).await.unwrap();
     assert!(!check.current, "the expired holder's token must be stale");
 }
@@ -37,17 +56,31 @@ async fn renewing_session_survives_a_leader_kill() {
     let mut cluster = Cluster::start(3).await;
     let client = cluster.client();
     let session = client.open_session(TTL_MS, "steady").await.unwrap();
-    let hold = session.acquire("steady", LockMode::Exclusive, 0).await.unwrap().expect("free lock");
+    let hold = session
+        .acquire("steady", LockMode::Exclusive, 0)
+        .await
+        .unwrap()
+        .expect("free lock");
 
     let leader = cluster.wait_leader(&cluster.ids()).await;
     cluster.kill(leader);
-    let others: Vec<u64> = cluster.ids().into_iter().filter(|id| *id != leader).collect();
+    let others: Vec<u64> = cluster
+        .ids()
+        .into_iter()
+        .filter(|id| *id != leader)
+        .collect();
     cluster.wait_leader(&others).await;
     tokio::time::sleep(Duration::from_millis(2 * TTL_MS)).await;
 
-    assert!(session.is_alive(), "the server refused a keepalive of a renewing session");
+    assert!(
+        session.is_alive(),
+        "the server refused a keepalive of a renewing session"
+    );
     let check = client.check_token("steady", hold.token).await.unwrap();
-    assert!(check.current && check.session_id == session.id, "the renewing session lost its lock: {check:?}");
+    assert!(
+        check.current && check.session_id == session.id,
+        "the renewing session lost its lock: {check:?}"
+    );
     cluster.restart(leader);
     cluster.wait_converged(&cluster.ids()).await;
 }

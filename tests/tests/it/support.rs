@@ -29,7 +29,9 @@ impl Resource {
         let mut max_token = self.max_token.lock().unwrap();
         let seen = max_token.entry(lock.to_owned()).or_default();
         if token <= *seen {
-            self.violations.lock().unwrap().push(format!("lock {lock}: client {client} wrote with token {token} after token {seen}"));
+            self.violations.lock().unwrap().push(format!(
+                "lock {lock}: client {client} wrote with token {token} after token {seen}"
+            ));
         }
         *seen = token.max(*seen);
         let mut inside = self.inside.lock().unwrap();
@@ -59,13 +61,21 @@ pub struct WorkloadResult {
 /// `clients` tasks hammer `locks` lock names for `duration`: acquire (queued), write the
 /// resource, release. A client whose request fails for good abandons its session (closing it
 /// best-effort) and opens a new one, so no hold is left behind unknowingly.
-pub async fn run_workload(client: &Client, clients: usize, locks: usize, duration: Duration, resource: Arc<Resource>) -> WorkloadResult {
+pub async fn run_workload(
+    client: &Client,
+    clients: usize,
+    locks: usize,
+    duration: Duration,
+    resource: Arc<Resource>,
+) -> WorkloadResult {
     let end = Instant::now() + duration;
     let mut tasks = Vec::new();
     for index in 0..clients {
         let client = client.clone();
         let resource = Arc::clone(&resource);
-        tasks.push(tokio::spawn(async move { workload_client(index, client, locks, end, resource).await }));
+        tasks.push(tokio::spawn(async move {
+            workload_client(index, client, locks, end, resource).await
+        }));
     }
     let mut result = WorkloadResult::default();
     for task in tasks {
@@ -76,7 +86,13 @@ pub async fn run_workload(client: &Client, clients: usize, locks: usize, duratio
     result
 }
 
-async fn workload_client(index: usize, client: Client, locks: usize, end: Instant, resource: Arc<Resource>) -> (Vec<HoldRecord>, usize) {
+async fn workload_client(
+    index: usize,
+    client: Client,
+    locks: usize,
+    end: Instant,
+    resource: Arc<Resource>,
+) -> (Vec<HoldRecord>, usize) {
     let mut records = Vec::new();
     let mut failed = 0;
     let mut rng = 0x9E37_79B9_7F4A_7C15u64 ^ (index as u64 + 1);
@@ -84,7 +100,10 @@ async fn workload_client(index: usize, client: Client, locks: usize, end: Instan
     while Instant::now() < end {
         let current = match &session {
             Some(s) => s,
-            None => match client.open_session(WORKLOAD_TTL_MS, &format!("client-{index}")).await {
+            None => match client
+                .open_session(WORKLOAD_TTL_MS, &format!("client-{index}"))
+                .await
+            {
                 Ok(s) => session.insert(s),
                 Err(_) => {
                     failed += 1;
@@ -98,14 +117,24 @@ async fn workload_client(index: usize, client: Client, locks: usize, end: Instan
         rng ^= rng << 17;
         let lock = format!("lock-{}", rng % locks as u64);
         let invoked = std::time::Instant::now();
-        match current.acquire(&lock, LockMode::Exclusive, WORKLOAD_WAIT_MS).await {
+        match current
+            .acquire(&lock, LockMode::Exclusive, WORKLOAD_WAIT_MS)
+            .await
+        {
             Ok(Some(hold)) => {
                 let acknowledged = std::time::Instant::now();
                 resource.enter(&lock, index, hold.token);
                 tokio::time::sleep(Duration::from_millis(1 + rng % 3)).await;
                 resource.leave(&lock, index);
                 let released_at = current.release(&hold).await.ok();
-                records.push(HoldRecord { client: index, lock, token: hold.token, released_at, invoked, acknowledged });
+                records.push(HoldRecord {
+                    client: index,
+                    lock,
+                    token: hold.token,
+                    released_at,
+                    invoked,
+                    acknowledged,
+                });
                 if released_at.is_none() {
                     failed += 1;
                     abandon(&mut session).await;
@@ -146,7 +175,12 @@ async fn raw_channel(addr: &str) -> Channel {
         .connect_lazy()
 }
 
-pub fn acquire_request(session_id: u64, request_id: u64, name: &str, wait_timeout_ms: u64) -> pb::AcquireRequest {
+pub fn acquire_request(
+    session_id: u64,
+    request_id: u64,
+    name: &str,
+    wait_timeout_ms: u64,
+) -> pb::AcquireRequest {
     pb::AcquireRequest {
         session_id,
         request_id,
