@@ -99,7 +99,7 @@ impl Client {
                 }
                 Err(status) if retryable(&status) && Instant::now() < deadline => {
                     attempt += 1;
-                    if attempt % count == 0 {
+                    if attempt.is_multiple_of(count) {
                         tokio::time::sleep(Duration::from_millis(RETRY_PAUSE_MS)).await;
                     }
                 }

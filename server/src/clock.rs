@@ -54,7 +54,7 @@ mod tests {
     fn starts_at_applied_time_and_never_goes_back() {
         let mut clock = LeaderClock::default();
         let first = clock.now_ms(1, 5_000);
-        assert!(first >= 5_000 && first < 5_000 + 1_000);
+        assert!((5_000..5_000 + 1_000).contains(&first));
         // The previous leader's entries, applied late, are ahead of us: jump forward.
         assert!(clock.now_ms(1, 9_000) >= 9_000);
         assert!(clock.now_ms(1, 0) >= 9_000);

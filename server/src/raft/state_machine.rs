@@ -104,7 +104,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             let applied = self.shared.applied.read().expect("state lock");
             StoredSnapshot {
                 meta: SnapshotMeta {
-                    last_log_id: applied.last_applied.clone(),
+                    last_log_id: applied.last_applied,
                     last_membership: applied.membership.clone(),
                 },
                 data: applied.state.to_snapshot_bytes(),
@@ -127,7 +127,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
         let applied = self.shared.applied.read().expect("state lock");
-        Ok((applied.last_applied.clone(), applied.membership.clone()))
+        Ok((applied.last_applied, applied.membership.clone()))
     }
 
     async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
@@ -170,7 +170,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     panic!("state invariant broken after applying entry {log_index}: {broken}");
                 }
                 if let Some(membership) = membership {
-                    applied.membership = StoredMembership::new(Some(log_id.clone()), membership);
+                    applied.membership = StoredMembership::new(Some(log_id), membership);
                 }
                 applied.last_applied = Some(log_id);
                 (result, applied.state.now_ms())
@@ -211,7 +211,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let index = {
             let mut applied = self.shared.applied.write().expect("state lock");
             applied.state = state;
-            applied.last_applied = meta.last_log_id.clone();
+            applied.last_applied = meta.last_log_id;
             applied.membership = meta.last_membership.clone();
             self.shared.waiters.on_snapshot(&applied.state);
             applied.state.applied_index()
