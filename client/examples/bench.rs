@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use holdfast_client::{Client, DEV_ENDPOINTS, LockMode};
 
 fn flag(args: &[String], name: &str) -> Option<String> {
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
 }
 
 #[tokio::main]
@@ -35,7 +37,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let mut latencies_us = Vec::new();
             while Instant::now() < end {
                 let start = Instant::now();
-                let hold = session.acquire(&name, LockMode::Exclusive, 0).await?.ok_or("uncontended lock was busy")?;
+                let hold = session
+                    .acquire(&name, LockMode::Exclusive, 0)
+                    .await?
+                    .ok_or("uncontended lock was busy")?;
                 session.release(&hold).await?;
                 latencies_us.push(start.elapsed().as_micros() as u64);
             }
@@ -48,7 +53,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         all.extend(task.await?.map_err(|e| e.to_string())?);
     }
     all.sort_unstable();
-    let pct = |p: f64| all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1))).copied().unwrap_or(0);
+    let pct = |p: f64| {
+        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0)
+    };
     println!(
         "clients={clients} seconds={seconds} cycles={} cycles/s={:.0} ops/s={:.0} cycle latency p50={}us p99={}us max={}us",
         all.len(),

@@ -15,6 +15,9 @@ pub struct RaftTiming {
     pub election_timeout_max_ms: u64,
     /// Build a snapshot (and purge the log behind it) after this many applied entries.
     pub snapshot_every_entries: u64,
+    /// Log entries kept behind the last snapshot, so that a slightly lagging follower catches up
+    /// from the log instead of receiving a whole snapshot. Must be > 0 (openraft #2116).
+    pub snapshot_keep_entries: u64,
 }
 
 impl Default for RaftTiming {
@@ -24,6 +27,7 @@ impl Default for RaftTiming {
             election_timeout_min_ms: 400,
             election_timeout_max_ms: 800,
             snapshot_every_entries: 10_000,
+            snapshot_keep_entries: 1_000,
         }
     }
 }

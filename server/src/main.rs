@@ -60,6 +60,9 @@ struct ServeArgs {
     /// Snapshot after this many applied entries.
     #[arg(long, env = "HOLDFAST_SNAPSHOT_EVERY_ENTRIES")]
     snapshot_every_entries: Option<u64>,
+    /// Log entries kept behind the last snapshot for lagging followers.
+    #[arg(long, env = "HOLDFAST_SNAPSHOT_KEEP_ENTRIES")]
+    snapshot_keep_entries: Option<u64>,
 }
 
 #[derive(Args)]
@@ -117,6 +120,9 @@ fn node_config(args: ServeArgs) -> anyhow::Result<NodeConfig> {
     raft.snapshot_every_entries = args
         .snapshot_every_entries
         .unwrap_or(raft.snapshot_every_entries);
+    raft.snapshot_keep_entries = args
+        .snapshot_keep_entries
+        .unwrap_or(raft.snapshot_keep_entries);
     let id = args.id.or(file.id).context("--id is required")?;
     let listen = args
         .listen

@@ -17,8 +17,6 @@ use crate::raft::{NodeInfo, Raft};
 
 /// Largest client request or response message.
 pub const CLIENT_MESSAGE_BYTES_MAX: usize = 4 * 1024 * 1024;
-/// Raft entries kept behind a snapshot so that slightly lagging followers catch up from the log.
-pub const LOG_KEPT_BEHIND_SNAPSHOT: u64 = 1_000;
 /// openraft's deadline for sending a whole snapshot to a follower.
 pub const SNAPSHOT_SEND_TIMEOUT_MS: u64 = 10_000;
 
@@ -62,7 +60,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         election_timeout_min: timing.election_timeout_min_ms,
         election_timeout_max: timing.election_timeout_max_ms,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(timing.snapshot_every_entries),
-        max_in_snapshot_log_to_keep: LOG_KEPT_BEHIND_SNAPSHOT,
+        max_in_snapshot_log_to_keep: timing.snapshot_keep_entries,
         install_snapshot_timeout: SNAPSHOT_SEND_TIMEOUT_MS,
         enable_pre_vote: Some(true),
         ..Default::default()

@@ -162,9 +162,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
         let last_purged_log_id: Option<LogId> = self.get_meta(KEY_LAST_PURGED)?;
-        let last_log_id = self
-            .last_entry_log_id()?
-            .or(last_purged_log_id);
+        let last_log_id = self.last_entry_log_id()?.or(last_purged_log_id);
         Ok(LogState {
             last_purged_log_id,
             last_log_id,
@@ -228,6 +226,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
+        tracing::debug!(upto = log_id.index, "purging the raft log");
         let mut batch = WriteBatch::default();
         batch.put_cf(self.cf(CF_META), KEY_LAST_PURGED, codec::encode(&log_id));
         batch.delete_range_cf(self.cf(CF_LOG), index_key(0), index_key(log_id.index + 1));

@@ -6,3 +6,4 @@ mod quorum;
 mod restart;
 mod sessions;
 mod support;
+mod waiting;
