@@ -153,7 +153,14 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
     }
 
     let ticker = tokio::spawn(Arc::clone(&node).run_ticker());
-    tracing::info!(node_id = config.id, listen = %config.listen, data_dir = %config.data_dir.display(), "node started");
+    tracing::info!(
+        node_id = config.id,
+        listen = %config.listen,
+        data_dir = %config.data_dir.display(),
+        peers = ?config.peers,
+        routes = ?config.routes,
+        "node started"
+    );
     Ok(RunningNode {
         node,
         server,

@@ -11,6 +11,8 @@ use std::time::Duration;
 use holdfast_client::Client;
 use tokio::time::Instant;
 
+use crate::proxy::Proxy;
+
 /// Raft timing for tests: faster than production so fail-overs are quick. Tests never assert on
 /// timings, only on "eventually, within a bound".
 pub const TEST_HEARTBEAT_MS: u64 = 50;
@@ -58,6 +60,8 @@ struct NodeProcess {
 pub struct Cluster {
     nodes: BTreeMap<u64, NodeProcess>,
     peers: BTreeMap<u64, String>,
+    /// Peer links `(from, to)` through fault proxies, when started partitionable.
+    proxies: BTreeMap<(u64, u64), Proxy>,
     extra_args: Vec<String>,
     bin: PathBuf,
     dir: tempfile::TempDir,
@@ -70,6 +74,16 @@ impl Cluster {
     }
 
     pub async fn start_with(size: u64, extra_args: &[&str]) -> Cluster {
+        Cluster::start_inner(size, extra_args, false).await
+    }
+
+    /// Like `start`, but every peer link goes through its own proxy, so that `isolate` can cut
+    /// a node off from the others (client traffic still reaches it directly).
+    pub async fn start_partitionable(size: u64) -> Cluster {
+        Cluster::start_inner(size, &[], true).await
+    }
+
+    async fn start_inner(size: u64, extra_args: &[&str], partitionable: bool) -> Cluster {
         let dir = tempfile::Builder::new()
             .prefix("holdfast-it-")
             .tempdir()
@@ -90,9 +104,20 @@ impl Cluster {
                 (*id, node)
             })
             .collect();
+        let mut proxies = BTreeMap::new();
+        if partitionable {
+            for from in peers.keys() {
+                for (to, addr) in &peers {
+                    if from != to {
+                        proxies.insert((*from, *to), Proxy::start(addr.clone()).await);
+                    }
+                }
+            }
+        }
         let mut cluster = Cluster {
             nodes,
             peers,
+            proxies,
             extra_args: extra_args.iter().map(|s| (*s).to_owned()).collect(),
             bin: holdfast_bin(),
             dir,
@@ -117,11 +142,16 @@ impl Cluster {
     }
 
     fn spawn(&mut self, id: u64) {
-        let peers: Vec<String> = self
+        let mut peers: Vec<String> = self
             .peers
             .iter()
             .map(|(id, addr)| format!("--peer={id}={addr}"))
             .collect();
+        for ((from, to), proxy) in &self.proxies {
+            if *from == id {
+                peers.push(format!("--route={to}={}", proxy.addr));
+            }
+        }
         let node = self.nodes.get_mut(&id).expect("known node");
         assert!(node.child.is_none(), "node {id} is already running");
         let log = File::options()
@@ -188,6 +218,26 @@ impl Cluster {
     pub fn restart(&mut self, id: u64) {
         self.kill(id);
         self.spawn(id);
+    }
+
+    /// Cuts every peer link to and from `id` (needs `start_partitionable`).
+    pub fn isolate(&self, id: u64) {
+        assert!(
+            !self.proxies.is_empty(),
+            "isolate needs a cluster started with start_partitionable"
+        );
+        for ((from, to), proxy) in &self.proxies {
+            if *from == id || *to == id {
+                proxy.set_cut(true);
+            }
+        }
+    }
+
+    /// Restores every peer link.
+    pub fn heal(&self) {
+        for proxy in self.proxies.values() {
+            proxy.set_cut(false);
+        }
     }
 
     pub fn is_running(&self, id: u64) -> bool {

@@ -3,3 +3,4 @@
 
 pub mod checkers;
 pub mod cluster;
+pub mod proxy;

@@ -57,3 +57,63 @@ async fn survivor_of_two_kills_grants_nothing_and_the_cluster_heals() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     cluster.wait_converged(&cluster.ids()).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn isolated_leader_answers_unavailable_and_the_majority_moves_on() {
+    let cluster = Cluster::start_partitionable(3).await;
+    let client = cluster.client();
+    let session = client.open_session(60_000, "partition").await.unwrap();
+    let old_leader = cluster.wait_leader(&cluster.ids()).await;
+    cluster.isolate(old_leader);
+    // Let the proxies close the connections they carry (an append already in flight may land).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // The isolated leader cannot commit: it answers UNAVAILABLE (at once once it notices it has
+    // lost its quorum, else when the write times out), never a grant.
+    let mut minority = raw_locks(cluster.addr(old_leader)).await;
+    for attempt in 0..2 {
+        match minority
+            .acquire(acquire_request(
+                session.id,
+                200 + attempt,
+                "partition/minority",
+                0,
+            ))
+            .await
+        {
+            Err(status) => assert_eq!(
+                status.code(),
+                Code::Unavailable,
+                "attempt {attempt}: {status:?}"
+            ),
+            Ok(response) => panic!("an isolated leader answered an acquire: {response:?}"),
+        }
+    }
+
+    // The majority elects a new leader and serves writes meanwhile.
+    let majority: Vec<u64> = cluster
+        .ids()
+        .into_iter()
+        .filter(|id| *id != old_leader)
+        .collect();
+    let new_leader = cluster.wait_leader(&majority).await;
+    assert_ne!(new_leader, old_leader);
+    let majority_client = cluster.client_of(new_leader);
+    let in_majority = majority_client
+        .describe("partition/minority")
+        .await
+        .unwrap();
+    assert!(
+        in_majority.lock.is_none(),
+        "the minority's acquire took effect: {in_majority:?}"
+    );
+
+    cluster.heal();
+    cluster.wait_leader(&cluster.ids()).await;
+    cluster.wait_converged(&cluster.ids()).await;
+    let healed = client.describe("partition/minority").await.unwrap();
+    assert!(
+        healed.lock.is_none(),
+        "the minority's acquire surfaced after healing: {healed:?}"
+    );
+}
