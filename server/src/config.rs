@@ -82,6 +82,10 @@ impl NodeConfig {
             timing.snapshot_every_entries > 0,
             "snapshot_every_entries must be > 0"
         );
+        anyhow::ensure!(
+            timing.snapshot_keep_entries > 0,
+            "snapshot_keep_entries must be > 0 (openraft #2116)"
+        );
         Ok(())
     }
 }
