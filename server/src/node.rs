@@ -11,6 +11,7 @@ use holdfast_core::{Command, SessionId};
 use openraft::async_runtime::WatchReceiver as _;
 use openraft::{Instant as _, ReadPolicy, ServerState};
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
 
 use crate::clock::LeaderClock;
 use crate::raft::network::{PeerError, PeerRpc, Peers};
@@ -98,13 +99,25 @@ pub enum Renewal {
     Unknown,
 }
 
+/// Keepalives waiting for the leader's next Tick. Each Tick takes every pending session and bumps
+/// `generation`; a keepalive registered while `generation` was g is answered once a Tick of
+/// generation >= g has committed, i.e. `ticks_committed > g` (a failed Tick puts its sessions
+/// back for the next one).
+#[derive(Default)]
+struct Renewals {
+    pending: BTreeSet<SessionId>,
+    generation: u64,
+}
+
 pub struct Node {
     pub id: NodeId,
     pub raft: Raft,
     pub shared: Arc<Shared>,
     pub peers: Arc<Peers>,
     clock: Mutex<LeaderClock>,
-    renewals: Mutex<BTreeSet<SessionId>>,
+    renewals: Mutex<Renewals>,
+    /// One past the generation of the newest `Tick` that committed (0 = none yet).
+    ticks_committed: watch::Sender<u64>,
 }
 
 impl Node {
@@ -115,7 +128,8 @@ impl Node {
             shared,
             peers,
             clock: Mutex::new(LeaderClock::default()),
-            renewals: Mutex::new(BTreeSet::new()),
+            renewals: Mutex::new(Renewals::default()),
+            ticks_committed: watch::channel(0).0,
         })
     }
 
@@ -247,7 +261,7 @@ impl Node {
     pub async fn renew(&self, sessions: Vec<SessionId>) -> Result<Vec<Renewal>, ServeError> {
         let (leader_id, leader_addr) = self.leader();
         match leader_id {
-            Some(id) if id == self.id => self.renew_as_leader(&sessions),
+            Some(id) if id == self.id => self.renew_as_leader(&sessions).await,
             Some(id) => self
                 .peers
                 .call::<_, Result<Vec<Renewal>, ServeError>>(
@@ -266,34 +280,64 @@ impl Node {
         }
     }
 
-    /// A keepalive counts only if the session is alive at the leader's cluster time now; it is
-    /// then carried by the next Tick, which renews before it expires anything.
-    pub fn renew_as_leader(&self, sessions: &[SessionId]) -> Result<Vec<Renewal>, ServeError> {
+    /// A keepalive counts only if the session is alive at the leader's cluster time now. It is
+    /// answered only after the Tick that carries it has committed (a Tick renews before it
+    /// expires anything), so an acknowledged keepalive is never lost to a leader crash and the
+    /// client's own deadline (send time + TTL) stays conservative.
+    pub async fn renew_as_leader(
+        &self,
+        sessions: &[SessionId],
+    ) -> Result<Vec<Renewal>, ServeError> {
         let Some(term) = self.leader_term() else {
             return Err(self.not_leader());
         };
         let now_ms = self.cluster_now_ms(term);
-        let renewals: Vec<Renewal> = self.shared.read(|state| {
+        let alive: Vec<bool> = self.shared.read(|state| {
             sessions
                 .iter()
-                .map(|id| match state.session(*id) {
-                    Some(session) if session.expires_at_ms > now_ms => Renewal::Renewed {
+                .map(|id| state.session(*id).is_some_and(|s| s.expires_at_ms > now_ms))
+                .collect()
+        });
+        let generation = {
+            let mut renewals = self.renewals.lock().expect("renewals lock");
+            if renewals.pending.len() + sessions.len() > PENDING_RENEWALS_MAX {
+                return Err(ServeError::Overloaded);
+            }
+            renewals.pending.extend(
+                sessions
+                    .iter()
+                    .zip(&alive)
+                    .filter(|(_, a)| **a)
+                    .map(|(id, _)| *id),
+            );
+            renewals.generation
+        };
+        if alive.iter().any(|a| *a) {
+            let mut committed = self.ticks_committed.subscribe();
+            let wait = committed.wait_for(|count| *count > generation);
+            match tokio::time::timeout(Duration::from_millis(WRITE_TIMEOUT_MS), wait).await {
+                Ok(Ok(_)) => {}
+                _ => {
+                    return Err(ServeError::NoQuorum {
+                        timeout_ms: WRITE_TIMEOUT_MS,
+                        leader_id: Some(self.id),
+                        leader_addr: None,
+                    });
+                }
+            }
+        }
+        Ok(self.shared.read(|state| {
+            sessions
+                .iter()
+                .zip(&alive)
+                .map(|(id, alive)| match state.session(*id) {
+                    Some(session) if *alive => Renewal::Renewed {
                         ttl_ms: session.ttl_ms,
                     },
                     _ => Renewal::Unknown,
                 })
                 .collect()
-        });
-        let mut pending = self.renewals.lock().expect("renewals lock");
-        if pending.len() + sessions.len() > PENDING_RENEWALS_MAX {
-            return Err(ServeError::Overloaded);
-        }
-        for (id, renewal) in sessions.iter().zip(&renewals) {
-            if matches!(renewal, Renewal::Renewed { .. }) {
-                pending.insert(*id);
-            }
-        }
-        Ok(renewals)
+        }))
     }
 
     /// Waits until this node has applied everything committed before the call (a linearizable
@@ -368,16 +412,25 @@ impl Node {
                     s.session_count() > 0,
                 )
             });
-            let renewed: Vec<SessionId> = {
-                let pending = self.renewals.lock().expect("renewals lock");
-                pending.iter().copied().collect()
-            };
+            let pending = !self
+                .renewals
+                .lock()
+                .expect("renewals lock")
+                .pending
+                .is_empty();
             let idle_due =
                 has_sessions && last_tick.elapsed() >= Duration::from_millis(TICK_IDLE_INTERVAL_MS);
-            if !due && renewed.is_empty() && !idle_due {
+            if !due && !pending && !idle_due {
                 continue;
             }
             last_tick = tokio::time::Instant::now();
+            let (renewed, generation) = {
+                let mut renewals = self.renewals.lock().expect("renewals lock");
+                let generation = renewals.generation;
+                renewals.generation += 1;
+                (std::mem::take(&mut renewals.pending), generation)
+            };
+            let renewed: Vec<SessionId> = renewed.into_iter().collect();
             match self
                 .propose(Command::Tick {
                     renewed: renewed.clone(),
@@ -385,12 +438,20 @@ impl Node {
                 .await
             {
                 Ok(_) => {
-                    let mut pending = self.renewals.lock().expect("renewals lock");
-                    for id in &renewed {
-                        pending.remove(id);
-                    }
+                    self.ticks_committed.send_if_modified(|count| {
+                        let newer = generation + 1 > *count;
+                        *count = (*count).max(generation + 1);
+                        newer
+                    });
                 }
-                Err(e) => tracing::debug!(error = %e, "tick not committed"),
+                Err(e) => {
+                    tracing::debug!(error = %e, "tick not committed; its renewals ride the next one");
+                    self.renewals
+                        .lock()
+                        .expect("renewals lock")
+                        .pending
+                        .extend(renewed);
+                }
             }
         }
     }

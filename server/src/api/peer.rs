@@ -86,7 +86,7 @@ impl Peer for PeerApi {
         if sessions.len() > holdfast_core::limits::RENEWALS_PER_TICK_MAX {
             return Err(Status::invalid_argument("too many sessions in one renewal"));
         }
-        let result: Result<Vec<Renewal>, ServeError> = self.node.renew_as_leader(&sessions);
+        let result: Result<Vec<Renewal>, ServeError> = self.node.renew_as_leader(&sessions).await;
         reply(&result)
     }
 
