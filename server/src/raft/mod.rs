@@ -90,3 +90,6 @@ pub mod codec {
         Ok(value)
     }
 }
+
+#[cfg(test)]
+mod storage_tests;

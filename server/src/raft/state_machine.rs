@@ -151,11 +151,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             let (result, state_now_ms) = {
                 let mut applied = self.shared.applied.write().expect("state lock");
                 let _span = tracing::trace_span!("apply", log_index).entered();
-                // Index 0 is openraft's initial membership entry; the state machine starts at 0.
+                // Index 0 is openraft's initial (membership or blank) entry; the state machine starts at 0.
                 let result = if log_index == 0 {
                     assert!(
-                        membership.is_some(),
-                        "log index 0 must be a membership entry"
+                        matches!(core_entry.command, Command::Noop),
+                        "log index 0 carries no client command"
                     );
                     holdfast_core::Applied {
                         outcome: holdfast_core::Outcome::None,
