@@ -183,6 +183,30 @@ fn remote_failed(e: impl std::fmt::Display) -> RPCError<TypeConfig> {
     RPCError::Unreachable(Unreachable::from_string(format!("peer failed: {e}")))
 }
 
+impl PeerNetwork {
+    /// A Raft RPC: transport failures become openraft's retry signals, and a remote Raft error
+    /// (the peer is shutting down) counts as unreachable.
+    async fn raft_rpc<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        rpc: PeerRpc,
+        request: &Req,
+        option: &RPCOption,
+    ) -> Result<Resp, RPCError<TypeConfig>> {
+        let reply: Result<Resp, String> = self
+            .peers
+            .call(
+                self.target,
+                Some(&self.addr),
+                rpc,
+                request,
+                option.soft_ttl(),
+            )
+            .await
+            .map_err(to_rpc_error)?;
+        reply.map_err(remote_failed)
+    }
+}
+
 impl RaftNetworkV2<TypeConfig> for PeerNetwork {
     type SnapshotData = Vec<u8>;
 
@@ -191,18 +215,7 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        let reply: Result<AppendEntriesResponse<TypeConfig>, String> = self
-            .peers
-            .call(
-                self.target,
-                Some(&self.addr),
-                PeerRpc::AppendEntries,
-                &rpc,
-                option.soft_ttl(),
-            )
-            .await
-            .map_err(to_rpc_error)?;
-        reply.map_err(remote_failed)
+        self.raft_rpc(PeerRpc::AppendEntries, &rpc, &option).await
     }
 
     async fn vote(
@@ -210,18 +223,7 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        let reply: Result<VoteResponse<TypeConfig>, String> = self
-            .peers
-            .call(
-                self.target,
-                Some(&self.addr),
-                PeerRpc::Vote,
-                &rpc,
-                option.soft_ttl(),
-            )
-            .await
-            .map_err(to_rpc_error)?;
-        reply.map_err(remote_failed)
+        self.raft_rpc(PeerRpc::Vote, &rpc, &option).await
     }
 
     async fn pre_vote(
@@ -229,18 +231,7 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        let reply: Result<VoteResponse<TypeConfig>, String> = self
-            .peers
-            .call(
-                self.target,
-                Some(&self.addr),
-                PeerRpc::PreVote,
-                &rpc,
-                option.soft_ttl(),
-            )
-            .await
-            .map_err(to_rpc_error)?;
-        reply.map_err(remote_failed)
+        self.raft_rpc(PeerRpc::PreVote, &rpc, &option).await
     }
 
     async fn full_snapshot(

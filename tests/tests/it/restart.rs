@@ -1,10 +1,11 @@
 //! A full-cluster crash and restart brings back every hold, waiter and live session; a node that
 //! fell behind the purged log catches up from a snapshot.
 
-use std::time::Duration;
 
 use holdfast_client::LockMode;
 use holdfast_tests::cluster::Cluster;
+
+use crate::support::wait_for_lock;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn full_restart_keeps_holds_waiters_and_sessions() {
@@ -37,24 +38,10 @@ async fn full_restart_keeps_holds_waiters_and_sessions() {
             .await;
         (queued, result)
     });
-    // Wait until the queue entry is visible.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let lock = client
-            .describe("restart/a")
-            .await
-            .unwrap()
-            .lock
-            .expect("held");
-        if lock.waiters.iter().any(|w| w.session_id == queued_id) {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "waiter never queued"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_lock(&client, "restart/a", |lock| {
+        lock.is_some_and(|l| l.waiters.iter().any(|w| w.session_id == queued_id))
+    })
+    .await;
     let (_, before_digest) = cluster.wait_converged(&cluster.ids()).await;
     assert!(!before_digest.is_empty());
 

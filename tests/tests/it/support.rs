@@ -191,3 +191,23 @@ pub fn acquire_request(
         priority: 0,
     }
 }
+
+/// Waits (bounded) until `done` holds for the lock's Describe answer (`None` = no such lock).
+pub async fn wait_for_lock(
+    client: &holdfast_client::Client,
+    name: &str,
+    done: impl Fn(Option<&pb::LockInfo>) -> bool,
+) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let lock = client.describe(name).await.expect("describe").lock;
+        if done(lock.as_ref()) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "lock {name} never reached the awaited state: {lock:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -5,7 +5,7 @@ use std::time::Duration;
 use holdfast_client::LockMode;
 use holdfast_tests::cluster::Cluster;
 
-use crate::support::{acquire_request, raw_locks};
+use crate::support::{acquire_request, raw_locks, wait_for_lock};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cancelled_wait_leaves_the_queue() {
@@ -31,23 +31,10 @@ async fn cancelled_wait_leaves_the_queue() {
         "the lock is held; the acquire must still be waiting"
     );
 
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let lock = client
-            .describe("cancel/a")
-            .await
-            .unwrap()
-            .lock
-            .expect("held");
-        if lock.waiters.is_empty() {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the abandoned waiter is still queued: {lock:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_lock(&client, "cancel/a", |lock| {
+        lock.is_some_and(|l| l.waiters.is_empty())
+    })
+    .await;
     // With the waiter gone, a release leaves the lock free rather than handing it over.
     holder.release(&hold).await.unwrap();
     assert!(client.describe("cancel/a").await.unwrap().lock.is_none());
@@ -72,22 +59,10 @@ async fn release_hands_the_lock_to_the_waiting_rpc_in_one_commit() {
             waiter,
         )
     });
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while client
-        .describe("handoff/a")
-        .await
-        .unwrap()
-        .lock
-        .expect("held")
-        .waiters
-        .is_empty()
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "waiter never queued"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_lock(&client, "handoff/a", |lock| {
+        lock.is_some_and(|l| !l.waiters.is_empty())
+    })
+    .await;
     let released_at = holder.release(&hold).await.unwrap();
     let (granted, waiter) = waiting.await.unwrap();
     let granted = granted.unwrap().expect("handed over");
