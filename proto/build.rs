@@ -17,6 +17,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 "holdfast/v1/sessions.proto",
                 "holdfast/v1/locks.proto",
                 "holdfast/v1/cluster.proto",
+                "holdfast/v1/watch.proto",
                 "holdfast/internal/v1/raft.proto",
             ],
             &["."],

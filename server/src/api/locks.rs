@@ -28,7 +28,7 @@ fn mode_from_pb(mode: i32) -> Result<Mode, Status> {
     }
 }
 
-fn mode_to_pb(mode: Mode) -> i32 {
+pub(super) fn mode_to_pb(mode: Mode) -> i32 {
     match mode {
         Mode::Exclusive => pb::LockMode::Exclusive as i32,
         Mode::Shared => pb::LockMode::Shared as i32,

@@ -7,6 +7,7 @@ mod peer;
 mod sessions;
 pub mod status;
 mod validate;
+mod watch;
 
 use std::sync::Arc;
 
@@ -18,6 +19,7 @@ use crate::node::Node;
 pub use locks::LocksApi;
 pub use peer::PeerApi;
 pub use sessions::SessionsApi;
+pub use watch::WatchApi;
 
 /// Header for an answer computed at `revision` (a write's log index, or the applied index of a
 /// read) with cluster time `now_ms`.

@@ -18,6 +18,7 @@ use tokio::sync::watch;
 use super::log_store::CF_META;
 use super::{LogId, Response, Snapshot, SnapshotMeta, StoredMembership, TypeConfig, codec};
 use crate::waiters::Waiters;
+use crate::watch::WatchHub;
 
 const KEY_SNAPSHOT: &[u8] = b"snapshot";
 
@@ -35,6 +36,7 @@ pub struct Shared {
     /// The index of the last applied entry; read paths wait on it.
     pub applied_index: watch::Sender<u64>,
     pub waiters: Waiters,
+    pub watch: WatchHub,
 }
 
 impl Shared {
@@ -64,10 +66,12 @@ impl StateMachineStore {
             applied.membership = stored.meta.last_membership;
         }
         let (applied_index, _) = watch::channel(applied.state.applied_index());
+        let start_index = applied.state.applied_index();
         let shared = Arc::new(Shared {
             applied: RwLock::new(applied),
             applied_index,
             waiters: Waiters::default(),
+            watch: WatchHub::new(start_index),
         });
         Ok(StateMachineStore { shared, db })
     }
@@ -176,6 +180,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 (result, applied.state.now_ms())
             };
             self.shared.waiters.on_events(log_index, &result.events);
+            self.shared.watch.publish(log_index, &result.events);
             self.shared.applied_index.send_replace(log_index);
             if let Some(responder) = responder {
                 responder.send(Response {
@@ -214,6 +219,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             applied.last_applied = meta.last_log_id;
             applied.membership = meta.last_membership.clone();
             self.shared.waiters.on_snapshot(&applied.state);
+            self.shared.watch.reset(applied.state.applied_index());
             applied.state.applied_index()
         };
         self.shared.applied_index.send_replace(index);

@@ -7,3 +7,4 @@ mod restart;
 mod sessions;
 mod support;
 mod waiting;
+mod watch;

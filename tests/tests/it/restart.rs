@@ -1,7 +1,6 @@
 //! A full-cluster crash and restart brings back every hold, waiter and live session; a node that
 //! fell behind the purged log catches up from a snapshot.
 
-
 use holdfast_client::LockMode;
 use holdfast_tests::cluster::Cluster;
 
