@@ -120,7 +120,7 @@ fn revision_to_pb(revision: &Revision, prefix: &str) -> Option<pb::WatchResponse
         .iter()
         .filter_map(|e| event_to_pb(e, prefix))
         .collect();
-    (!events.is_empty()).then(|| pb::WatchResponse {
+    (!events.is_empty()).then_some(pb::WatchResponse {
         revision: revision.revision,
         events,
     })
@@ -149,11 +149,10 @@ impl Watch for WatchApi {
         tokio::spawn(async move {
             let mut last_sent = request.from_revision.saturating_sub(1);
             for revision in backlog {
-                if let Some(response) = revision_to_pb(&revision, &prefix) {
-                    if tx.send(Ok(response)).await.is_err() {
+                if let Some(response) = revision_to_pb(&revision, &prefix)
+                    && tx.send(Ok(response)).await.is_err() {
                         return;
                     }
-                }
                 last_sent = revision.revision;
             }
             loop {
