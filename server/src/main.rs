@@ -1,4 +1,5 @@
-//! The `holdfast` binary: `serve` runs one node, `dev` runs a local 3-node cluster in one process.
+//! The `holdfast` binary: `serve` runs one node, `dev` runs a local 3-node cluster in one process,
+//! and the client commands (`status`, `describe`, `locks`, `watch`, `lock`) talk to a cluster.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -6,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use holdfast_server::config::{NodeConfig, RaftTiming, parse_peer};
-use holdfast_server::server;
+use holdfast_server::{cli, server};
 
 #[derive(Parser)]
 #[command(
@@ -17,6 +18,8 @@ use holdfast_server::server;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    connection: cli::Connection,
 }
 
 #[derive(Subcommand)]
@@ -25,6 +28,28 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Run a local 3-node cluster in this process (client API on 127.0.0.1:7701..7703).
     Dev(DevArgs),
+    /// Each node's view: leader, term, applied index, state digest.
+    Status,
+    /// Holders and waiters of one lock.
+    Describe { name: String },
+    /// Locks whose names start with PREFIX.
+    Locks {
+        #[arg(default_value = "")]
+        prefix: String,
+    },
+    /// Stream applied events (acquired, released, queued, sessions...).
+    Watch {
+        #[arg(default_value = "")]
+        prefix: String,
+        /// First revision to show (0 = from now).
+        #[arg(long = "from", default_value_t = 0)]
+        from_revision: u64,
+    },
+    /// Run a command while holding a lock: `holdfast lock NAME -- CMD ARGS...`. The command sees
+    /// HOLDFAST_LOCK, HOLDFAST_FENCING_TOKEN and HOLDFAST_SESSION_ID. Exit code: the command's;
+    /// 124 if the lock was not granted in time; 75 if the session was lost (the command got
+    /// SIGTERM, then SIGKILL); 125 on other Holdfast errors.
+    Lock(cli::LockArgs),
 }
 
 #[derive(Args)]
@@ -207,7 +232,7 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -216,11 +241,33 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
-    runtime.block_on(async {
-        match cli.command {
-            Command::Serve(args) => serve(*args).await,
-            Command::Dev(args) => dev(args).await,
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("holdfast: starting the tokio runtime: {e}");
+            return std::process::ExitCode::from(cli::EXIT_ERROR);
         }
-    })
+    };
+    let connection = cli.connection;
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve(args) => serve(*args).await.map(|()| std::process::ExitCode::SUCCESS),
+            Command::Dev(args) => dev(args).await.map(|()| std::process::ExitCode::SUCCESS),
+            Command::Status => cli::status(&connection).await,
+            Command::Describe { name } => cli::describe(&connection, &name).await,
+            Command::Locks { prefix } => cli::locks(&connection, &prefix).await,
+            Command::Watch {
+                prefix,
+                from_revision,
+            } => cli::watch(&connection, &prefix, from_revision).await,
+            Command::Lock(args) => cli::lock(&connection, args).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("holdfast: {e:#}");
+            std::process::ExitCode::from(cli::EXIT_ERROR)
+        }
+    }
 }

@@ -150,9 +150,10 @@ impl Watch for WatchApi {
             let mut last_sent = request.from_revision.saturating_sub(1);
             for revision in backlog {
                 if let Some(response) = revision_to_pb(&revision, &prefix)
-                    && tx.send(Ok(response)).await.is_err() {
-                        return;
-                    }
+                    && tx.send(Ok(response)).await.is_err()
+                {
+                    return;
+                }
                 last_sent = revision.revision;
             }
             loop {

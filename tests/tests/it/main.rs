@@ -1,6 +1,8 @@
 //! Cluster tests: real `holdfast serve` processes on 127.0.0.1, one file per behaviour.
 
 mod bad_input;
+mod cli;
+mod client;
 mod mutual_exclusion;
 mod quorum;
 mod restart;

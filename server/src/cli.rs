@@ -1,0 +1,360 @@
+//! Client-side subcommands of the `holdfast` binary: `status`, `describe`, `locks`, `watch` and
+//! `lock NAME -- CMD` (run a command while holding a lock, like `consul lock`).
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use holdfast_client::{Client, DEV_ENDPOINTS, Health, LockMode};
+use holdfast_proto::v1 as pb;
+use serde_json::json;
+
+/// Exit code of `holdfast lock` when the lock was not granted within `--timeout`.
+pub const EXIT_LOCK_TIMEOUT: u8 = 124;
+/// Exit code of any subcommand that failed on Holdfast's side (unreachable cluster, refusal).
+pub const EXIT_ERROR: u8 = 125;
+/// Exit code of `holdfast lock` when the session was lost while the command ran (the command got
+/// SIGTERM, then SIGKILL after the grace period).
+pub const EXIT_SESSION_LOST: u8 = 75;
+/// How long a command gets between SIGTERM and SIGKILL.
+pub const KILL_GRACE_MS: u64 = 5_000;
+
+#[derive(Args, Clone)]
+pub struct Connection {
+    /// Comma-separated node addresses (default: the `holdfast dev` cluster).
+    #[arg(long, env = "HOLDFAST_ENDPOINTS", value_delimiter = ',', global = true)]
+    endpoints: Vec<String>,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value_t = Output::Text, global = true)]
+    output: Output,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Text,
+    Json,
+}
+
+impl Connection {
+    fn client(&self) -> anyhow::Result<Client> {
+        let endpoints: Vec<String> = if self.endpoints.is_empty() {
+            DEV_ENDPOINTS.iter().map(|e| (*e).to_owned()).collect()
+        } else {
+            self.endpoints.clone()
+        };
+        Ok(Client::connect(&endpoints)?)
+    }
+}
+
+/// Parses `500ms`, `10s`, `2m`, or a bare number of milliseconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit_ms) = if let Some(n) = text.strip_suffix("ms") {
+        (n, 1)
+    } else if let Some(n) = text.strip_suffix('s') {
+        (n, 1_000)
+    } else if let Some(n) = text.strip_suffix('m') {
+        (n, 60_000)
+    } else {
+        (text, 1)
+    };
+    let value: u64 = number
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 500ms, 10s or 2m"))?;
+    Ok(Duration::from_millis(value.saturating_mul(unit_ms)))
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn mode_name(mode: i32) -> &'static str {
+    if mode == pb::LockMode::Shared as i32 {
+        "shared"
+    } else {
+        "exclusive"
+    }
+}
+
+fn lock_json(lock: &pb::LockInfo) -> serde_json::Value {
+    json!({
+        "name": lock.name,
+        "mode": mode_name(lock.mode),
+        "max_holders": lock.max_holders,
+        "delayed_until_ms": lock.delayed_until_ms,
+        "holders": lock.holders.iter().map(|h| json!({
+            "session_id": h.session_id, "token": h.token, "mode": mode_name(h.mode),
+            "since_ms": h.since_ms, "lease_expires_at_ms": h.lease_expires_at_ms,
+        })).collect::<Vec<_>>(),
+        "waiters": lock.waiters.iter().map(|w| json!({
+            "session_id": w.session_id, "position": w.position, "mode": mode_name(w.mode),
+            "priority": w.priority, "queued_at_ms": w.queued_at_ms, "deadline_ms": w.deadline_ms,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn print_lock_text(lock: &pb::LockInfo) {
+    println!(
+        "{} ({}, max_holders {})",
+        lock.name,
+        mode_name(lock.mode),
+        lock.max_holders
+    );
+    for h in &lock.holders {
+        println!(
+            "  holder  session {:<8} token {:<8} since {} ms",
+            h.session_id, h.token, h.since_ms
+        );
+    }
+    for w in &lock.waiters {
+        println!(
+            "  waiter  session {:<8} position {:<5} {}",
+            w.session_id,
+            w.position,
+            mode_name(w.mode)
+        );
+    }
+    if lock.delayed_until_ms > 0 {
+        println!("  lock-delay until {} ms", lock.delayed_until_ms);
+    }
+}
+
+pub async fn status(connection: &Connection) -> anyhow::Result<ExitCode> {
+    let client = connection.client()?;
+    let mut rows = Vec::new();
+    for (index, endpoint) in client.endpoints().iter().enumerate() {
+        rows.push((endpoint.clone(), client.status(index).await));
+    }
+    let answered: Vec<&pb::StatusResponse> =
+        rows.iter().filter_map(|(_, r)| r.as_ref().ok()).collect();
+    let agree = answered.windows(2).all(|w| {
+        w[0].applied_index != w[1].applied_index || w[0].state_digest == w[1].state_digest
+    });
+    match connection.output {
+        Output::Json => {
+            let nodes: Vec<serde_json::Value> = rows
+                .iter()
+                .map(|(endpoint, r)| match r {
+                    Ok(s) => json!({
+                        "endpoint": endpoint, "node_id": s.node_id, "leader_id": s.leader_id, "term": s.term,
+                        "last_log_index": s.last_log_index, "applied_index": s.applied_index, "now_ms": s.now_ms,
+                        "voters": s.voters, "sessions": s.session_count, "state_digest": s.state_digest,
+                    }),
+                    Err(e) => json!({ "endpoint": endpoint, "error": e.message() }),
+                })
+                .collect();
+            println!("{}", json!({ "nodes": nodes, "digests_agree": agree }));
+        }
+        Output::Text => {
+            for (endpoint, r) in &rows {
+                match r {
+                    Ok(s) => println!(
+                        "{endpoint:<22} node {} {:<8} term {:<4} applied {:<8} sessions {:<5} digest {}",
+                        s.node_id,
+                        if s.leader_id == s.node_id {
+                            "leader"
+                        } else {
+                            "follower"
+                        },
+                        s.term,
+                        s.applied_index,
+                        s.session_count,
+                        &s.state_digest[..s.state_digest.len().min(16)]
+                    ),
+                    Err(e) => println!("{endpoint:<22} unreachable: {}", e.message()),
+                }
+            }
+            println!(
+                "state digests at equal applied index agree: {}",
+                if agree { "yes" } else { "NO" }
+            );
+        }
+    }
+    Ok(if answered.is_empty() {
+        ExitCode::from(EXIT_ERROR)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+pub async fn describe(connection: &Connection, name: &str) -> anyhow::Result<ExitCode> {
+    let response = connection.client()?.describe(name).await?;
+    match (&response.lock, connection.output) {
+        (Some(lock), Output::Json) => println!("{}", lock_json(lock)),
+        (None, Output::Json) => println!("{}", json!({ "name": name, "held": false })),
+        (Some(lock), Output::Text) => print_lock_text(lock),
+        (None, Output::Text) => println!("{name}: free (no holders, no waiters)"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn locks(connection: &Connection, prefix: &str) -> anyhow::Result<ExitCode> {
+    let response = connection.client()?.list(prefix, 0).await?;
+    match connection.output {
+        Output::Json => println!(
+            "{}",
+            serde_json::Value::Array(response.locks.iter().map(lock_json).collect())
+        ),
+        Output::Text => response.locks.iter().for_each(print_lock_text),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn kind_name(kind: i32) -> &'static str {
+    pb::EventKind::try_from(kind).map_or("unknown", |k| match k {
+        pb::EventKind::Unspecified => "unknown",
+        pb::EventKind::SessionOpened => "session-opened",
+        pb::EventKind::SessionClosed => "session-closed",
+        pb::EventKind::SessionExpired => "session-expired",
+        pb::EventKind::Acquired => "acquired",
+        pb::EventKind::Released => "released",
+        pb::EventKind::Queued => "queued",
+        pb::EventKind::LeftQueue => "left-queue",
+    })
+}
+
+fn reason_name(reason: i32) -> &'static str {
+    pb::EventReason::try_from(reason).map_or("", |r| match r {
+        pb::EventReason::None => "",
+        pb::EventReason::Released => "released",
+        pb::EventReason::SessionClosed => "session-closed",
+        pb::EventReason::SessionExpired => "session-expired",
+        pb::EventReason::LeaseExpired => "lease-expired",
+        pb::EventReason::TimedOut => "timed-out",
+        pb::EventReason::Cancelled => "cancelled",
+    })
+}
+
+pub async fn watch(
+    connection: &Connection,
+    prefix: &str,
+    from_revision: u64,
+) -> anyhow::Result<ExitCode> {
+    let mut stream = connection.client()?.watch(prefix, from_revision).await?;
+    while let Some(response) = stream.message().await? {
+        for e in &response.events {
+            match connection.output {
+                Output::Json => println!(
+                    "{}",
+                    json!({
+                        "revision": response.revision, "kind": kind_name(e.kind), "lock": e.lock,
+                        "session_id": e.session_id, "token": e.token, "reason": reason_name(e.reason),
+                        "position": e.position,
+                    })
+                ),
+                Output::Text => println!(
+                    "{:<8} {:<15} {:<24} session {:<8} {}{}",
+                    response.revision,
+                    kind_name(e.kind),
+                    e.lock,
+                    e.session_id,
+                    if e.token > 0 {
+                        format!("token {} ", e.token)
+                    } else {
+                        String::new()
+                    },
+                    reason_name(e.reason)
+                ),
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Args)]
+pub struct LockArgs {
+    /// Lock name.
+    pub name: String,
+    /// Take the lock in shared mode.
+    #[arg(long)]
+    pub shared: bool,
+    /// How long to wait for the lock (0 = try once).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// Session TTL.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub ttl: Duration,
+    /// The command to run while holding the lock.
+    #[arg(last = true, required = true)]
+    pub command: Vec<String>,
+}
+
+/// Runs the command while holding the lock; its exit code becomes ours.
+pub async fn lock(connection: &Connection, args: LockArgs) -> anyhow::Result<ExitCode> {
+    let client = connection.client()?;
+    let principal = std::env::var("USER").unwrap_or_else(|_| "holdfast-cli".to_owned());
+    let session = client.open_session(millis(args.ttl), &principal).await?;
+    let mode = if args.shared {
+        LockMode::Shared
+    } else {
+        LockMode::Exclusive
+    };
+    let Some(hold) = session
+        .acquire(&args.name, mode, millis(args.timeout))
+        .await?
+    else {
+        eprintln!(
+            "holdfast lock: {} was not granted within {:?}",
+            args.name, args.timeout
+        );
+        let _ = session.close().await;
+        return Ok(ExitCode::from(EXIT_LOCK_TIMEOUT));
+    };
+    let mut child = tokio::process::Command::new(&args.command[0])
+        .args(&args.command[1..])
+        .env("HOLDFAST_LOCK", &args.name)
+        .env("HOLDFAST_FENCING_TOKEN", hold.token.to_string())
+        .env("HOLDFAST_SESSION_ID", session.id.to_string())
+        .spawn()
+        .map_err(|e| anyhow::anyhow!("starting {:?}: {e}", args.command[0]))?;
+    let mut health = session.health_watch();
+    let exit = tokio::select! {
+        status = child.wait() => {
+            let status = status?;
+            ExitCode::from(status.code().map_or(EXIT_ERROR, |c| u8::try_from(c).unwrap_or(EXIT_ERROR)))
+        }
+        _ = health.wait_for(|h| *h == Health::Lost) => {
+            eprintln!("holdfast lock: session {} lost; stopping the command (SIGTERM, SIGKILL after {KILL_GRACE_MS} ms)", session.id);
+            terminate(&mut child).await;
+            ExitCode::from(EXIT_SESSION_LOST)
+        }
+    };
+    if session.health() != Health::Lost {
+        session.release(&hold).await?;
+    }
+    let _ = session.close().await;
+    Ok(exit)
+}
+
+async fn terminate(child: &mut tokio::process::Child) {
+    if let Some(pid) = child.id() {
+        let _ = tokio::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status()
+            .await;
+    }
+    if tokio::time::timeout(Duration::from_millis(KILL_GRACE_MS), child.wait())
+        .await
+        .is_err()
+    {
+        let _ = child.kill().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::parse_duration;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("250"), Ok(Duration::from_millis(250)));
+        assert!(parse_duration("ten").is_err());
+    }
+}

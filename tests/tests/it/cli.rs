@@ -1,0 +1,138 @@
+//! The `holdfast lock` command: mutual exclusion for shell scripts, exit codes, and SIGTERM to
+//! the command when the session is lost.
+
+use std::time::Duration;
+
+use holdfast_client::LockMode;
+use holdfast_tests::cluster::{Cluster, holdfast_bin};
+use tokio::process::Command;
+
+const LOOPS: usize = 4;
+const ROUNDS: usize = 5;
+
+fn holdfast(cluster: &Cluster) -> Command {
+    let endpoints: Vec<&str> = cluster
+        .ids()
+        .into_iter()
+        .map(|id| cluster.addr(id))
+        .collect();
+    let mut command = Command::new(holdfast_bin());
+    command
+        .env("HOLDFAST_ENDPOINTS", endpoints.join(","))
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true);
+    command
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lock_command_serializes_shell_loops() {
+    let cluster = Cluster::start(3).await;
+    let file = cluster.dir().join("shared.txt");
+    let mut loops = Vec::new();
+    for id in 0..LOOPS {
+        // Each critical section writes two lines with a pause in between: any overlap interleaves.
+        let body = format!(
+            "echo \"begin {id} $HOLDFAST_FENCING_TOKEN\" >> {f}; sleep 0.05; echo \"end {id}\" >> {f}",
+            f = file.display()
+        );
+        let script = format!(
+            "for i in $(seq {ROUNDS}); do \"$HOLDFAST\" lock cli/file -- sh -c '{body}' || exit 1; done"
+        );
+        let mut shell = Command::new("sh");
+        shell.arg("-c").arg(script).env("HOLDFAST", holdfast_bin());
+        shell.env(
+            "HOLDFAST_ENDPOINTS",
+            cluster
+                .ids()
+                .into_iter()
+                .map(|id| cluster.addr(id).to_owned())
+                .collect::<Vec<_>>()
+                .join(","),
+        );
+        shell.env("RUST_LOG", "warn").kill_on_drop(true);
+        loops.push(shell.spawn().expect("sh"));
+    }
+    for mut child in loops {
+        let status = tokio::time::timeout(Duration::from_secs(120), child.wait())
+            .await
+            .expect("loops finish")
+            .unwrap();
+        assert!(status.success(), "a loop failed: {status:?}");
+    }
+    let text = std::fs::read_to_string(&file).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2 * LOOPS * ROUNDS, "{text}");
+    let mut last_token = 0u64;
+    for pair in lines.chunks(2) {
+        let begin: Vec<&str> = pair[0].split_whitespace().collect();
+        assert_eq!(begin[0], "begin", "{text}");
+        assert_eq!(
+            pair[1],
+            format!("end {}", begin[1]),
+            "interleaved critical sections:\n{text}"
+        );
+        let token: u64 = begin[2].parse().unwrap();
+        assert!(
+            token > last_token,
+            "fencing tokens must increase: {token} after {last_token}"
+        );
+        last_token = token;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lock_command_exit_codes() {
+    let mut cluster = Cluster::start(3).await;
+    // The command's own exit code passes through.
+    let status = holdfast(&cluster)
+        .args(["lock", "cli/code", "--", "sh", "-c", "exit 7"])
+        .status()
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(7));
+
+    // Not granted in time: 124.
+    let client = cluster.client();
+    let holder = client.open_session(60_000, "holder").await.unwrap();
+    holder
+        .acquire("cli/busy", LockMode::Exclusive, 0)
+        .await
+        .unwrap()
+        .expect("free");
+    let status = holdfast(&cluster)
+        .args(["lock", "cli/busy", "--timeout", "300ms", "--", "true"])
+        .status()
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(124));
+
+    // Session lost while the command runs (the whole cluster is gone): SIGTERM to the command,
+    // exit 75, well before the command would have finished.
+    let marker = cluster.dir().join("terminated");
+    let script = format!(
+        "trap 'touch {}; exit 143' TERM; sleep 60 & wait",
+        marker.display()
+    );
+    let mut running = holdfast(&cluster)
+        .args(["lock", "cli/lost", "--ttl", "3s", "--", "sh", "-c", &script])
+        .spawn()
+        .unwrap();
+    let mut started = false;
+    for _ in 0..100 {
+        if client.describe("cli/lost").await.unwrap().lock.is_some() {
+            started = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(started, "holdfast lock never took the lock");
+    for id in cluster.ids() {
+        cluster.kill(id);
+    }
+    let status = tokio::time::timeout(Duration::from_secs(20), running.wait())
+        .await
+        .expect("exits after loss")
+        .unwrap();
+    assert_eq!(status.code(), Some(75));
+    assert!(marker.exists(), "the command did not receive SIGTERM");
+}

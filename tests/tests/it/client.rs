@@ -1,0 +1,68 @@
+//! The client library: a session survives the loss of the node it talks to, and reports `Lost`
+//! from its own conservative deadline when the whole cluster is gone.
+
+use std::time::Duration;
+
+use holdfast_client::{Health, LockMode};
+use holdfast_tests::cluster::Cluster;
+use tokio::time::Instant;
+
+const TTL_MS: u64 = 3_000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn session_outlives_its_node_and_reports_loss_before_the_server_could_expire_it() {
+    let mut cluster = Cluster::start(3).await;
+    let client = cluster.client();
+    let session = client.open_session(TTL_MS, "client").await.unwrap();
+    let hold = session
+        .acquire("client/a", LockMode::Exclusive, 0)
+        .await
+        .unwrap()
+        .expect("free");
+
+    // The client talks to the first endpoint; kill it. Keepalives fail over.
+    let first = cluster.ids()[0];
+    cluster.kill(first);
+    tokio::time::sleep(Duration::from_millis(2 * TTL_MS)).await;
+    assert_eq!(session.health(), Health::Healthy);
+    let check = client.check_token("client/a", hold.token).await.unwrap();
+    assert!(check.current && check.session_id == session.id, "{check:?}");
+
+    // The whole cluster stops: the client must give up on its own, within its deadline.
+    let mut health = session.health_watch();
+    let stopped = Instant::now();
+    for id in cluster.ids() {
+        cluster.kill(id);
+    }
+    tokio::time::timeout(
+        Duration::from_millis(TTL_MS + 2_000),
+        health.wait_for(|h| *h == Health::Lost),
+    )
+    .await
+    .expect("Lost within the TTL")
+    .unwrap();
+    assert!(
+        stopped.elapsed() <= Duration::from_millis(TTL_MS + 500),
+        "Lost only after {:?}",
+        stopped.elapsed()
+    );
+
+    // Cluster time paused while nobody led: the server never expired the session, so Lost came
+    // first, and the session recovers once the cluster is back.
+    for id in cluster.ids() {
+        cluster.restart(id);
+    }
+    cluster.wait_leader(&cluster.ids()).await;
+    let check = client.check_token("client/a", hold.token).await.unwrap();
+    assert!(
+        check.current,
+        "the session's hold must survive the outage: {check:?}"
+    );
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        health.wait_for(|h| *h == Health::Healthy),
+    )
+    .await
+    .expect("Healthy again after the outage")
+    .unwrap();
+}
