@@ -18,6 +18,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 "holdfast/v1/locks.proto",
                 "holdfast/v1/cluster.proto",
                 "holdfast/v1/watch.proto",
+                "holdfast/v1/elections.proto",
                 "holdfast/internal/v1/raft.proto",
             ],
             &["."],

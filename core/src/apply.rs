@@ -101,6 +101,12 @@ pub fn apply(state: &mut State, entry: &Entry, policy: &mut dyn PolicyRuntime) -
         Command::CancelWait { session_id, name } => {
             outcome = applier.cancel_wait(*session_id, name)
         }
+        Command::Proclaim {
+            session_id,
+            name,
+            token,
+            value,
+        } => outcome = applier.proclaim(*session_id, name, *token, value),
     }
     applier.handoff_dirty();
     Applied {
@@ -450,6 +456,12 @@ impl Applier<'_, '_> {
                 format!("must be at most {}", limits::HOLDERS_PER_LOCK_MAX),
             );
         }
+        if request.value.len() > limits::VALUE_BYTES_MAX {
+            return invalid(
+                "value",
+                format!("must be at most {} bytes", limits::VALUE_BYTES_MAX),
+            );
+        }
         if self.dirty.remove(name) {
             self.handoff(name);
         }
@@ -580,6 +592,7 @@ impl Applier<'_, '_> {
             wait_timeout_ms,
             queued_at_ms: now_ms,
             deadline_ms: now_ms + wait_timeout_ms,
+            value: request.value.clone(),
         };
         let lock = self
             .state
@@ -640,6 +653,7 @@ impl Applier<'_, '_> {
             lease_ms: lease.lease_ms,
             lease_expires_at_ms,
             lock_delay_ms: lease.lock_delay_ms,
+            value: request.value.clone(),
         };
         assert!(lock.holders.insert(request.session_id, hold).is_none());
         let session = self
@@ -662,6 +676,7 @@ impl Applier<'_, '_> {
             token,
             mode: request.mode,
             lease_ms: lease.lease_ms,
+            value: request.value.clone(),
         });
         (token, lease.lease_ms)
     }
@@ -770,6 +785,55 @@ impl Applier<'_, '_> {
     }
 
     // ---- release and cancel ---------------------------------------------------------------------
+
+    /// Replaces the value of the hold `token` of `session_id` on `name` (election Proclaim).
+    fn proclaim(
+        &mut self,
+        session_id: SessionId,
+        name: &str,
+        token: FencingToken,
+        value: &[u8],
+    ) -> Outcome {
+        if !self.state.sessions.contains_key(&session_id) {
+            return Outcome::Rejected(Rejection::UnknownSession { session_id });
+        }
+        if value.len() > limits::VALUE_BYTES_MAX {
+            return invalid(
+                "value",
+                format!("must be at most {} bytes", limits::VALUE_BYTES_MAX),
+            );
+        }
+        match self.state.sessions[&session_id].holds.get(name) {
+            None => {
+                return Outcome::Rejected(Rejection::NotHeld {
+                    name: name.to_string(),
+                    session_id,
+                });
+            }
+            Some(held) if *held != token => {
+                return Outcome::Rejected(Rejection::StaleToken {
+                    name: name.to_string(),
+                    token,
+                });
+            }
+            Some(_) => {}
+        }
+        let hold = self
+            .state
+            .locks
+            .get_mut(name)
+            .and_then(|lock| lock.holders.get_mut(&session_id))
+            .expect("a session's hold is in its lock");
+        assert_eq!(hold.token, token);
+        hold.value = value.to_vec();
+        self.events.push(Event::Proclaimed {
+            name: name.to_string(),
+            session_id,
+            token,
+            value: value.to_vec(),
+        });
+        Outcome::Proclaimed { token }
+    }
 
     fn release(
         &mut self,
@@ -901,6 +965,7 @@ impl Applier<'_, '_> {
             max_holders,
             wait_timeout_ms: waiter.wait_timeout_ms,
             priority: waiter.priority,
+            value: waiter.value.clone(),
         };
         let (token, lease_ms) = self.grant(&request);
         self.update_record(

@@ -30,6 +30,8 @@ pub const WAIT_TIMEOUT_MS_MAX: u64 = 3_600_000;
 pub const LEASE_MS_MAX: u64 = 24 * 3_600_000;
 /// Longest lock-delay a policy may impose.
 pub const LOCK_DELAY_MS_MAX: u64 = 60_000;
+/// Largest value a hold carries (an election candidate's proclamation).
+pub const VALUE_BYTES_MAX: usize = 4_096;
 /// How many recent request outcomes each session remembers for idempotent retries.
 pub const RECENT_REQUESTS_PER_SESSION_MAX: usize = 128;
 /// Most sessions renewed by one `Tick` entry.

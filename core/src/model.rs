@@ -57,6 +57,14 @@ pub enum Command {
     /// Removes a queued waiter (the client stopped waiting). The queued Acquire's recorded
     /// outcome becomes `Outcome::WaitCancelled`, so a retry of it does not queue again.
     CancelWait { session_id: SessionId, name: String },
+    /// Replaces the value of the hold `token` (an election leader proclaiming). Only the current
+    /// holder with that token may.
+    Proclaim {
+        session_id: SessionId,
+        name: String,
+        token: FencingToken,
+        value: Vec<u8>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,6 +80,9 @@ pub struct AcquireRequest {
     pub wait_timeout_ms: u64,
     /// Passed to the policy; the built-in FIFO ignores it.
     pub priority: i32,
+    /// What the hold carries once granted: an election candidate's value (empty for plain
+    /// locks). At most `limits::VALUE_BYTES_MAX` bytes. A re-entrant acquire keeps the old value.
+    pub value: Vec<u8>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -112,6 +123,10 @@ pub enum Outcome {
     /// The wait was cancelled: the answer to `CancelWait`, and the recorded outcome of the
     /// cancelled Acquire (what a retry of it returns).
     WaitCancelled,
+    /// The hold `token` now carries the proclaimed value.
+    Proclaimed {
+        token: FencingToken,
+    },
     Rejected(Rejection),
 }
 
@@ -186,6 +201,15 @@ pub enum Event {
         token: FencingToken,
         mode: Mode,
         lease_ms: u64,
+        /// The value the hold carries (an election candidate's; empty for plain locks).
+        value: Vec<u8>,
+    },
+    /// The holder of `token` replaced its value.
+    Proclaimed {
+        name: String,
+        session_id: SessionId,
+        token: FencingToken,
+        value: Vec<u8>,
     },
     Released {
         name: String,

@@ -72,6 +72,8 @@ pub(crate) struct Hold {
     pub(crate) lease_expires_at_ms: Option<u64>,
     /// Lock-delay imposed if this hold ends by session expiry.
     pub(crate) lock_delay_ms: u64,
+    /// What the hold carries (election value); empty for plain locks.
+    pub(crate) value: Vec<u8>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -85,6 +87,8 @@ pub(crate) struct Waiter {
     pub(crate) wait_timeout_ms: u64,
     pub(crate) queued_at_ms: u64,
     pub(crate) deadline_ms: u64,
+    /// The value the hold will carry when granted.
+    pub(crate) value: Vec<u8>,
 }
 
 /// One pending deadline. Ordered by time, then kind (the declaration order below), then key.
@@ -140,6 +144,8 @@ pub struct HolderView {
     pub mode: Mode,
     pub since_ms: u64,
     pub lease_expires_at_ms: Option<u64>,
+    /// The value the hold carries (an election leader's proclamation).
+    pub value: Vec<u8>,
 }
 
 /// One queued request of a lock.
@@ -554,6 +560,7 @@ impl Lock {
                 mode: hold.mode,
                 since_ms: hold.since_ms,
                 lease_expires_at_ms: hold.lease_expires_at_ms,
+                value: hold.value.clone(),
             })
             .collect()
     }

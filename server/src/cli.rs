@@ -211,6 +211,7 @@ fn kind_name(kind: i32) -> &'static str {
         pb::EventKind::Released => "released",
         pb::EventKind::Queued => "queued",
         pb::EventKind::LeftQueue => "left-queue",
+        pb::EventKind::Proclaimed => "proclaimed",
     })
 }
 

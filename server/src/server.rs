@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use holdfast_proto::{internal::peer_server::PeerServer, v1};
 use tokio::task::JoinHandle;
 
-use crate::api::{ClusterApi, LocksApi, PeerApi, SessionsApi, WatchApi};
+use crate::api::{ClusterApi, ElectionsApi, LocksApi, PeerApi, SessionsApi, WatchApi};
 use crate::config::NodeConfig;
 use crate::node::Node;
 use crate::raft::log_store::{LogStore, open_db};
@@ -108,6 +108,9 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
             })
             .max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX),
         )
+        .add_service(v1::elections_server::ElectionsServer::new(ElectionsApi {
+            node: Arc::clone(&node),
+        }))
         .add_service(v1::watch_server::WatchServer::new(WatchApi {
             node: Arc::clone(&node),
         }))

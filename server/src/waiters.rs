@@ -197,6 +197,7 @@ mod tests {
             token,
             mode: Mode::Exclusive,
             lease_ms: 0,
+            value: Vec::new(),
         }
     }
 

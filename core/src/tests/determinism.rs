@@ -148,16 +148,36 @@ impl Generator {
             13..=27 => self.tick(),
             28..=64 => Command::Acquire(self.acquire()),
             65..=86 => self.release(log_index),
-            87..=95 => Command::CancelWait {
+            87..=92 => Command::CancelWait {
                 session_id: self.session(),
                 name: self.lock_name(),
             },
+            93..=95 => self.proclaim(log_index),
             _ => Command::Noop,
         };
         Entry {
             log_index,
             now_ms,
             command,
+        }
+    }
+
+    fn proclaim(&mut self, log_index: u64) -> Command {
+        let value = self.random.pick(&["a", "bb", ""]).as_bytes().to_vec();
+        if !self.holds.is_empty() && self.random.percent(70) {
+            let (session_id, name, token) = self.random.pick(&self.holds).clone();
+            return Command::Proclaim {
+                session_id,
+                name,
+                token,
+                value,
+            };
+        }
+        Command::Proclaim {
+            session_id: self.session(),
+            name: self.lock_name(),
+            token: self.token(log_index),
+            value,
         }
     }
 
@@ -233,6 +253,7 @@ impl Generator {
                 _ => 1 + self.random.below(5_000),
             },
             priority: self.random.below(5) as i32,
+            value: self.random.pick(&["", "", "candidate"]).as_bytes().to_vec(),
             name,
         }
     }

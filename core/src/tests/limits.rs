@@ -90,6 +90,7 @@ fn lock_name_and_max_holders_must_be_within_bounds() {
         max_holders: 0,
         wait_timeout_ms: 0,
         priority: 0,
+        value: Vec::new(),
     };
     let applied = harness.apply(Command::Acquire(empty_name));
     assert!(

@@ -517,3 +517,43 @@ fn request_ids_below_the_remembered_window_are_too_old() {
         "#,
     );
 }
+
+#[test]
+fn election_value_travels_with_the_hold_and_only_the_holder_proclaims() {
+    check(
+        "
+        open
+        open
+        acquire 1 leader value=alpha
+        acquire 2 leader wait=1000 value=beta
+        proclaim 1 leader 3 alpha2
+        proclaim 2 leader 3 nope
+        proclaim 1 leader 99 stale
+        ?lock leader
+        release 1 leader 3
+        ?lock leader
+        proclaim 2 leader 8 beta2
+        ",
+        r#"
+            #1 => opened s1 ttl=10000
+               + session-opened s1
+            #2 => opened s2 ttl=10000
+               + session-opened s2
+            #3 => acquired t3
+               + acquired leader s1 t3 x value=alpha
+            #4 => queued pos=0
+               + queued leader s2 pos=0
+            #5 => proclaimed t3
+               + proclaimed leader s1 t3 value=alpha2
+            #6 => rejected NotHeld { name: "leader", session_id: 2 }
+            #7 => rejected StaleToken { name: "leader", token: 99 }
+            ?lock leader => x/1 holders=[s1:t3=alpha2] waiters=[0:s2:x]
+            #8 => released t3 @8
+               + released leader s1 t3 Released
+               + acquired leader s2 t8 x value=beta
+            ?lock leader => x/1 holders=[s2:t8=beta] waiters=[]
+            #9 => proclaimed t8
+               + proclaimed leader s2 t8 value=beta2
+        "#,
+    );
+}

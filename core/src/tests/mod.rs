@@ -216,12 +216,21 @@ fn parse_command(verb: &str, args: &[&str]) -> Command {
             max_holders: u32::try_from(option("max", 0)).unwrap(),
             wait_timeout_ms: option("wait", 0),
             priority: i32::try_from(option("prio", 0)).unwrap(),
+            value: options
+                .get("value")
+                .map_or_else(Vec::new, |v| v.as_bytes().to_vec()),
         }),
         "release" => Command::Release {
             session_id: number(positional[0]),
             request_id: option("req", 0),
             name: positional[1].to_string(),
             token: number(positional[2]),
+        },
+        "proclaim" => Command::Proclaim {
+            session_id: number(positional[0]),
+            name: positional[1].to_string(),
+            token: number(positional[2]),
+            value: positional[3].as_bytes().to_vec(),
         },
         "cancel" => Command::CancelWait {
             session_id: number(positional[0]),
@@ -261,6 +270,7 @@ pub(crate) fn render_outcome(outcome: &Outcome) -> String {
         Outcome::Queued { position } => format!("queued pos={position}"),
         Outcome::Released { token, released_at } => format!("released t{token} @{released_at}"),
         Outcome::WaitCancelled => "wait-cancelled".to_string(),
+        Outcome::Proclaimed { token } => format!("proclaimed t{token}"),
         Outcome::Rejected(rejection) => format!("rejected {rejection:?}"),
     }
 }
@@ -276,17 +286,32 @@ pub(crate) fn render_event(event: &Event) -> String {
             token,
             mode,
             lease_ms,
+            value,
         } => {
             let lease = if *lease_ms > 0 {
                 format!(" lease={lease_ms}")
             } else {
                 String::new()
             };
+            let value = if value.is_empty() {
+                String::new()
+            } else {
+                format!(" value={}", String::from_utf8_lossy(value))
+            };
             format!(
-                "acquired {name} s{session_id} t{token} {}{lease}",
+                "acquired {name} s{session_id} t{token} {}{lease}{value}",
                 mode_letter(*mode)
             )
         }
+        Event::Proclaimed {
+            name,
+            session_id,
+            token,
+            value,
+        } => format!(
+            "proclaimed {name} s{session_id} t{token} value={}",
+            String::from_utf8_lossy(value)
+        ),
         Event::Released {
             name,
             session_id,
@@ -316,7 +341,12 @@ fn render_lock(lock: &LockView) -> String {
             let lease = holder
                 .lease_expires_at_ms
                 .map_or(String::new(), |at| format!(" lease-until={at}"));
-            format!("s{}:t{}{lease}", holder.session_id, holder.token)
+            let value = if holder.value.is_empty() {
+                String::new()
+            } else {
+                format!("={}", String::from_utf8_lossy(&holder.value))
+            };
+            format!("s{}:t{}{value}{lease}", holder.session_id, holder.token)
         })
         .collect();
     let waiters: Vec<String> = lock

@@ -35,13 +35,14 @@ pub(super) fn mode_to_pb(mode: Mode) -> i32 {
     }
 }
 
-fn holder_to_pb(holder: &HolderView) -> pb::Holder {
+pub(super) fn holder_to_pb(holder: &HolderView) -> pb::Holder {
     pb::Holder {
         session_id: holder.session_id,
         token: holder.token,
         mode: mode_to_pb(holder.mode),
         since_ms: holder.since_ms,
         lease_expires_at_ms: holder.lease_expires_at_ms.unwrap_or(0),
+        value: holder.value.clone(),
     }
 }
 
@@ -93,37 +94,109 @@ impl Drop for CancelOnDrop {
     }
 }
 
-impl LocksApi {
-    fn acquired(
-        &self,
-        log_index: u64,
-        now_ms: u64,
+/// How an acquire (or an election campaign) ended, when it did not fail.
+pub(super) enum Acquisition {
+    Acquired {
         token: u64,
         lease_ms: u64,
         reentrant: bool,
-    ) -> Response<pb::AcquireResponse> {
-        Response::new(pb::AcquireResponse {
-            header: header(&self.node, log_index, now_ms),
-            status: pb::AcquireStatus::Acquired as i32,
+        log_index: u64,
+        now_ms: u64,
+    },
+    NotAcquired {
+        status: pb::AcquireStatus,
+        log_index: u64,
+        now_ms: u64,
+    },
+}
+
+/// Proposes an Acquire and, when it queues, waits for this node's own apply to grant it (or to
+/// drop it from the queue). Cancelling the caller's future removes the queue entry.
+pub(super) async fn acquire_and_wait(
+    node: &Arc<Node>,
+    request: AcquireRequest,
+) -> Result<Acquisition, Status> {
+    let session_id = request.session_id;
+    let name = request.name.clone();
+    // Register before proposing, so that a grant applied before we start waiting is not missed.
+    let wait =
+        (request.wait_timeout_ms > 0).then(|| node.shared.waiters.register(session_id, &name));
+    let mut guard = CancelOnDrop {
+        node: Arc::clone(node),
+        session_id,
+        name: name.clone(),
+        armed: false,
+    };
+    let response = node.write(Command::Acquire(request)).await?;
+    let now_ms = || node.shared.read(|s| s.now_ms());
+    match response.outcome {
+        Outcome::Acquired {
             token,
             lease_ms,
             reentrant,
-        })
-    }
-
-    fn not_acquired(
-        &self,
-        log_index: u64,
-        now_ms: u64,
-        status: pb::AcquireStatus,
-    ) -> Response<pb::AcquireResponse> {
-        Response::new(pb::AcquireResponse {
-            header: header(&self.node, log_index, now_ms),
-            status: status as i32,
-            token: 0,
-            lease_ms: 0,
-            reentrant: false,
-        })
+        } => Ok(Acquisition::Acquired {
+            token,
+            lease_ms,
+            reentrant,
+            log_index: response.log_index,
+            now_ms: response.now_ms,
+        }),
+        Outcome::Queued { .. } => {
+            let Some(wait) = wait else {
+                return Err(Status::internal("queued a try-lock"));
+            };
+            guard.armed = true;
+            let result = wait.after(response.log_index).await;
+            guard.armed = false;
+            match result {
+                WaitResult::Granted {
+                    token,
+                    lease_ms,
+                    log_index,
+                } => Ok(Acquisition::Acquired {
+                    token,
+                    lease_ms,
+                    reentrant: false,
+                    log_index,
+                    now_ms: now_ms(),
+                }),
+                WaitResult::Left {
+                    reason: LeaveReason::TimedOut,
+                    log_index,
+                } => Ok(Acquisition::NotAcquired {
+                    status: pb::AcquireStatus::TimedOut,
+                    log_index,
+                    now_ms: now_ms(),
+                }),
+                WaitResult::Left {
+                    reason: LeaveReason::Cancelled,
+                    ..
+                } => Err(Status::cancelled(format!(
+                    "the wait for lock {name} was cancelled"
+                ))),
+                WaitResult::Left {
+                    reason: LeaveReason::SessionClosed | LeaveReason::SessionExpired,
+                    ..
+                } => Err(rejection_status(&Rejection::SessionEnded { name })),
+                WaitResult::Lost { .. } => Err(Status::aborted(format!(
+                    "this node installed a snapshot and session {session_id} no longer waits for lock {name}; describe the lock or retry"
+                ))),
+            }
+        }
+        Outcome::Rejected(Rejection::WouldBlock { .. }) => Ok(Acquisition::NotAcquired {
+            status: pb::AcquireStatus::WouldBlock,
+            log_index: response.log_index,
+            now_ms: response.now_ms,
+        }),
+        Outcome::Rejected(Rejection::WaitTimedOut { .. }) => Ok(Acquisition::NotAcquired {
+            status: pb::AcquireStatus::TimedOut,
+            log_index: response.log_index,
+            now_ms: response.now_ms,
+        }),
+        Outcome::Rejected(rejection) => Err(rejection_status(&rejection)),
+        other => Err(Status::internal(format!(
+            "unexpected outcome for Acquire: {other:?}"
+        ))),
     }
 }
 
@@ -140,92 +213,41 @@ impl Locks for LocksApi {
         validate::wait_timeout_ms(request.wait_timeout_ms)?;
         validate::max_holders(request.max_holders)?;
         let mode = mode_from_pb(request.mode)?;
-        let session_id = request.session_id;
-        let name = request.name.clone();
-        // Register before proposing, so that a grant applied before we start waiting is not missed.
-        let wait = (request.wait_timeout_ms > 0)
-            .then(|| self.node.shared.waiters.register(session_id, &name));
-        let mut guard = CancelOnDrop {
-            node: Arc::clone(&self.node),
-            session_id,
-            name: name.clone(),
-            armed: false,
-        };
-        let command = Command::Acquire(AcquireRequest {
-            session_id,
+        let request = AcquireRequest {
+            session_id: request.session_id,
             request_id: request.request_id,
             name: request.name,
             mode,
             max_holders: request.max_holders,
             wait_timeout_ms: request.wait_timeout_ms,
             priority: request.priority,
-        });
-        let response = self.node.write(command).await?;
-        match response.outcome {
-            Outcome::Acquired {
+            value: Vec::new(),
+        };
+        let response = match acquire_and_wait(&self.node, request).await? {
+            Acquisition::Acquired {
                 token,
                 lease_ms,
                 reentrant,
-            } => Ok(self.acquired(
-                response.log_index,
-                response.now_ms,
+                log_index,
+                now_ms,
+            } => pb::AcquireResponse {
+                header: header(&self.node, log_index, now_ms),
+                status: pb::AcquireStatus::Acquired as i32,
                 token,
                 lease_ms,
                 reentrant,
-            )),
-            Outcome::Queued { .. } => {
-                let Some(wait) = wait else {
-                    return Err(Status::internal("queued a try-lock"));
-                };
-                guard.armed = true;
-                let result = wait.after(response.log_index).await;
-                guard.armed = false;
-                match result {
-                    WaitResult::Granted {
-                        token,
-                        lease_ms,
-                        log_index,
-                    } => {
-                        let now_ms = self.node.shared.read(|s| s.now_ms());
-                        Ok(self.acquired(log_index, now_ms, token, lease_ms, false))
-                    }
-                    WaitResult::Left {
-                        reason: LeaveReason::TimedOut,
-                        log_index,
-                    } => {
-                        let now_ms = self.node.shared.read(|s| s.now_ms());
-                        Ok(self.not_acquired(log_index, now_ms, pb::AcquireStatus::TimedOut))
-                    }
-                    WaitResult::Left {
-                        reason: LeaveReason::Cancelled,
-                        ..
-                    } => Err(Status::cancelled(format!(
-                        "the wait for lock {name} was cancelled"
-                    ))),
-                    WaitResult::Left {
-                        reason: LeaveReason::SessionClosed | LeaveReason::SessionExpired,
-                        ..
-                    } => Err(rejection_status(&Rejection::SessionEnded { name })),
-                    WaitResult::Lost { .. } => Err(Status::aborted(format!(
-                        "this node installed a snapshot and session {session_id} no longer waits for lock {name}; describe the lock or retry"
-                    ))),
-                }
-            }
-            Outcome::Rejected(Rejection::WouldBlock { .. }) => Ok(self.not_acquired(
-                response.log_index,
-                response.now_ms,
-                pb::AcquireStatus::WouldBlock,
-            )),
-            Outcome::Rejected(Rejection::WaitTimedOut { .. }) => Ok(self.not_acquired(
-                response.log_index,
-                response.now_ms,
-                pb::AcquireStatus::TimedOut,
-            )),
-            Outcome::Rejected(rejection) => Err(rejection_status(&rejection)),
-            other => Err(Status::internal(format!(
-                "unexpected outcome for Acquire: {other:?}"
-            ))),
-        }
+            },
+            Acquisition::NotAcquired {
+                status,
+                log_index,
+                now_ms,
+            } => pb::AcquireResponse {
+                header: header(&self.node, log_index, now_ms),
+                status: status as i32,
+                ..Default::default()
+            },
+        };
+        Ok(Response::new(response))
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(lock = %request.get_ref().name, fencing_token = request.get_ref().token))]

@@ -2,6 +2,7 @@
 //! v3rpc): validate the request's shape → write or read through [`Node`] → map rejections and
 //! errors through `status` → fill the response header.
 
+mod elections;
 mod locks;
 mod peer;
 mod sessions;
@@ -16,6 +17,7 @@ use openraft::async_runtime::WatchReceiver as _;
 
 use crate::node::Node;
 
+pub use elections::ElectionsApi;
 pub use locks::LocksApi;
 pub use peer::PeerApi;
 pub use sessions::SessionsApi;

@@ -79,10 +79,22 @@ fn event_to_pb(event: &Event, prefix: &str) -> Option<pb::WatchEvent> {
             token,
             mode,
             lease_ms,
+            value,
         } => lock(name, pb::EventKind::Acquired, *session_id).map(|e| pb::WatchEvent {
+            value: value.clone(),
             token: *token,
             mode: mode_to_pb(*mode),
             lease_ms: *lease_ms,
+            ..e
+        }),
+        Event::Proclaimed {
+            name,
+            session_id,
+            token,
+            value,
+        } => lock(name, pb::EventKind::Proclaimed, *session_id).map(|e| pb::WatchEvent {
+            token: *token,
+            value: value.clone(),
             ..e
         }),
         Event::Released {
