@@ -9,11 +9,11 @@ use tonic::Code;
 
 const TTL_MS: u64 = 3_000;
 
+/// What an observer saw: (revision, leader as (session, token, value)).
+type Observed = Vec<(u64, Option<(u64, u64, Vec<u8>)>)>;
+
 /// Reads leader changes until the leader is the session `until` (checking revisions increase).
-async fn observe_until(
-    stream: &mut tonic::Streaming<pb::ObserveResponse>,
-    until: u64,
-) -> Vec<(u64, Option<(u64, u64, Vec<u8>)>)> {
+async fn observe_until(stream: &mut tonic::Streaming<pb::ObserveResponse>, until: u64) -> Observed {
     let mut seen = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
@@ -125,9 +125,7 @@ async fn lost_leader_is_replaced_and_observers_agree() {
     }
     // Both observers started before the first campaign; drop the initial "no leader" snapshot
     // (its revision is each node's applied index at subscription) and compare the changes.
-    let changes = |seq: &Vec<(u64, Option<(u64, u64, Vec<u8>)>)>| {
-        seq.iter().skip(1).cloned().collect::<Vec<_>>()
-    };
+    let changes = |seq: &Observed| seq.iter().skip(1).cloned().collect::<Vec<_>>();
     assert_eq!(changes(&sequences[0]), changes(&sequences[1]));
     let leaders: Vec<Option<u64>> = changes(&sequences[0])
         .iter()
