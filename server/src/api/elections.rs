@@ -83,14 +83,13 @@ fn observe_events(current: &mut Option<pb::Leadership>, name: &str, events: &[Ev
             }
             Event::Released {
                 name: lock, token, ..
-            } if lock == name => {
-                if current
+            } if lock == name
+                && current
                     .as_ref()
                     .and_then(|l| l.key.as_ref())
-                    .is_some_and(|k| k.token == *token)
-                {
-                    *current = None;
-                }
+                    .is_some_and(|k| k.token == *token) =>
+            {
+                *current = None;
             }
             Event::Proclaimed {
                 name: lock,
