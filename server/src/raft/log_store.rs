@@ -68,7 +68,9 @@ pub struct LogStore {
 impl LogStore {
     pub fn new(db: Arc<DB>) -> LogStore {
         let (flusher, pending) = mpsc::channel::<IOFlushed<TypeConfig>>();
-        let flush_db = Arc::clone(&db);
+        // Weak: the flusher must not keep the database open after the stores are dropped (a
+        // rocksdb DB still open when the process exits crashes in its static destructors).
+        let flush_db = Arc::downgrade(&db);
         std::thread::Builder::new()
             .name("holdfast-log-flusher".into())
             .spawn(move || run_flusher(&flush_db, &pending))
@@ -104,18 +106,18 @@ impl LogStore {
 }
 
 /// Syncs the WAL once per batch of pending appends, then reports each append durable, in order.
-fn run_flusher(db: &DB, pending: &mpsc::Receiver<IOFlushed<TypeConfig>>) {
+fn run_flusher(db: &std::sync::Weak<DB>, pending: &mpsc::Receiver<IOFlushed<TypeConfig>>) {
     while let Ok(first) = pending.recv() {
         let mut batch = vec![first];
         batch.extend(pending.try_iter());
-        let synced = db.flush_wal(true);
+        let synced: Result<(), String> = match db.upgrade() {
+            Some(db) => db.flush_wal(true).map_err(|e| e.to_string()),
+            None => Err("the database was closed before the log was synced".to_owned()),
+        };
         for callback in batch {
-            let result = match &synced {
-                Ok(()) => Ok(()),
-                Err(e) => Err(io::Error::other(format!(
-                    "fsync of the raft log failed: {e}"
-                ))),
-            };
+            let result = synced
+                .clone()
+                .map_err(|e| io::Error::other(format!("fsync of the raft log failed: {e}")));
             callback.io_completed(result);
         }
         if let Err(e) = synced {
