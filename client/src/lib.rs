@@ -1,9 +1,40 @@
-//! holdfast-client: a small Rust client for Holdfast.
+//! holdfast-client: the Rust client for Holdfast.
 //!
 //! [`Client`] talks to any node of a cluster and retries on UNAVAILABLE (no leader, leader
-//! changed, node down) by trying the other endpoints, which is safe because lock requests carry a
-//! per-session request id that the server deduplicates. [`Session`] keeps a session alive in the
-//! background and tracks a conservative local deadline.
+//! changed, node down) by following the server's leader hint or trying the other endpoints,
+//! which is safe because lock requests carry a per-session request id that the server
+//! deduplicates. [`Session`] keeps a session alive in the background and reports its
+//! [`Health`] from the client's own conservative deadline.
+//!
+//! Locks, with a guard that carries the fencing token:
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use holdfast_client::{Client, DEV_ENDPOINTS};
+//! let client = Client::connect(&DEV_ENDPOINTS)?;
+//! let session = client.open_session(10_000, "billing-worker").await?;
+//! let guard = session.lock("billing/invoices").await?;
+//! println!("writing with fencing token {}", guard.token());
+//! guard.release().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! Elections and watches:
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! # let client = holdfast_client::Client::connect(&holdfast_client::DEV_ENDPOINTS)?;
+//! # let session = client.open_session(10_000, "scheduler").await?;
+//! if let Some(leadership) = session.campaign("scheduler/leader", b"host-a", 30_000).await? {
+//!     session.proclaim(&leadership, b"host-a:ready").await?;
+//!     session.resign(&leadership).await?;
+//! }
+//! let mut changes = client.watch("billing/", 0).await?;
+//! while let Some(change) = changes.message().await? {
+//!     println!("revision {}: {} events", change.revision, change.events.len());
+//! }
+//! # Ok(()) }
+//! ```
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -75,6 +106,16 @@ impl Client {
         })
     }
 
+    fn endpoint_of_leader_hint(&self, status: &Status) -> Option<usize> {
+        let hint = status
+            .metadata()
+            .get("holdfast-leader-addr")?
+            .to_str()
+            .ok()?;
+        let index = self.channels.iter().position(|(addr, _)| addr == hint)?;
+        (index != self.preferred.load(Ordering::Relaxed)).then_some(index)
+    }
+
     pub fn endpoints(&self) -> Vec<String> {
         self.channels.iter().map(|(a, _)| a.clone()).collect()
     }
@@ -89,6 +130,7 @@ impl Client {
         let deadline = Instant::now() + Duration::from_millis(RETRY_BUDGET_MS);
         let count = self.channels.len();
         let mut attempt = 0usize;
+        let mut followed_hint = false;
         loop {
             let index = (self.preferred.load(Ordering::Relaxed) + attempt) % count;
             let channel = self.channels[index].1.clone();
@@ -98,6 +140,14 @@ impl Client {
                     return Ok(value);
                 }
                 Err(status) if retryable(&status) && Instant::now() < deadline => {
+                    // Follow the server's leader hint (once per call) when it names one of our
+                    // endpoints.
+                    if !followed_hint && let Some(leader) = self.endpoint_of_leader_hint(&status) {
+                        followed_hint = true;
+                        self.preferred.store(leader, Ordering::Relaxed);
+                        attempt = 0;
+                        continue;
+                    }
                     attempt += 1;
                     if attempt.is_multiple_of(count) {
                         tokio::time::sleep(Duration::from_millis(RETRY_PAUSE_MS)).await;
@@ -340,6 +390,81 @@ pub struct Hold {
     pub revision: u64,
 }
 
+/// Longest wait `Session::lock` asks for (the server's `WAIT_TIMEOUT_MS_MAX`).
+pub const LOCK_WAIT_MS_MAX: u64 = 3_600_000;
+
+async fn release_hold(
+    client: &Client,
+    session_id: u64,
+    request_id: u64,
+    hold: &Hold,
+) -> Result<u64, Status> {
+    let response = client
+        .retry(|channel| async move {
+            let mut request = tonic::Request::new(pb::ReleaseRequest {
+                session_id,
+                request_id,
+                name: hold.name.clone(),
+                token: hold.token,
+            });
+            request.set_timeout(Duration::from_millis(RPC_TIMEOUT_MS));
+            Ok(LocksClient::new(channel)
+                .release(request)
+                .await?
+                .into_inner())
+        })
+        .await?;
+    Ok(response.released_at)
+}
+
+/// A held lock, released by [`LockGuard::release`] or, best-effort in the background, on drop.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// let client = holdfast_client::Client::connect(&holdfast_client::DEV_ENDPOINTS)?;
+/// let session = client.open_session(10_000, "docs").await?;
+/// let guard = session.lock("reports/nightly").await?;
+/// println!("fencing token {}", guard.token()); // pass it to the resource you write
+/// guard.release().await?;
+/// # Ok(()) }
+/// ```
+pub struct LockGuard<'s> {
+    session: &'s Session,
+    hold: Option<Hold>,
+}
+
+impl LockGuard<'_> {
+    /// The fencing token of this hold.
+    pub fn token(&self) -> u64 {
+        self.hold.as_ref().map_or(0, |h| h.token)
+    }
+
+    pub fn hold(&self) -> &Hold {
+        self.hold.as_ref().expect("a guard holds until released")
+    }
+
+    /// Releases the lock; returns the log index at which the hold ended.
+    pub async fn release(mut self) -> Result<u64, Status> {
+        let hold = self.hold.take().expect("a guard holds until released");
+        self.session.release(&hold).await
+    }
+}
+
+impl Drop for LockGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(hold) = self.hold.take() {
+            let client = self.session.client.clone();
+            let session_id = self.session.id;
+            let request_id = self.session.next_request_id();
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move {
+                    let _ = release_hold(&client, session_id, request_id, &hold).await;
+                });
+            }
+        }
+    }
+}
+
 async fn keep_alive(client: Client, session_id: u64, ttl_ms: u64, state: Arc<SessionState>) {
     let period = Duration::from_millis((ttl_ms / 3).max(1));
     loop {
@@ -454,25 +579,53 @@ impl Session {
 
     /// Releases a hold; returns the log index at which it ended.
     pub async fn release(&self, hold: &Hold) -> Result<u64, Status> {
-        let request_id = self.next_request_id();
-        let session_id = self.id;
-        let response = self
-            .client
-            .retry(|channel| async move {
-                let mut request = tonic::Request::new(pb::ReleaseRequest {
-                    session_id,
-                    request_id,
-                    name: hold.name.clone(),
-                    token: hold.token,
-                });
-                request.set_timeout(Duration::from_millis(RPC_TIMEOUT_MS));
-                Ok(LocksClient::new(channel)
-                    .release(request)
-                    .await?
-                    .into_inner())
-            })
-            .await?;
-        Ok(response.released_at)
+        release_hold(&self.client, self.id, self.next_request_id(), hold).await
+    }
+
+    /// Waits (up to the server's longest wait, 1 h) for `name`, exclusively.
+    pub async fn lock(&self, name: &str) -> Result<LockGuard<'_>, Status> {
+        self.lock_with_timeout(name, Duration::from_millis(LOCK_WAIT_MS_MAX))
+            .await?
+            .ok_or_else(|| Status::deadline_exceeded(format!("lock {name} not granted within 1 h")))
+    }
+
+    /// Takes `name` exclusively if it is free now.
+    pub async fn try_lock(&self, name: &str) -> Result<Option<LockGuard<'_>>, Status> {
+        self.lock_with_timeout(name, Duration::ZERO).await
+    }
+
+    /// Waits up to `timeout` for `name`, exclusively; None if not granted in time.
+    pub async fn lock_with_timeout(
+        &self,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<Option<LockGuard<'_>>, Status> {
+        self.guard(name, LockMode::Exclusive, timeout).await
+    }
+
+    /// Waits up to `timeout` for a shared hold of `name`.
+    pub async fn lock_shared(
+        &self,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<Option<LockGuard<'_>>, Status> {
+        self.guard(name, LockMode::Shared, timeout).await
+    }
+
+    async fn guard(
+        &self,
+        name: &str,
+        mode: LockMode,
+        timeout: Duration,
+    ) -> Result<Option<LockGuard<'_>>, Status> {
+        let wait_ms = u64::try_from(timeout.as_millis())
+            .unwrap_or(u64::MAX)
+            .min(LOCK_WAIT_MS_MAX);
+        let hold = self.acquire(name, mode, wait_ms).await?;
+        Ok(hold.map(|hold| LockGuard {
+            session: self,
+            hold: Some(hold),
+        }))
     }
 
     /// Campaigns in election `name` with `value`, waiting up to `wait_timeout_ms` to be elected.

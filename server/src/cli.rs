@@ -359,3 +359,85 @@ mod tests {
         assert!(parse_duration("ten").is_err());
     }
 }
+
+#[derive(Args)]
+pub struct ElectArgs {
+    /// Election name.
+    pub name: String,
+    /// The value to proclaim when elected.
+    #[arg(default_value = "")]
+    pub value: String,
+    /// Only print leader changes (no campaign).
+    #[arg(long)]
+    pub observe: bool,
+    /// Session TTL while campaigning and leading.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub ttl: Duration,
+}
+
+/// Campaigns until elected, leads until interrupted (then resigns) or the session is lost; or,
+/// with `--observe`, prints every leader change.
+pub async fn elect(connection: &Connection, args: ElectArgs) -> anyhow::Result<ExitCode> {
+    let client = connection.client()?;
+    if args.observe {
+        let mut changes = client.observe(&args.name).await?;
+        while let Some(change) = changes.message().await? {
+            let leader = change.leader.and_then(|l| l.key.map(|k| (k, l.value)));
+            match (connection.output, leader) {
+                (Output::Json, Some((key, value))) => println!(
+                    "{}",
+                    json!({ "revision": change.revision, "session_id": key.session_id, "token": key.token,
+                            "value": String::from_utf8_lossy(&value) })
+                ),
+                (Output::Json, None) => {
+                    println!("{}", json!({ "revision": change.revision, "leader": null }))
+                }
+                (Output::Text, Some((key, value))) => println!(
+                    "{:<8} leader: session {} token {} value {:?}",
+                    change.revision,
+                    key.session_id,
+                    key.token,
+                    String::from_utf8_lossy(&value)
+                ),
+                (Output::Text, None) => println!("{:<8} no leader", change.revision),
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let principal = std::env::var("USER").unwrap_or_else(|_| "holdfast-cli".to_owned());
+    let session = client.open_session(millis(args.ttl), &principal).await?;
+    let leadership = loop {
+        if let Some(leadership) = session
+            .campaign(
+                &args.name,
+                args.value.as_bytes(),
+                holdfast_client::LOCK_WAIT_MS_MAX,
+            )
+            .await?
+        {
+            break leadership;
+        }
+    };
+    match connection.output {
+        Output::Json => println!(
+            "{}",
+            json!({ "elected": args.name, "session_id": session.id, "token": leadership.token })
+        ),
+        Output::Text => println!(
+            "elected: {} (session {}, token {})",
+            args.name, session.id, leadership.token
+        ),
+    }
+    let mut health = session.health_watch();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {
+            session.resign(&leadership).await?;
+            let _ = session.close().await;
+            Ok(ExitCode::SUCCESS)
+        }
+        _ = health.wait_for(|h| *h == Health::Lost) => {
+            eprintln!("holdfast elect: session {} lost; no longer leading {}", session.id, args.name);
+            Ok(ExitCode::from(EXIT_SESSION_LOST))
+        }
+    }
+}

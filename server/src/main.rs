@@ -50,6 +50,9 @@ enum Command {
     /// 124 if the lock was not granted in time; 75 if the session was lost (the command got
     /// SIGTERM, then SIGKILL); 125 on other Holdfast errors.
     Lock(cli::LockArgs),
+    /// Campaign in an election and lead until Ctrl-C (`holdfast elect NAME [VALUE]`), or print
+    /// every leader change (`holdfast elect NAME --observe`).
+    Elect(cli::ElectArgs),
 }
 
 #[derive(Args)]
@@ -261,6 +264,7 @@ fn main() -> std::process::ExitCode {
                 from_revision,
             } => cli::watch(&connection, &prefix, from_revision).await,
             Command::Lock(args) => cli::lock(&connection, args).await,
+            Command::Elect(args) => cli::elect(&connection, args).await,
         }
     });
     match result {

@@ -136,3 +136,33 @@ async fn lock_command_exit_codes() {
     assert_eq!(status.code(), Some(75));
     assert!(marker.exists(), "the command did not receive SIGTERM");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn elect_command_leads_until_interrupted_then_resigns() {
+    let cluster = Cluster::start(3).await;
+    let client = cluster.client();
+    let mut leader = holdfast(&cluster)
+        .args(["elect", "cli/election", "alpha"])
+        .spawn()
+        .unwrap();
+    let mut elected = None;
+    for _ in 0..200 {
+        if let Some(leadership) = client.leader("cli/election").await.unwrap() {
+            elected = Some(leadership);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(elected.expect("holdfast elect was elected").value, b"alpha");
+    let pid = leader.id().expect("running").to_string();
+    let _ = Command::new("kill").args(["-INT", &pid]).status().await;
+    let status = tokio::time::timeout(Duration::from_secs(20), leader.wait())
+        .await
+        .expect("exits on Ctrl-C")
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        client.leader("cli/election").await.unwrap().is_none(),
+        "resigned on Ctrl-C"
+    );
+}

@@ -66,3 +66,34 @@ async fn session_outlives_its_node_and_reports_loss_before_the_server_could_expi
     .expect("Healthy again after the outage")
     .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lock_guard_releases_explicitly_or_on_drop() {
+    let cluster = Cluster::start(3).await;
+    let client = cluster.client();
+    let session = client.open_session(60_000, "guard").await.unwrap();
+    let other = client.open_session(60_000, "other").await.unwrap();
+
+    let guard = session.lock("guard/a").await.unwrap();
+    assert!(
+        other.try_lock("guard/a").await.unwrap().is_none(),
+        "held by the guard"
+    );
+    let token = guard.token();
+    let released_at = guard.release().await.unwrap();
+    assert!(released_at > token);
+
+    {
+        let _dropped = session
+            .lock_with_timeout("guard/b", Duration::from_secs(5))
+            .await
+            .unwrap()
+            .expect("free");
+    }
+    // The drop released it in the background: the other session gets it within its wait.
+    let taken = other
+        .lock_with_timeout("guard/b", Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert!(taken.is_some(), "a dropped guard must release its lock");
+}

@@ -5,6 +5,7 @@ mod cli;
 mod client;
 mod elections;
 mod mutual_exclusion;
+mod python;
 mod quorum;
 mod restart;
 mod sessions;
