@@ -285,7 +285,11 @@ impl Applier<'_, '_> {
             at_ms: expires_at_ms,
             kind
         }));
-        self.events.push(Event::SessionOpened { session_id });
+        let principal = self.principal_of(session_id);
+        self.events.push(Event::SessionOpened {
+            session_id,
+            principal,
+        });
         Outcome::SessionOpened { session_id, ttl_ms }
     }
 
@@ -333,9 +337,16 @@ impl Applier<'_, '_> {
             at_ms: session.expires_at_ms,
             kind
         }));
+        let principal = session.principal;
         self.events.push(match end {
-            SessionEnd::Closed => Event::SessionClosed { session_id },
-            SessionEnd::Expired => Event::SessionExpired { session_id },
+            SessionEnd::Closed => Event::SessionClosed {
+                session_id,
+                principal,
+            },
+            SessionEnd::Expired => Event::SessionExpired {
+                session_id,
+                principal,
+            },
         });
     }
 
@@ -619,6 +630,7 @@ impl Applier<'_, '_> {
         self.events.push(Event::Queued {
             name: request.name.clone(),
             session_id: request.session_id,
+            principal: self.principal_of(request.session_id),
             position,
         });
         Outcome::Queued { position }
@@ -673,6 +685,7 @@ impl Applier<'_, '_> {
         self.events.push(Event::Acquired {
             name: request.name.clone(),
             session_id: request.session_id,
+            principal: self.principal_of(request.session_id),
             token,
             mode: request.mode,
             lease_ms: lease.lease_ms,
@@ -731,6 +744,7 @@ impl Applier<'_, '_> {
         self.events.push(Event::Released {
             name: name.to_string(),
             session_id,
+            principal: self.principal_of(session_id),
             token: hold.token,
             reason,
         });
@@ -771,6 +785,7 @@ impl Applier<'_, '_> {
         self.events.push(Event::LeftQueue {
             name: name.to_string(),
             session_id,
+            principal: self.principal_of(session_id),
             reason,
         });
         self.dirty.insert(name.to_string());
@@ -785,6 +800,15 @@ impl Applier<'_, '_> {
     }
 
     // ---- release and cancel ---------------------------------------------------------------------
+
+    /// The principal of a live session ("" if it is gone), for events.
+    fn principal_of(&self, session_id: SessionId) -> String {
+        self.state
+            .sessions
+            .get(&session_id)
+            .map(|s| s.principal.clone())
+            .unwrap_or_default()
+    }
 
     /// Replaces the value of the hold `token` of `session_id` on `name` (election Proclaim).
     fn proclaim(
@@ -829,6 +853,7 @@ impl Applier<'_, '_> {
         self.events.push(Event::Proclaimed {
             name: name.to_string(),
             session_id,
+            principal: self.principal_of(session_id),
             token,
             value: value.to_vec(),
         });

@@ -188,16 +188,24 @@ pub enum LeaveReason {
 pub enum Event {
     SessionOpened {
         session_id: SessionId,
+        /// The session's principal.
+        principal: String,
     },
     SessionClosed {
         session_id: SessionId,
+        /// The session's principal.
+        principal: String,
     },
     SessionExpired {
         session_id: SessionId,
+        /// The session's principal.
+        principal: String,
     },
     Acquired {
         name: String,
         session_id: SessionId,
+        /// The session's principal.
+        principal: String,
         token: FencingToken,
         mode: Mode,
         lease_ms: u64,
@@ -208,23 +216,31 @@ pub enum Event {
     Proclaimed {
         name: String,
         session_id: SessionId,
+        /// The session's principal.
+        principal: String,
         token: FencingToken,
         value: Vec<u8>,
     },
     Released {
         name: String,
         session_id: SessionId,
+        /// The session's principal.
+        principal: String,
         token: FencingToken,
         reason: ReleaseReason,
     },
     Queued {
         name: String,
         session_id: SessionId,
+        /// The session's principal.
+        principal: String,
         position: u32,
     },
     LeftQueue {
         name: String,
         session_id: SessionId,
+        /// The session's principal.
+        principal: String,
         reason: LeaveReason,
     },
 }

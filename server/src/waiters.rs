@@ -132,6 +132,7 @@ impl Waiters {
                     name,
                     session_id,
                     reason,
+                    ..
                 } => (
                     (*session_id, name.clone()),
                     WaitResult::Left {
@@ -198,6 +199,7 @@ mod tests {
             mode: Mode::Exclusive,
             lease_ms: 0,
             value: Vec::new(),
+            principal: "p".into(),
         }
     }
 

@@ -126,7 +126,10 @@ mod tests {
     use super::{Compacted, Signal, WatchHub};
 
     fn opened(session_id: u64) -> Vec<Event> {
-        vec![Event::SessionOpened { session_id }]
+        vec![Event::SessionOpened {
+            session_id,
+            principal: "p".into(),
+        }]
     }
 
     #[test]

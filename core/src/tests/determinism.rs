@@ -262,8 +262,9 @@ impl Generator {
     fn observe(&mut self, applied: &Applied) {
         for event in &applied.events {
             match event {
-                Event::SessionOpened { session_id } => self.sessions.push(*session_id),
-                Event::SessionClosed { session_id } | Event::SessionExpired { session_id } => {
+                Event::SessionOpened { session_id, .. } => self.sessions.push(*session_id),
+                Event::SessionClosed { session_id, .. }
+                | Event::SessionExpired { session_id, .. } => {
                     self.sessions.retain(|id| id != session_id);
                 }
                 Event::Acquired {

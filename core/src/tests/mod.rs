@@ -277,9 +277,9 @@ pub(crate) fn render_outcome(outcome: &Outcome) -> String {
 
 pub(crate) fn render_event(event: &Event) -> String {
     match event {
-        Event::SessionOpened { session_id } => format!("session-opened s{session_id}"),
-        Event::SessionClosed { session_id } => format!("session-closed s{session_id}"),
-        Event::SessionExpired { session_id } => format!("session-expired s{session_id}"),
+        Event::SessionOpened { session_id, .. } => format!("session-opened s{session_id}"),
+        Event::SessionClosed { session_id, .. } => format!("session-closed s{session_id}"),
+        Event::SessionExpired { session_id, .. } => format!("session-expired s{session_id}"),
         Event::Acquired {
             name,
             session_id,
@@ -287,6 +287,7 @@ pub(crate) fn render_event(event: &Event) -> String {
             mode,
             lease_ms,
             value,
+            ..
         } => {
             let lease = if *lease_ms > 0 {
                 format!(" lease={lease_ms}")
@@ -308,6 +309,7 @@ pub(crate) fn render_event(event: &Event) -> String {
             session_id,
             token,
             value,
+            ..
         } => format!(
             "proclaimed {name} s{session_id} t{token} value={}",
             String::from_utf8_lossy(value)
@@ -317,6 +319,7 @@ pub(crate) fn render_event(event: &Event) -> String {
             session_id,
             token,
             reason,
+            ..
         } => {
             format!("released {name} s{session_id} t{token} {reason:?}")
         }
@@ -324,11 +327,13 @@ pub(crate) fn render_event(event: &Event) -> String {
             name,
             session_id,
             position,
+            ..
         } => format!("queued {name} s{session_id} pos={position}"),
         Event::LeftQueue {
             name,
             session_id,
             reason,
+            ..
         } => format!("left {name} s{session_id} {reason:?}"),
     }
 }

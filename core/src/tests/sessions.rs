@@ -268,3 +268,64 @@ fn expiries_due_together_fire_before_any_handoff() {
         "#,
     );
 }
+
+#[test]
+fn events_name_the_sessions_principal() {
+    let mut state = crate::State::default();
+    let mut policy = crate::BuiltinFifo;
+    let open = crate::Command::OpenSession {
+        ttl_ms: 10_000,
+        principal: "alice".into(),
+        labels: Default::default(),
+    };
+    let opened = crate::apply(
+        &mut state,
+        &crate::Entry {
+            log_index: 1,
+            now_ms: 1,
+            command: open,
+        },
+        &mut policy,
+    );
+    let acquire = crate::Command::Acquire(crate::AcquireRequest {
+        session_id: 1,
+        request_id: 0,
+        name: "a".into(),
+        mode: crate::Mode::Exclusive,
+        max_holders: 0,
+        wait_timeout_ms: 0,
+        priority: 0,
+        value: Vec::new(),
+    });
+    let acquired = crate::apply(
+        &mut state,
+        &crate::Entry {
+            log_index: 2,
+            now_ms: 2,
+            command: acquire,
+        },
+        &mut policy,
+    );
+    let close = crate::Command::CloseSession { session_id: 1 };
+    let closed = crate::apply(
+        &mut state,
+        &crate::Entry {
+            log_index: 3,
+            now_ms: 3,
+            command: close,
+        },
+        &mut policy,
+    );
+    let principals: Vec<String> = [opened, acquired, closed]
+        .iter()
+        .flat_map(|applied| applied.events.iter())
+        .map(|event| match event {
+            crate::Event::SessionOpened { principal, .. }
+            | crate::Event::Acquired { principal, .. }
+            | crate::Event::Released { principal, .. }
+            | crate::Event::SessionClosed { principal, .. } => principal.clone(),
+            other => panic!("unexpected event {other:?}"),
+        })
+        .collect();
+    assert_eq!(principals, ["alice", "alice", "alice", "alice"]);
+}

@@ -54,6 +54,23 @@ fn leave_reason(reason: LeaveReason) -> pb::EventReason {
 
 /// The event as the API shows it, or None when it does not match `prefix`.
 fn event_to_pb(event: &Event, prefix: &str) -> Option<pb::WatchEvent> {
+    let principal = match event {
+        Event::SessionOpened { principal, .. }
+        | Event::SessionClosed { principal, .. }
+        | Event::SessionExpired { principal, .. }
+        | Event::Acquired { principal, .. }
+        | Event::Proclaimed { principal, .. }
+        | Event::Released { principal, .. }
+        | Event::Queued { principal, .. }
+        | Event::LeftQueue { principal, .. } => principal,
+    };
+    event_kind_to_pb(event, prefix).map(|e| pb::WatchEvent {
+        principal: principal.clone(),
+        ..e
+    })
+}
+
+fn event_kind_to_pb(event: &Event, prefix: &str) -> Option<pb::WatchEvent> {
     let session = |kind: pb::EventKind, session_id: u64| {
         prefix.is_empty().then(|| pb::WatchEvent {
             kind: kind as i32,
@@ -70,9 +87,15 @@ fn event_to_pb(event: &Event, prefix: &str) -> Option<pb::WatchEvent> {
         })
     };
     match event {
-        Event::SessionOpened { session_id } => session(pb::EventKind::SessionOpened, *session_id),
-        Event::SessionClosed { session_id } => session(pb::EventKind::SessionClosed, *session_id),
-        Event::SessionExpired { session_id } => session(pb::EventKind::SessionExpired, *session_id),
+        Event::SessionOpened { session_id, .. } => {
+            session(pb::EventKind::SessionOpened, *session_id)
+        }
+        Event::SessionClosed { session_id, .. } => {
+            session(pb::EventKind::SessionClosed, *session_id)
+        }
+        Event::SessionExpired { session_id, .. } => {
+            session(pb::EventKind::SessionExpired, *session_id)
+        }
         Event::Acquired {
             name,
             session_id,
@@ -80,6 +103,7 @@ fn event_to_pb(event: &Event, prefix: &str) -> Option<pb::WatchEvent> {
             mode,
             lease_ms,
             value,
+            ..
         } => lock(name, pb::EventKind::Acquired, *session_id).map(|e| pb::WatchEvent {
             value: value.clone(),
             token: *token,
@@ -92,6 +116,7 @@ fn event_to_pb(event: &Event, prefix: &str) -> Option<pb::WatchEvent> {
             session_id,
             token,
             value,
+            ..
         } => lock(name, pb::EventKind::Proclaimed, *session_id).map(|e| pb::WatchEvent {
             token: *token,
             value: value.clone(),
@@ -102,6 +127,7 @@ fn event_to_pb(event: &Event, prefix: &str) -> Option<pb::WatchEvent> {
             session_id,
             token,
             reason,
+            ..
         } => lock(name, pb::EventKind::Released, *session_id).map(|e| pb::WatchEvent {
             token: *token,
             reason: release_reason(*reason) as i32,
@@ -111,6 +137,7 @@ fn event_to_pb(event: &Event, prefix: &str) -> Option<pb::WatchEvent> {
             name,
             session_id,
             position,
+            ..
         } => lock(name, pb::EventKind::Queued, *session_id).map(|e| pb::WatchEvent {
             position: *position,
             ..e
@@ -119,6 +146,7 @@ fn event_to_pb(event: &Event, prefix: &str) -> Option<pb::WatchEvent> {
             name,
             session_id,
             reason,
+            ..
         } => lock(name, pb::EventKind::LeftQueue, *session_id).map(|e| pb::WatchEvent {
             reason: leave_reason(*reason) as i32,
             ..e

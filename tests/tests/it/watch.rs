@@ -100,6 +100,18 @@ async fn every_node_streams_the_same_history_and_resumes_without_gaps() {
             record.token
         );
     }
+    // Every event names its session's principal.
+    let principals: Vec<&str> = histories[0]
+        .iter()
+        .flat_map(|r| &r.events)
+        .map(|e| e.principal.as_str())
+        .collect();
+    assert!(
+        principals
+            .iter()
+            .all(|p| p.starts_with("client-") || *p == "marker"),
+        "{principals:?}"
+    );
 
     // Resume from the middle on another node: exactly the suffix.
     let middle = histories[0][histories[0].len() / 2].revision;
