@@ -12,8 +12,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tonic::{Request, Response, Status};
 
 use super::locks::{Acquisition, acquire_and_wait};
-use super::status::rejection_status;
-use super::{header, read_header, validate};
+use super::{header, read_header, validate, write_command};
 use crate::node::Node;
 use crate::watch::Signal;
 
@@ -170,16 +169,11 @@ impl Elections for ElectionsApi {
             token: key.token,
             value: request.value,
         };
-        let response = self.node.write(command).await?;
-        match response.outcome {
-            Outcome::Proclaimed { .. } => Ok(Response::new(pb::ProclaimResponse {
-                header: header(&self.node, response.log_index, response.now_ms),
-            })),
-            Outcome::Rejected(rejection) => Err(rejection_status(&rejection)),
-            other => Err(Status::internal(format!(
-                "unexpected outcome for Proclaim: {other:?}"
-            ))),
-        }
+        let ((), header) = write_command(&self.node, "Proclaim", command, |outcome| {
+            matches!(outcome, Outcome::Proclaimed { .. }).then_some(())
+        })
+        .await?;
+        Ok(Response::new(pb::ProclaimResponse { header }))
     }
 
     async fn leader(
@@ -283,15 +277,10 @@ impl Elections for ElectionsApi {
             name: key.name,
             token: key.token,
         };
-        let response = self.node.write(command).await?;
-        match response.outcome {
-            Outcome::Released { .. } => Ok(Response::new(pb::ResignResponse {
-                header: header(&self.node, response.log_index, response.now_ms),
-            })),
-            Outcome::Rejected(rejection) => Err(rejection_status(&rejection)),
-            other => Err(Status::internal(format!(
-                "unexpected outcome for Resign: {other:?}"
-            ))),
-        }
+        let ((), header) = write_command(&self.node, "Resign", command, |outcome| {
+            matches!(outcome, Outcome::Released { .. }).then_some(())
+        })
+        .await?;
+        Ok(Response::new(pb::ResignResponse { header }))
     }
 }

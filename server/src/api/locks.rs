@@ -10,7 +10,7 @@ use holdfast_proto::v1::{self as pb, locks_server::Locks};
 use tonic::{Request, Response, Status};
 
 use super::status::rejection_status;
-use super::{header, read_header, validate};
+use super::{header, read_header, validate, write_command};
 use crate::node::Node;
 use crate::waiters::WaitResult;
 
@@ -265,17 +265,16 @@ impl Locks for LocksApi {
             name: request.name,
             token: request.token,
         };
-        let response = self.node.write(command).await?;
-        match response.outcome {
-            Outcome::Released { released_at, .. } => Ok(Response::new(pb::ReleaseResponse {
-                header: header(&self.node, response.log_index, response.now_ms),
-                released_at,
-            })),
-            Outcome::Rejected(rejection) => Err(rejection_status(&rejection)),
-            other => Err(Status::internal(format!(
-                "unexpected outcome for Release: {other:?}"
-            ))),
-        }
+        let (released_at, header) =
+            write_command(&self.node, "Release", command, |outcome| match outcome {
+                Outcome::Released { released_at, .. } => Some(*released_at),
+                _ => None,
+            })
+            .await?;
+        Ok(Response::new(pb::ReleaseResponse {
+            header,
+            released_at,
+        }))
     }
 
     async fn check_token(

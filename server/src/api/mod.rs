@@ -12,6 +12,7 @@ mod watch;
 
 use std::sync::Arc;
 
+use holdfast_core::{Command, Outcome};
 use holdfast_proto::v1::{self as pb, ResponseHeader};
 use openraft::async_runtime::WatchReceiver as _;
 
@@ -33,6 +34,24 @@ fn header(node: &Node, revision: u64, now_ms: u64) -> Option<ResponseHeader> {
         leader_id: leader.unwrap_or(0),
         now_ms,
     })
+}
+
+/// Writes `command` (named `what` in errors) and takes from its outcome what `accept` picks. A
+/// rejection becomes its status; any other outcome than the command's own is a bug, INTERNAL.
+async fn write_command<T>(
+    node: &Node,
+    what: &str,
+    command: Command,
+    accept: impl FnOnce(&Outcome) -> Option<T>,
+) -> Result<(T, Option<ResponseHeader>), tonic::Status> {
+    let response = node.write(command).await?;
+    let header = header(node, response.log_index, response.now_ms);
+    match &response.outcome {
+        Outcome::Rejected(rejection) => Err(status::rejection_status(rejection)),
+        outcome => accept(outcome).map(|value| (value, header)).ok_or_else(|| {
+            tonic::Status::internal(format!("unexpected outcome for {what}: {outcome:?}"))
+        }),
+    }
 }
 
 /// Header for a read of the current applied state.

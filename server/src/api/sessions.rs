@@ -8,8 +8,7 @@ use holdfast_core::{Command, Outcome};
 use holdfast_proto::v1::{self as pb, sessions_server::Sessions};
 use tonic::{Request, Response, Status, Streaming};
 
-use super::status::rejection_status;
-use super::{header, validate};
+use super::{validate, write_command};
 use crate::node::{Node, Renewal};
 
 /// Most keepalive responses buffered per stream before the client reads them.
@@ -38,20 +37,21 @@ impl Sessions for SessionsApi {
             principal: request.principal,
             labels,
         };
-        let response = self.node.write(command).await?;
-        match response.outcome {
-            Outcome::SessionOpened { session_id, ttl_ms } => {
-                Ok(Response::new(pb::OpenSessionResponse {
-                    header: header(&self.node, response.log_index, response.now_ms),
-                    session_id,
-                    ttl_ms,
-                }))
-            }
-            Outcome::Rejected(rejection) => Err(rejection_status(&rejection)),
-            other => Err(Status::internal(format!(
-                "unexpected outcome for OpenSession: {other:?}"
-            ))),
-        }
+        let ((session_id, ttl_ms), header) = write_command(
+            &self.node,
+            "OpenSession",
+            command,
+            |outcome| match outcome {
+                Outcome::SessionOpened { session_id, ttl_ms } => Some((*session_id, *ttl_ms)),
+                _ => None,
+            },
+        )
+        .await?;
+        Ok(Response::new(pb::OpenSessionResponse {
+            header,
+            session_id,
+            ttl_ms,
+        }))
     }
 
     type KeepAliveStream = KeepAliveStream;
@@ -104,20 +104,13 @@ impl Sessions for SessionsApi {
     ) -> Result<Response<pb::CloseSessionResponse>, Status> {
         let request = request.into_inner();
         validate::session_id(request.session_id)?;
-        let response = self
-            .node
-            .write(Command::CloseSession {
-                session_id: request.session_id,
-            })
-            .await?;
-        match response.outcome {
-            Outcome::SessionClosed { .. } => Ok(Response::new(pb::CloseSessionResponse {
-                header: header(&self.node, response.log_index, response.now_ms),
-            })),
-            Outcome::Rejected(rejection) => Err(rejection_status(&rejection)),
-            other => Err(Status::internal(format!(
-                "unexpected outcome for CloseSession: {other:?}"
-            ))),
-        }
+        let command = Command::CloseSession {
+            session_id: request.session_id,
+        };
+        let ((), header) = write_command(&self.node, "CloseSession", command, |outcome| {
+            matches!(outcome, Outcome::SessionClosed { .. }).then_some(())
+        })
+        .await?;
+        Ok(Response::new(pb::CloseSessionResponse { header }))
     }
 }
