@@ -6,6 +6,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod node;
+pub mod policy;
 pub mod raft;
 pub mod server;
 pub mod waiters;

@@ -269,7 +269,8 @@ impl Node {
                     leader_addr.as_deref(),
                     PeerRpc::Renew,
                     &sessions,
-                    Duration::from_millis(PEER_CALL_TIMEOUT_MS),
+                    // The leader answers once the Tick carrying the renewal commits.
+                    Duration::from_millis(FORWARD_TIMEOUT_MS),
                 )
                 .await
                 .unwrap_or(Err(ServeError::NotLeader {

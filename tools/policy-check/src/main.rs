@@ -1,5 +1,6 @@
 //! `holdfast-policy-check FILE.wasm...`: checks built policy modules against Holdfast policy ABI
-//! v1 (docs/policy-abi.md) the way the host's deploy-time validation should:
+//! v1 (docs/policy-abi.md) with the same static checks as the host's deploy-time validation
+//! (crate `holdfast-policy-abi`), with the host's size limits:
 //!
 //! - validates with exactly the allowed wasm feature set: Wasm 1.0 + mutable-globals (no SIMD,
 //!   threads, reference types, bulk memory, sign-extension, multi-value, ...) and, unless
@@ -16,19 +17,18 @@
 //!
 //! Prints one summary line per module; exits non-zero if any module fails.
 
-use std::collections::BTreeSet;
 use std::process::ExitCode;
 
-use wasmparser::{ExternalKind, Parser, Payload, TypeRef, ValType, Validator, WasmFeatures};
+use holdfast_policy_abi::{Hook, Limits};
 
-const HOOKS: [&str; 6] = [
-    "init",
-    "admit",
-    "choose_next",
-    "lease_for",
-    "on_session_expire",
-    "elect",
-];
+/// The host's limits (docs/policy-abi.md §7; `server::policy::engine`): a module passing here
+/// is not rejected at deploy for its size.
+const HOST_LIMITS: Limits = Limits {
+    module_bytes_max: 1 << 20,
+    memory_pages_max: 256,
+    table_elements_max: 10_000,
+    allow_floats: false,
+};
 
 fn main() -> ExitCode {
     let mut allow_floats = false;
@@ -63,145 +63,32 @@ fn main() -> ExitCode {
     }
 }
 
-/// The allowed feature set: Wasm 1.0 (+ mutable globals), optionally without floats.
-fn features(allow_floats: bool) -> WasmFeatures {
-    if allow_floats {
-        WasmFeatures::WASM1
-    } else {
-        WasmFeatures::WASM1.difference(WasmFeatures::FLOATS)
-    }
-}
-
-/// Checks one module; returns a one-line summary.
+/// Checks one module (the shared static checks, then an init smoke run); returns a one-line
+/// summary.
 fn check(bytes: &[u8], allow_floats: bool) -> Result<String, String> {
-    let owned_types = Validator::new_with_features(features(allow_floats))
-        .validate_all(bytes)
-        .map_err(|error| format!("invalid under the allowed feature set: {error}"))?;
-    let types = owned_types.as_ref();
-    let signature = |func_index: u32| -> (Vec<ValType>, Vec<ValType>) {
-        let func = types[types.core_function_at(func_index)].unwrap_func();
-        (func.params().to_vec(), func.results().to_vec())
-    };
-    let (i32_, i64_) = (ValType::I32, ValType::I64);
-
-    let mut hooks = BTreeSet::new();
-    let mut exports = BTreeSet::new();
-    let mut abi_section = None;
-    let mut meta_section = None;
-    let mut memory_pages = None;
-    let mut imported_functions = 0;
-    for payload in Parser::new(0).parse_all(bytes) {
-        match payload.map_err(|error| error.to_string())? {
-            Payload::StartSection { .. } => return Err("has a start function".into()),
-            Payload::ImportSection(reader) => {
-                for import in reader {
-                    let import = import.map_err(|error| error.to_string())?;
-                    let TypeRef::Func(type_index) = import.ty else {
-                        return Err(format!(
-                            "imports non-function {}.{}",
-                            import.module, import.name
-                        ));
-                    };
-                    let func = types[types.core_type_at_in_module(type_index)].unwrap_func();
-                    if (import.module, import.name) != ("holdfast", "debug_log")
-                        || func.params() != [i32_, i32_]
-                        || !func.results().is_empty()
-                    {
-                        return Err(format!(
-                            "disallowed import {}.{}: {func}",
-                            import.module, import.name
-                        ));
-                    }
-                    imported_functions += 1;
-                }
-            }
-            Payload::MemorySection(reader) => {
-                for memory in reader {
-                    memory_pages = Some(memory.map_err(|error| error.to_string())?.initial);
-                }
-            }
-            Payload::ExportSection(reader) => {
-                for export in reader {
-                    let export = export.map_err(|error| error.to_string())?;
-                    exports.insert(export.name.to_string());
-                    match (export.kind, export.name) {
-                        (ExternalKind::Memory, "memory") => {}
-                        // Linker-provided globals, harmless.
-                        (ExternalKind::Global, "__data_end" | "__heap_base") => {}
-                        (ExternalKind::Func, "holdfast_abi_v1") => {
-                            if signature(export.index) != (vec![], vec![]) {
-                                return Err("holdfast_abi_v1 must be () -> ()".into());
-                            }
-                        }
-                        (ExternalKind::Func, "holdfast_alloc") => {
-                            if signature(export.index) != (vec![i32_], vec![i32_]) {
-                                return Err("holdfast_alloc must be (i32) -> i32".into());
-                            }
-                        }
-                        (ExternalKind::Func, name) => {
-                            let hook = name
-                                .strip_prefix("holdfast_")
-                                .filter(|hook| HOOKS.contains(hook))
-                                .ok_or_else(|| format!("unexpected export {name}"))?;
-                            if signature(export.index) != (vec![i32_, i32_], vec![i64_]) {
-                                return Err(format!("{name} must be (i32, i32) -> i64"));
-                            }
-                            hooks.insert(hook.to_string());
-                        }
-                        (kind, name) => {
-                            return Err(format!("unexpected export {name} ({kind:?})"));
-                        }
-                    }
-                }
-            }
-            Payload::CustomSection(reader) => match reader.name() {
-                "holdfast:policy-abi-version" => abi_section = Some(reader.data().to_vec()),
-                "holdfast:policy-meta" => meta_section = Some(reader.data().to_vec()),
-                _ => {}
-            },
-            _ => {}
-        }
-    }
-
-    for required in ["memory", "holdfast_abi_v1", "holdfast_alloc"] {
-        if !exports.contains(required) {
-            return Err(format!("missing export {required}"));
-        }
-    }
-    if abi_section.as_deref() != Some(b"1") {
-        return Err("custom section holdfast:policy-abi-version missing or not `1`".into());
-    }
-    let meta = meta_section.ok_or("custom section holdfast:policy-meta missing")?;
-    let meta = String::from_utf8(meta).map_err(|_| "holdfast:policy-meta is not UTF-8")?;
-    let field = |key: &str| {
-        meta.lines()
-            .find_map(|line| line.strip_prefix(key)?.strip_prefix('='))
-            .unwrap_or("")
-    };
-    if field("abi") != "1" {
-        return Err(format!("metadata abi is `{}`, expected 1", field("abi")));
-    }
-    let meta_hooks: BTreeSet<String> = field("hooks")
-        .split(',')
-        .filter(|hook| !hook.is_empty())
-        .map(str::to_string)
-        .collect();
-    if meta_hooks != hooks {
-        return Err(format!(
-            "metadata hooks {meta_hooks:?} differ from exported hooks {hooks:?}"
-        ));
-    }
-    if hooks.contains("init") {
+    let info = holdfast_policy_abi::check(
+        bytes,
+        &Limits {
+            allow_floats,
+            ..HOST_LIMITS
+        },
+    )
+    .map_err(|error| error.to_string())?;
+    if info.hooks.contains(&Hook::Init) {
         smoke_init(bytes)?;
     }
     Ok(format!(
         "{} {} ({} bytes, {} initial pages, {} import(s), hooks: {})",
-        field("name"),
-        field("version"),
+        info.name,
+        info.version,
         bytes.len(),
-        memory_pages.unwrap_or(0),
-        imported_functions,
-        hooks.into_iter().collect::<Vec<_>>().join(",")
+        info.memory_pages,
+        info.imported_functions,
+        info.hooks
+            .iter()
+            .map(|hook| hook.name())
+            .collect::<Vec<_>>()
+            .join(",")
     ))
 }
 

@@ -1,0 +1,566 @@
+//! [`WasmPolicy`]: a compiled policy module run as the [`PolicyRuntime`] of ONE log entry.
+//!
+//! The shell creates one `WasmPolicy` per entry; it instantiates the module lazily on the
+//! first hook call that needs wasm (fresh `Store` + instance, never reused across entries) and
+//! may serve several hooks of that entry from the same instance (the SDK keeps no state). Each
+//! call follows `docs/policy-abi.md` §4: encode the request, `holdfast_alloc`, write the input,
+//! `set_fuel` right before the hook, call, bounds-check and decode the reply, validate it
+//! (§6). Any guest failure — trap, out of fuel, memory limit, bad pointer or length,
+//! undecodable or invalid reply — gives the hook's documented fallback and is counted
+//! ([`WasmPolicy::fault_count`]); the faulted instance is dropped and a later hook of the same
+//! entry starts a fresh one. A hook the module does not export runs [`BuiltinFifo`] without
+//! touching wasm. Environmental failures (instantiation failing for a reason that is not a
+//! guest trap, an exhausted pool, the host failing to allocate guest memory) panic: a replica
+//! must stop rather than turn them into a decision. Nothing host-dependent reaches an output.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use holdfast_core::{
+    AdmitDecision, AdmitInput, BuiltinFifo, HolderView, LeaseDecision, Mode, NextInput,
+    PolicyRuntime, WaiterView, limits,
+};
+use holdfast_proto::policy::v1 as pb;
+use prost::Message;
+use wasmtime::{Caller, Instance, Linker, Memory, ResourceLimiter, Store, Trap, TypedFunc};
+
+use super::engine::{
+    POLICY_DEBUG_LINE_BYTES_MAX, POLICY_DEBUG_LINES_PER_CALL, POLICY_FUEL_PER_ALLOC,
+    POLICY_FUEL_PER_HOOK, POLICY_LIST_MAX, POLICY_REPLY_BYTES_MAX, POLICY_TABLE_ELEMENTS_MAX,
+    memory_bytes_max,
+};
+use super::module::{Hook, PolicyModule};
+
+/// Deny reason when `admit` fails (fail closed).
+pub const POLICY_ERROR_REASON: &str = "POLICY_ERROR";
+/// Deny reason used when a policy denies with an empty reason.
+pub const EMPTY_DENY_REASON: &str = "denied by policy";
+/// Fuel given to instantiation, which is never metered (fuel use there is platform-dependent,
+/// wasmtime #14331); it is bounded by the module's size since there is no start function.
+const UNMETERED_FUEL: u64 = i64::MAX as u64;
+
+/// Why a hook call gave its fallback. Kept on the node for diagnostics and tests; only the
+/// count per hook is meant to be replicated (never an engine message).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GuestFault {
+    /// Instantiation trapped (e.g. a data segment out of bounds).
+    InstantiationTrap,
+    /// The hook or `holdfast_alloc` trapped (including out of fuel and stack overflow).
+    Trap(String),
+    /// The guest asked for more memory than `POLICY_MEMORY_PAGES_MAX` and then trapped.
+    MemoryLimit,
+    /// `holdfast_alloc` returned a buffer outside memory.
+    InputOutOfBounds,
+    /// The reply is longer than `POLICY_REPLY_BYTES_MAX`.
+    ReplyTooLarge(u32),
+    /// The reply lies outside memory.
+    ReplyOutOfBounds,
+    /// The reply is not the hook's protobuf message.
+    Undecodable,
+    /// The reply decoded but failed validation.
+    InvalidReply(&'static str),
+}
+
+/// Store data of a policy instance: the memory limiter and the debug-log budget.
+#[derive(Debug, Default)]
+pub struct HostState {
+    limiter: Limiter,
+    debug_lines: u32,
+}
+
+/// Caps linear memory and tables; tells "the guest asked too much" (a guest failure) from
+/// "the host could not allocate" (environmental).
+#[derive(Debug, Default)]
+struct Limiter {
+    /// A `memory.grow` beyond the cap was refused.
+    guest_over_limit: bool,
+    /// The host failed to provide memory the limiter had allowed.
+    host_grow_failed: bool,
+}
+
+impl ResourceLimiter for Limiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let allowed =
+            desired <= memory_bytes_max() && maximum.is_none_or(|maximum| desired <= maximum);
+        if !allowed {
+            self.guest_over_limit = true;
+        }
+        Ok(allowed)
+    }
+
+    fn memory_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.host_grow_failed = true;
+        Ok(())
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(
+            desired <= POLICY_TABLE_ELEMENTS_MAX
+                && maximum.is_none_or(|maximum| desired <= maximum),
+        )
+    }
+}
+
+/// Defines the one allowed import, `holdfast.debug_log(ptr, len)`: at most
+/// `POLICY_DEBUG_LINES_PER_CALL` lines of `POLICY_DEBUG_LINE_BYTES_MAX` bytes per hook call,
+/// to `tracing::trace!`; out-of-bounds lines are dropped. Never affects a decision.
+pub(super) fn link_debug_log(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    linker.func_wrap(
+        "holdfast",
+        "debug_log",
+        |mut caller: Caller<'_, HostState>, ptr: i32, len: i32| {
+            if caller.data().debug_lines >= POLICY_DEBUG_LINES_PER_CALL {
+                return;
+            }
+            caller.data_mut().debug_lines += 1;
+            let Some(memory) = caller
+                .get_export("memory")
+                .and_then(|export| export.into_memory())
+            else {
+                return;
+            };
+            let len = (len as u32 as usize).min(POLICY_DEBUG_LINE_BYTES_MAX);
+            let mut line = vec![0; len];
+            if memory.read(&caller, ptr as u32 as usize, &mut line).is_ok() {
+                tracing::trace!(target: "holdfast::policy", "{}", String::from_utf8_lossy(&line));
+            }
+        },
+    )?;
+    Ok(())
+}
+
+/// A live instance for the current entry.
+struct Live {
+    store: Store<HostState>,
+    memory: Memory,
+    alloc: TypedFunc<i32, i32>,
+    instance: Instance,
+}
+
+/// A policy module as the [`PolicyRuntime`] of one log entry. See the module docs.
+pub struct WasmPolicy {
+    module: Arc<PolicyModule>,
+    config: Arc<[u8]>,
+    live: Option<Live>,
+    faults: BTreeMap<Hook, u64>,
+    last_fault: Option<(Hook, GuestFault)>,
+}
+
+impl WasmPolicy {
+    /// A policy for one entry: `module` with its binding's `config` bytes.
+    pub fn new(module: Arc<PolicyModule>, config: Arc<[u8]>) -> WasmPolicy {
+        WasmPolicy {
+            module,
+            config,
+            live: None,
+            faults: BTreeMap::new(),
+            last_fault: None,
+        }
+    }
+
+    /// Guest failures so far (each gave a fallback).
+    pub fn fault_count(&self) -> u64 {
+        self.faults.values().sum()
+    }
+
+    /// Guest failures so far, per hook.
+    pub fn faults(&self) -> &BTreeMap<Hook, u64> {
+        &self.faults
+    }
+
+    /// The most recent guest failure, for diagnostics.
+    pub fn last_fault(&self) -> Option<&(Hook, GuestFault)> {
+        self.last_fault.as_ref()
+    }
+
+    /// Whether this entry has a live instance (a hook needed wasm and did not fault).
+    pub fn instantiated(&self) -> bool {
+        self.live.is_some()
+    }
+
+    fn record_fault(&mut self, hook: Hook, fault: GuestFault) {
+        tracing::debug!(policy = self.module.name(), %hook, ?fault, "policy fault, fallback applied");
+        // Never reuse an instance after a fault (a trap may leave it in any state); a later
+        // hook of this entry gets a fresh one.
+        self.live = None;
+        *self.faults.entry(hook).or_default() += 1;
+        self.last_fault = Some((hook, fault));
+    }
+
+    /// The live instance, instantiating it if needed.
+    fn live(&mut self) -> Result<&mut Live, GuestFault> {
+        if self.live.is_none() {
+            self.live = Some(instantiate(&self.module)?);
+        }
+        Ok(self.live.as_mut().expect("instantiated above"))
+    }
+
+    /// Runs `hook` on `request` and decodes its reply; a guest failure drops the instance.
+    fn call<R: Message + Default>(
+        &mut self,
+        hook: Hook,
+        request: &impl Message,
+    ) -> Result<R, GuestFault> {
+        let input = request.encode_to_vec();
+        let reply = self.live().and_then(|live| call_raw(live, hook, &input))?;
+        R::decode(reply.as_slice()).map_err(|_| GuestFault::Undecodable)
+    }
+
+    fn admit_wasm(&mut self, input: &AdmitInput<'_>) -> Result<AdmitDecision, GuestFault> {
+        let request = admit_request(&self.config, input);
+        let reply: pb::AdmitReply = self.call(Hook::Admit, &request)?;
+        match pb::Admission::try_from(reply.admission) {
+            Ok(pb::Admission::GrantOrQueue) => Ok(AdmitDecision::Admit),
+            Ok(pb::Admission::Deny) => Ok(AdmitDecision::Deny {
+                reason: if reply.reason.is_empty() {
+                    EMPTY_DENY_REASON.to_string()
+                } else {
+                    reply.reason
+                },
+            }),
+            Ok(pb::Admission::Unspecified) | Err(_) => {
+                Err(GuestFault::InvalidReply("admission unspecified or unknown"))
+            }
+        }
+    }
+
+    fn choose_next_wasm(&mut self, input: &NextInput<'_>) -> Result<Vec<usize>, GuestFault> {
+        let request = choose_next_request(&self.config, input);
+        let reply: pb::ChooseNextReply = self.call(Hook::ChooseNext, &request)?;
+        let waiters = &input.waiters[..input.waiters.len().min(POLICY_LIST_MAX)];
+        let choice: Vec<usize> = reply.grant.iter().map(|&index| index as usize).collect();
+        validate_choice(input.holders, waiters, input.max_holders, &choice)?;
+        Ok(choice)
+    }
+
+    fn lease_for_wasm(&mut self, input: &AdmitInput<'_>) -> Result<LeaseDecision, GuestFault> {
+        let request = lease_for_request(&self.config, input);
+        let reply: pb::LeaseForReply = self.call(Hook::LeaseFor, &request)?;
+        Ok(LeaseDecision {
+            lease_ms: reply.lease_ms,
+            lock_delay_ms: reply.lock_delay_ms,
+        })
+    }
+}
+
+impl PolicyRuntime for WasmPolicy {
+    fn admit(&mut self, input: &AdmitInput<'_>) -> AdmitDecision {
+        if !self.module.exports(Hook::Admit) {
+            return BuiltinFifo.admit(input);
+        }
+        self.admit_wasm(input).unwrap_or_else(|fault| {
+            self.record_fault(Hook::Admit, fault);
+            AdmitDecision::Deny {
+                reason: POLICY_ERROR_REASON.to_string(),
+            }
+        })
+    }
+
+    fn choose_next(&mut self, input: &NextInput<'_>) -> Vec<usize> {
+        if !self.module.exports(Hook::ChooseNext) {
+            return BuiltinFifo.choose_next(input);
+        }
+        self.choose_next_wasm(input).unwrap_or_else(|fault| {
+            self.record_fault(Hook::ChooseNext, fault);
+            BuiltinFifo.choose_next(input)
+        })
+    }
+
+    fn lease_for(&mut self, input: &AdmitInput<'_>) -> LeaseDecision {
+        if !self.module.exports(Hook::LeaseFor) {
+            return BuiltinFifo.lease_for(input);
+        }
+        match self.lease_for_wasm(input) {
+            Ok(decision) => {
+                let clamped = LeaseDecision {
+                    lease_ms: decision.lease_ms.min(limits::LEASE_MS_MAX),
+                    lock_delay_ms: decision.lock_delay_ms.min(limits::LOCK_DELAY_MS_MAX),
+                };
+                if clamped != decision {
+                    // Clamped values are used, and counted as a fault (docs/policy-abi.md §6).
+                    self.record_fault(
+                        Hook::LeaseFor,
+                        GuestFault::InvalidReply("lease above limits"),
+                    );
+                }
+                clamped
+            }
+            Err(fault) => {
+                self.record_fault(Hook::LeaseFor, fault);
+                LeaseDecision::default()
+            }
+        }
+    }
+}
+
+/// A fresh store and instance. A trap during instantiation is a guest failure; anything else
+/// (pool exhausted, host out of memory) is environmental and panics.
+fn instantiate(module: &PolicyModule) -> Result<Live, GuestFault> {
+    let mut store = Store::new(&module.engine, HostState::default());
+    store.limiter(|state| &mut state.limiter);
+    store
+        .set_fuel(UNMETERED_FUEL)
+        .expect("policy engine meters fuel");
+    let instance = match module.instance_pre.instantiate(&mut store) {
+        Ok(instance) => instance,
+        Err(error)
+            if error.downcast_ref::<Trap>().is_some() && !store.data().limiter.host_grow_failed =>
+        {
+            return Err(GuestFault::InstantiationTrap);
+        }
+        Err(error) => panic!(
+            "policy host: instantiating policy module {} failed for an environmental reason \
+             (fail-stop, never a policy decision): {error:#}",
+            module.name()
+        ),
+    };
+    let memory = instance
+        .get_memory(&mut store, "memory")
+        .expect("checked at compile: memory export");
+    let alloc = instance
+        .get_typed_func::<i32, i32>(&mut store, "holdfast_alloc")
+        .expect("checked at compile: holdfast_alloc: (i32) -> i32");
+    Ok(Live {
+        store,
+        memory,
+        alloc,
+        instance,
+    })
+}
+
+/// One call following the ABI's calling convention; returns the raw reply bytes.
+fn call_raw(live: &mut Live, hook: Hook, input: &[u8]) -> Result<Vec<u8>, GuestFault> {
+    let hook_func = live
+        .instance
+        .get_typed_func::<(i32, i32), i64>(&mut live.store, hook.export())
+        .expect("checked at compile: hook signature (i32, i32) -> i64");
+    // Inputs are far below 2 GiB (lists truncated, lock names and labels bounded by core).
+    let len = i32::try_from(input.len()).expect("policy input below 2 GiB");
+    // Per-call state: the debug-log budget and the memory-limit flag (so a refused grow that
+    // the guest handled in an earlier call does not label a later trap).
+    live.store.data_mut().debug_lines = 0;
+    live.store.data_mut().limiter.guest_over_limit = false;
+
+    live.store
+        .set_fuel(POLICY_FUEL_PER_ALLOC)
+        .expect("policy engine meters fuel");
+    let ptr = live
+        .alloc
+        .call(&mut live.store, len)
+        .map_err(|error| classify(&live.store, error))?;
+    live.memory
+        .write(&mut live.store, ptr as u32 as usize, input)
+        .map_err(|_| GuestFault::InputOutOfBounds)?;
+
+    live.store
+        .set_fuel(POLICY_FUEL_PER_HOOK)
+        .expect("policy engine meters fuel");
+    let packed = hook_func
+        .call(&mut live.store, (ptr, len))
+        .map_err(|error| classify(&live.store, error))? as u64;
+    let (out_ptr, out_len) = ((packed >> 32) as u32, packed as u32);
+    if out_len as usize > POLICY_REPLY_BYTES_MAX {
+        return Err(GuestFault::ReplyTooLarge(out_len));
+    }
+    let mut reply = vec![0; out_len as usize];
+    live.memory
+        .read(&live.store, out_ptr as usize, &mut reply)
+        .map_err(|_| GuestFault::ReplyOutOfBounds)?;
+    Ok(reply)
+}
+
+/// Sorts an error from a guest call: a trap is the guest's (memory-limit traps are told
+/// apart); a host allocation failure or a non-trap error is environmental and panics.
+fn classify(store: &Store<HostState>, error: wasmtime::Error) -> GuestFault {
+    let limiter = &store.data().limiter;
+    if limiter.host_grow_failed {
+        panic!("policy host: the host failed to allocate guest memory (fail-stop): {error:#}");
+    }
+    match error.downcast_ref::<Trap>() {
+        Some(_) if limiter.guest_over_limit => GuestFault::MemoryLimit,
+        // The trap kind only (stable), never the engine's message text.
+        Some(trap) => GuestFault::Trap(format!("{trap:?}")),
+        None => {
+            panic!("policy host: a policy call failed without a guest trap (fail-stop): {error:#}")
+        }
+    }
+}
+
+/// Full validation of a `choose_next` answer (docs/policy-abi.md §6): indexes in range and
+/// distinct, at most one per waiter, compatible with the holders, each other and
+/// `max_holders`, and not empty while the lock is free. (`core::apply` checks again.)
+fn validate_choice(
+    holders: &[HolderView],
+    waiters: &[WaiterView],
+    max_holders: u32,
+    choice: &[usize],
+) -> Result<(), GuestFault> {
+    if choice.len() > waiters.len() {
+        return Err(GuestFault::InvalidReply("more grants than waiters"));
+    }
+    if choice.is_empty() {
+        return if holders.is_empty() && !waiters.is_empty() {
+            Err(GuestFault::InvalidReply(
+                "empty grant while the lock is free",
+            ))
+        } else {
+            Ok(())
+        };
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    let mut mode = holders.first().map(|holder| holder.mode);
+    let capacity = u64::from(max_holders.max(1));
+    for (granted, &index) in choice.iter().enumerate() {
+        // Holders if this waiter is granted too: the current ones plus those granted before it.
+        let count = (holders.len() + granted) as u64;
+        let waiter = waiters
+            .get(index)
+            .ok_or(GuestFault::InvalidReply("grant index out of range"))?;
+        if !seen.insert(index) {
+            return Err(GuestFault::InvalidReply("grant index repeated"));
+        }
+        let fits = match mode {
+            None => true,
+            Some(Mode::Exclusive) => false,
+            Some(Mode::Shared) => waiter.mode == Mode::Shared && count < capacity,
+        };
+        if !fits {
+            return Err(GuestFault::InvalidReply("grant incompatible with holders"));
+        }
+        mode = Some(waiter.mode);
+    }
+    Ok(())
+}
+
+// ---- core inputs -> ABI requests --------------------------------------------------------
+
+fn mode(mode: Mode) -> i32 {
+    match mode {
+        Mode::Exclusive => pb::Mode::Exclusive as i32,
+        Mode::Shared => pb::Mode::Shared as i32,
+    }
+}
+
+/// Labels as the ABI wants them: sorted by key (a `BTreeMap` already is).
+fn labels(labels: &BTreeMap<String, String>) -> Vec<pb::Label> {
+    labels
+        .iter()
+        .map(|(key, value)| pb::Label {
+            key: key.clone(),
+            value: value.clone(),
+        })
+        .collect()
+}
+
+/// Holders in grant order. Core does not give holders' principals and labels yet: empty.
+fn holders(holders: &[HolderView]) -> Vec<pb::Holder> {
+    holders
+        .iter()
+        .map(|holder| pb::Holder {
+            session_id: holder.session_id,
+            token: holder.token,
+            mode: mode(holder.mode),
+            since_ms: holder.since_ms,
+            lease_expires_at_ms: holder.lease_expires_at_ms.unwrap_or(0),
+            principal: String::new(),
+            labels: Vec::new(),
+        })
+        .collect()
+}
+
+/// Waiters in queue order cut to `POLICY_LIST_MAX`, and how many were left off. Core does not
+/// give waiters' principals and labels yet: empty.
+pub(super) fn waiters(waiters: &[WaiterView]) -> (Vec<pb::Waiter>, u32) {
+    let kept = waiters.len().min(POLICY_LIST_MAX);
+    let truncated = u32::try_from(waiters.len() - kept).unwrap_or(u32::MAX);
+    let list = waiters[..kept]
+        .iter()
+        .map(|waiter| pb::Waiter {
+            session_id: waiter.session_id,
+            mode: mode(waiter.mode),
+            priority: waiter.priority,
+            queued_at_ms: waiter.queued_at_ms,
+            principal: String::new(),
+            labels: Vec::new(),
+        })
+        .collect();
+    (list, truncated)
+}
+
+fn lock_request(input: &AdmitInput<'_>) -> pb::LockRequest {
+    let request = input.request;
+    pb::LockRequest {
+        name: request.name.clone(),
+        mode: mode(request.mode),
+        // Core's 0 means "the maximum"; the ABI always sends the effective capacity.
+        max_holders: if request.max_holders == 0 {
+            limits::HOLDERS_PER_LOCK_MAX
+        } else {
+            request.max_holders
+        },
+        priority: request.priority,
+        wait_timeout_ms: request.wait_timeout_ms,
+        session_id: request.session_id,
+    }
+}
+
+fn admit_request(config: &[u8], input: &AdmitInput<'_>) -> pb::AdmitRequest {
+    let (waiters, waiters_truncated) = waiters(input.waiters);
+    let tenant = input.labels.get("tenant").cloned().unwrap_or_default();
+    pb::AdmitRequest {
+        config: config.to_vec(),
+        now_ms: input.now_ms,
+        log_index: input.log_index,
+        request: Some(lock_request(input)),
+        principal: input.principal.to_string(),
+        labels: labels(input.labels),
+        holders: holders(input.holders),
+        waiters,
+        waiters_truncated,
+        // The hold/wait counts under the binding prefix are not computed by core yet (they
+        // come with Bind); until then they are 0.
+        counters: Some(pb::Counters {
+            tenant,
+            ..pb::Counters::default()
+        }),
+    }
+}
+
+fn choose_next_request(config: &[u8], input: &NextInput<'_>) -> pb::ChooseNextRequest {
+    let (waiters, waiters_truncated) = waiters(input.waiters);
+    pb::ChooseNextRequest {
+        config: config.to_vec(),
+        now_ms: input.now_ms,
+        log_index: input.log_index,
+        name: input.name.to_string(),
+        holders: holders(input.holders),
+        waiters,
+        waiters_truncated,
+        max_holders: input.max_holders,
+    }
+}
+
+fn lease_for_request(config: &[u8], input: &AdmitInput<'_>) -> pb::LeaseForRequest {
+    let (waiters, waiters_truncated) = waiters(input.waiters);
+    pb::LeaseForRequest {
+        config: config.to_vec(),
+        now_ms: input.now_ms,
+        log_index: input.log_index,
+        request: Some(lock_request(input)),
+        principal: input.principal.to_string(),
+        labels: labels(input.labels),
+        holders: holders(input.holders),
+        waiters,
+        waiters_truncated,
+    }
+}
