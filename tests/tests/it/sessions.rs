@@ -7,7 +7,7 @@ use holdfast_tests::cluster::Cluster;
 use tokio::time::Instant;
 
 /// Short TTL so the tests are quick; still above the server's minimum.
-const TTL_MS: u64 = 3_000;
+const TTL_MS: u64 = 4_000;
 /// Leader tick interval plus commit and scheduling slack on a loaded 2-core machine.
 const EXPIRY_SLACK_MS: u64 = 2_000;
 
