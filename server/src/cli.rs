@@ -404,6 +404,9 @@ pub async fn elect(connection: &Connection, args: ElectArgs) -> anyhow::Result<E
         }
         return Ok(ExitCode::SUCCESS);
     }
+    // Install the Ctrl-C handler before campaigning: once we lead, an interrupt must resign,
+    // not kill the process with the default action.
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let principal = std::env::var("USER").unwrap_or_else(|_| "holdfast-cli".to_owned());
     let session = client.open_session(millis(args.ttl), &principal).await?;
     let leadership = loop {
@@ -430,7 +433,7 @@ pub async fn elect(connection: &Connection, args: ElectArgs) -> anyhow::Result<E
     }
     let mut health = session.health_watch();
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => {
+        _ = interrupt.recv() => {
             session.resign(&leadership).await?;
             let _ = session.close().await;
             Ok(ExitCode::SUCCESS)
