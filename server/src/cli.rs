@@ -196,6 +196,9 @@ pub async fn locks(connection: &Connection, prefix: &str) -> anyhow::Result<Exit
             "{}",
             serde_json::Value::Array(response.locks.iter().map(lock_json).collect())
         ),
+        Output::Text if response.locks.is_empty() => {
+            println!("no locks held or waited for under {prefix:?}")
+        }
         Output::Text => response.locks.iter().for_each(print_lock_text),
     }
     Ok(ExitCode::SUCCESS)
