@@ -12,67 +12,11 @@
 //! Nothing is compiled or run here.
 
 use std::collections::BTreeSet;
-use std::fmt;
 
 use wasmparser::{ExternalKind, Parser, Payload, TypeRef, ValType, Validator, WasmFeatures};
 
-/// A hook of ABI v1.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Hook {
-    Init,
-    Admit,
-    ChooseNext,
-    LeaseFor,
-    OnSessionExpire,
-    Elect,
-}
-
-impl Hook {
-    /// Every hook, in ABI order.
-    pub const ALL: [Hook; 6] = [
-        Hook::Init,
-        Hook::Admit,
-        Hook::ChooseNext,
-        Hook::LeaseFor,
-        Hook::OnSessionExpire,
-        Hook::Elect,
-    ];
-
-    /// The hook's name in `holdfast:policy-meta` (`hooks=`).
-    pub const fn name(self) -> &'static str {
-        match self {
-            Hook::Init => "init",
-            Hook::Admit => "admit",
-            Hook::ChooseNext => "choose_next",
-            Hook::LeaseFor => "lease_for",
-            Hook::OnSessionExpire => "on_session_expire",
-            Hook::Elect => "elect",
-        }
-    }
-
-    /// The hook's export name, `holdfast_<name>`.
-    pub const fn export(self) -> &'static str {
-        match self {
-            Hook::Init => "holdfast_init",
-            Hook::Admit => "holdfast_admit",
-            Hook::ChooseNext => "holdfast_choose_next",
-            Hook::LeaseFor => "holdfast_lease_for",
-            Hook::OnSessionExpire => "holdfast_on_session_expire",
-            Hook::Elect => "holdfast_elect",
-        }
-    }
-
-    /// The hook called `name` in the metadata, if any.
-    pub fn from_name(name: &str) -> Option<Hook> {
-        Hook::ALL.into_iter().find(|hook| hook.name() == name)
-    }
-}
-
-impl fmt::Display for Hook {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
+/// The hooks of ABI v1: one definition, shared with the SDK that exports them.
+pub use holdfast_policy_sdk::Hook;
 
 /// What [`check`] enforces beyond the ABI's fixed rules.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -342,7 +286,7 @@ mod tests {
     fn hook_names_round_trip() {
         for hook in Hook::ALL {
             assert_eq!(Hook::from_name(hook.name()), Some(hook));
-            assert_eq!(hook.export(), format!("holdfast_{}", hook.name()));
+            assert_eq!(hook.export_name(), format!("holdfast_{}", hook.name()));
         }
         assert_eq!(Hook::from_name("abi_v1"), None);
     }

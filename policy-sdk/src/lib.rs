@@ -134,6 +134,17 @@ impl Hook {
             Hook::Elect => "holdfast_elect",
         }
     }
+
+    /// The hook called `name` (as in `export_policy!` lists and the metadata), if any.
+    pub fn from_name(name: &str) -> Option<Hook> {
+        Hook::ALL.into_iter().find(|hook| hook.name() == name)
+    }
+}
+
+impl core::fmt::Display for Hook {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// A lock policy. Every hook has a default that behaves like the built-in policy, so a policy

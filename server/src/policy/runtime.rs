@@ -342,7 +342,7 @@ fn instantiate(module: &PolicyModule) -> Result<Live, GuestFault> {
 fn call_raw(live: &mut Live, hook: Hook, input: &[u8]) -> Result<Vec<u8>, GuestFault> {
     let hook_func = live
         .instance
-        .get_typed_func::<(i32, i32), i64>(&mut live.store, hook.export())
+        .get_typed_func::<(i32, i32), i64>(&mut live.store, hook.export_name())
         .expect("checked at compile: hook signature (i32, i32) -> i64");
     // Inputs are far below 2 GiB (lists truncated, lock names and labels bounded by core).
     let len = i32::try_from(input.len()).expect("policy input below 2 GiB");
