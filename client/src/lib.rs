@@ -663,13 +663,17 @@ impl Session {
         }))
     }
 
-    /// Replaces the leader's value; refused unless `leadership` is still the current leader key.
-    pub async fn proclaim(&self, leadership: &Hold, value: &[u8]) -> Result<(), Status> {
-        let key = pb::LeaderKey {
+    fn leader_key(&self, leadership: &Hold) -> pb::LeaderKey {
+        pb::LeaderKey {
             name: leadership.name.clone(),
             session_id: self.id,
             token: leadership.token,
-        };
+        }
+    }
+
+    /// Replaces the leader's value; refused unless `leadership` is still the current leader key.
+    pub async fn proclaim(&self, leadership: &Hold, value: &[u8]) -> Result<(), Status> {
+        let key = self.leader_key(leadership);
         self.client
             .retry(|channel| {
                 let key = key.clone();
@@ -691,11 +695,7 @@ impl Session {
     /// Gives up leadership (the next candidate is elected).
     pub async fn resign(&self, leadership: &Hold) -> Result<(), Status> {
         let request_id = self.next_request_id();
-        let key = pb::LeaderKey {
-            name: leadership.name.clone(),
-            session_id: self.id,
-            token: leadership.token,
-        };
+        let key = self.leader_key(leadership);
         self.client
             .retry(|channel| {
                 let key = key.clone();

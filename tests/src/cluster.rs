@@ -195,26 +195,6 @@ impl Cluster {
         }
     }
 
-    /// SIGTERM one node and wait (bounded) for a clean exit, SIGKILL after that.
-    pub fn stop(&mut self, id: u64) {
-        let node = self.nodes.get_mut(&id).expect("known node");
-        if let Some(mut child) = node.child.take() {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(child.id().to_string())
-                .status();
-            let deadline = std::time::Instant::now() + Duration::from_secs(10);
-            while std::time::Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(POLL_INTERVAL_MS));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
     pub fn restart(&mut self, id: u64) {
         self.kill(id);
         self.spawn(id);
@@ -238,10 +218,6 @@ impl Cluster {
         for proxy in self.proxies.values() {
             proxy.set_cut(false);
         }
-    }
-
-    pub fn is_running(&self, id: u64) -> bool {
-        self.nodes[&id].child.is_some()
     }
 
     /// A client that may use every node.

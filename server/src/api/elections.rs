@@ -12,7 +12,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tonic::{Request, Response, Status};
 
 use super::locks::{Acquisition, acquire_and_wait};
-use super::{header, read_header, validate, write_command};
+use super::{header, read_state, validate, write_command};
 use crate::node::Node;
 use crate::watch::Signal;
 
@@ -182,14 +182,11 @@ impl Elections for ElectionsApi {
     ) -> Result<Response<pb::LeaderResponse>, Status> {
         let request = request.into_inner();
         validate::lock_name("name", &request.name)?;
-        if !request.serializable {
-            self.node.read_barrier().await?;
-        }
-        let leader = self.node.shared.read(|s| leadership(s, &request.name));
-        Ok(Response::new(pb::LeaderResponse {
-            header: read_header(&self.node),
-            leader,
-        }))
+        let (leader, header) = read_state(&self.node, request.serializable, |s| {
+            leadership(s, &request.name)
+        })
+        .await?;
+        Ok(Response::new(pb::LeaderResponse { header, leader }))
     }
 
     type ObserveStream = ObserveStream;

@@ -10,7 +10,7 @@ use holdfast_proto::v1::{self as pb, locks_server::Locks};
 use tonic::{Request, Response, Status};
 
 use super::status::rejection_status;
-use super::{header, read_header, validate, write_command};
+use super::{header, read_state, validate, write_command};
 use crate::node::Node;
 use crate::waiters::WaitResult;
 
@@ -283,15 +283,12 @@ impl Locks for LocksApi {
     ) -> Result<Response<pb::CheckTokenResponse>, Status> {
         let request = request.into_inner();
         validate::lock_name("name", &request.name)?;
-        if !request.serializable {
-            self.node.read_barrier().await?;
-        }
-        let holder = self
-            .node
-            .shared
-            .read(|s| s.check_token(&request.name, request.token));
+        let (holder, header) = read_state(&self.node, request.serializable, |s| {
+            s.check_token(&request.name, request.token)
+        })
+        .await?;
         Ok(Response::new(pb::CheckTokenResponse {
-            header: read_header(&self.node),
+            header,
             current: holder.is_some(),
             session_id: holder.unwrap_or(0),
         }))
@@ -303,12 +300,10 @@ impl Locks for LocksApi {
     ) -> Result<Response<pb::DescribeResponse>, Status> {
         let request = request.into_inner();
         validate::lock_name("name", &request.name)?;
-        if !request.serializable {
-            self.node.read_barrier().await?;
-        }
-        let lock = self.node.shared.read(|s| s.lock(&request.name));
+        let (lock, header) =
+            read_state(&self.node, request.serializable, |s| s.lock(&request.name)).await?;
         Ok(Response::new(pb::DescribeResponse {
-            header: read_header(&self.node),
+            header,
             lock: lock.as_ref().map(lock_to_pb),
         }))
     }
@@ -320,12 +315,12 @@ impl Locks for LocksApi {
         let request = request.into_inner();
         validate::prefix(&request.prefix)?;
         let limit = validate::list_limit(request.limit);
-        if !request.serializable {
-            self.node.read_barrier().await?;
-        }
-        let locks = self.node.shared.read(|s| s.locks(&request.prefix, limit));
+        let (locks, header) = read_state(&self.node, request.serializable, |s| {
+            s.locks(&request.prefix, limit)
+        })
+        .await?;
         Ok(Response::new(pb::ListResponse {
-            header: read_header(&self.node),
+            header,
             locks: locks.iter().map(lock_to_pb).collect(),
         }))
     }

@@ -54,10 +54,20 @@ async fn write_command<T>(
     }
 }
 
-/// Header for a read of the current applied state.
-fn read_header(node: &Node) -> Option<ResponseHeader> {
-    let (revision, now_ms) = node.shared.read(|s| (s.applied_index(), s.now_ms()));
-    header(node, revision, now_ms)
+/// Reads the applied state, after a linearizable read barrier unless `serializable`, with the
+/// header of exactly the revision that was read.
+async fn read_state<T>(
+    node: &Node,
+    serializable: bool,
+    read: impl FnOnce(&holdfast_core::State) -> T,
+) -> Result<(T, Option<ResponseHeader>), tonic::Status> {
+    if !serializable {
+        node.read_barrier().await?;
+    }
+    let (value, revision, now_ms) = node
+        .shared
+        .read(|s| (read(s), s.applied_index(), s.now_ms()));
+    Ok((value, header(node, revision, now_ms)))
 }
 
 pub struct ClusterApi {
