@@ -19,6 +19,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 "holdfast/v1/cluster.proto",
                 "holdfast/v1/watch.proto",
                 "holdfast/v1/elections.proto",
+                "holdfast/v1/policies.proto",
                 "holdfast/internal/v1/raft.proto",
                 "holdfast/policy/v1/policy.proto",
             ],

@@ -44,6 +44,7 @@ use holdfast_proto::v1 as pb;
 pub use holdfast_proto::v1::{AcquireStatus, LockMode};
 use pb::cluster_client::ClusterClient;
 use pb::locks_client::LocksClient;
+use pb::policies_client::PoliciesClient;
 use pb::sessions_client::SessionsClient;
 use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
@@ -57,6 +58,9 @@ pub const RETRY_BUDGET_MS: u64 = 15_000;
 pub const RETRY_PAUSE_MS: u64 = 50;
 /// Deadline of a single non-blocking RPC attempt.
 pub const RPC_TIMEOUT_MS: u64 = 6_000;
+/// Deadline of one policy Deploy call: the receiving node compiles and samples the module, and
+/// every replica compiles it again while applying it.
+pub const DEPLOY_TIMEOUT_MS: u64 = 120_000;
 /// Connect timeout per endpoint.
 pub const CONNECT_TIMEOUT_MS: u64 = 500;
 
@@ -170,13 +174,28 @@ impl Client {
 
     /// Opens a session and starts renewing it every TTL/3 in the background.
     pub async fn open_session(&self, ttl_ms: u64, principal: &str) -> Result<Session, Status> {
+        self.open_session_with_labels(ttl_ms, principal, &[]).await
+    }
+
+    /// [`Client::open_session`] with labels (policies see them, e.g. `tenant`).
+    pub async fn open_session_with_labels(
+        &self,
+        ttl_ms: u64,
+        principal: &str,
+        labels: &[(&str, &str)],
+    ) -> Result<Session, Status> {
         let sent = Instant::now();
+        let labels: std::collections::HashMap<String, String> = labels
+            .iter()
+            .map(|(key, value)| ((*key).to_owned(), (*value).to_owned()))
+            .collect();
+        let labels = &labels;
         let response = self
             .retry(|channel| async move {
                 let mut request = tonic::Request::new(pb::OpenSessionRequest {
                     ttl_ms,
                     principal: principal.to_owned(),
-                    labels: Default::default(),
+                    labels: labels.clone(),
                 });
                 request.set_timeout(Duration::from_millis(RPC_TIMEOUT_MS));
                 Ok(SessionsClient::new(channel)
@@ -217,6 +236,94 @@ impl Client {
             });
             request.set_timeout(Duration::from_millis(RPC_TIMEOUT_MS));
             Ok(LocksClient::new(channel)
+                .describe(request)
+                .await?
+                .into_inner())
+        })
+        .await
+    }
+
+    /// Deploys a policy module as the next version of `name` (admin; see holdfast.v1.Policies).
+    pub async fn deploy_policy(
+        &self,
+        name: &str,
+        wasm: &[u8],
+    ) -> Result<pb::DeployPolicyResponse, Status> {
+        self.retry(|channel| async move {
+            let mut request = tonic::Request::new(pb::DeployPolicyRequest {
+                name: name.to_owned(),
+                wasm: wasm.to_vec(),
+            });
+            request.set_timeout(Duration::from_millis(DEPLOY_TIMEOUT_MS));
+            Ok(PoliciesClient::new(channel)
+                .deploy(request)
+                .await?
+                .into_inner())
+        })
+        .await
+    }
+
+    /// Binds `policy` (`version` 0 = newest; "builtin" = the native FIFO) to `prefix` (admin).
+    pub async fn bind_policy(
+        &self,
+        request: pb::BindPolicyRequest,
+    ) -> Result<pb::BindPolicyResponse, Status> {
+        let request = &request;
+        self.retry(|channel| async move {
+            let mut request = tonic::Request::new(request.clone());
+            request.set_timeout(Duration::from_millis(RPC_TIMEOUT_MS));
+            Ok(PoliciesClient::new(channel)
+                .bind(request)
+                .await?
+                .into_inner())
+        })
+        .await
+    }
+
+    /// Removes the `mode` binding of `prefix` (admin).
+    pub async fn unbind_policy(
+        &self,
+        prefix: &str,
+        mode: pb::BindMode,
+    ) -> Result<pb::UnbindPolicyResponse, Status> {
+        self.retry(|channel| async move {
+            let mut request = tonic::Request::new(pb::UnbindPolicyRequest {
+                prefix: prefix.to_owned(),
+                mode: mode as i32,
+            });
+            request.set_timeout(Duration::from_millis(RPC_TIMEOUT_MS));
+            Ok(PoliciesClient::new(channel)
+                .unbind(request)
+                .await?
+                .into_inner())
+        })
+        .await
+    }
+
+    /// Deployed policy versions and bindings (linearizable).
+    pub async fn list_policies(&self) -> Result<pb::ListPoliciesResponse, Status> {
+        self.retry(|channel| async move {
+            let mut request = tonic::Request::new(pb::ListPoliciesRequest {
+                serializable: false,
+            });
+            request.set_timeout(Duration::from_millis(RPC_TIMEOUT_MS));
+            Ok(PoliciesClient::new(channel)
+                .list(request)
+                .await?
+                .into_inner())
+        })
+        .await
+    }
+
+    /// Which bindings decide for lock `name` (linearizable).
+    pub async fn describe_policy(&self, name: &str) -> Result<pb::DescribePolicyResponse, Status> {
+        self.retry(|channel| async move {
+            let mut request = tonic::Request::new(pb::DescribePolicyRequest {
+                lock: name.to_owned(),
+                serializable: false,
+            });
+            request.set_timeout(Duration::from_millis(RPC_TIMEOUT_MS));
+            Ok(PoliciesClient::new(channel)
                 .describe(request)
                 .await?
                 .into_inner())
@@ -544,6 +651,19 @@ impl Session {
         mode: LockMode,
         wait_timeout_ms: u64,
     ) -> Result<Option<Hold>, Status> {
+        self.acquire_with_priority(name, mode, wait_timeout_ms, 0)
+            .await
+    }
+
+    /// [`Session::acquire`] with a priority (the built-in FIFO ignores it; policies such as
+    /// `priority` order waiters by it).
+    pub async fn acquire_with_priority(
+        &self,
+        name: &str,
+        mode: LockMode,
+        wait_timeout_ms: u64,
+        priority: i32,
+    ) -> Result<Option<Hold>, Status> {
         let request_id = self.next_request_id();
         let session_id = self.id;
         let response = self
@@ -556,7 +676,7 @@ impl Session {
                     mode: mode as i32,
                     max_holders: 0,
                     wait_timeout_ms,
-                    priority: 0,
+                    priority,
                 });
                 request.set_timeout(Duration::from_millis(RPC_TIMEOUT_MS + wait_timeout_ms));
                 Ok(LocksClient::new(channel)

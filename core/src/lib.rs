@@ -21,7 +21,10 @@ mod tests;
 pub use apply::apply;
 pub use model::*;
 pub use policy::{
-    AdmitDecision, AdmitInput, BuiltinFifo, LeaseDecision, NextInput, PolicyRuntime, WaiterView,
+    AdmitDecision, AdmitInput, BoundModule, BuiltinFifo, Counters, LeaseDecision, NextInput,
+    POLICY_ABI_LIMITS, PolicyHost, PolicyRuntime, WaiterView,
 };
 pub use snapshot::{SNAPSHOT_FORMAT_VERSION, SnapshotError};
-pub use state::{HolderView, LockView, SessionView, State, WaiterInfo};
+pub use state::{
+    BUILTIN_POLICY, BindingView, HolderView, LockView, PolicyView, SessionView, State, WaiterInfo,
+};

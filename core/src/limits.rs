@@ -40,6 +40,24 @@ pub const RENEWALS_PER_TICK_MAX: usize = 10_000;
 pub const LIST_LOCKS_MAX: usize = 10_000;
 /// Longest deny reason a policy may give, in bytes; longer reasons are truncated.
 pub const POLICY_REASON_BYTES_MAX: usize = 256;
+/// Longest policy name, in bytes (`[a-z0-9._-]`, starting with a letter or digit).
+pub const POLICY_NAME_BYTES_MAX: usize = 64;
+/// Largest policy module accepted by `DeployPolicy`, in bytes.
+pub const POLICY_MODULE_BYTES_MAX: usize = 1 << 20;
+/// Largest declared initial linear memory of a policy module, in 64 KiB pages (16 MiB). The
+/// host caps growth at the same size.
+pub const POLICY_MEMORY_PAGES_MAX: u64 = 256;
+/// Largest declared table of a policy module, in elements.
+pub const POLICY_TABLE_ELEMENTS_MAX: u64 = 10_000;
+/// Most distinct policy names deployed at once.
+pub const POLICIES_MAX: usize = 32;
+/// Versions kept per policy name; deploying one more forgets the oldest version no binding
+/// uses (or is refused if every kept version is bound).
+pub const POLICY_VERSIONS_KEPT: usize = 8;
+/// Most policy bindings (prefixes with an enforcing or shadow policy).
+pub const POLICY_BINDINGS_MAX: usize = 256;
+/// Largest binding config handed to a policy, in bytes.
+pub const POLICY_CONFIG_BYTES_MAX: usize = 16 << 10;
 /// Latest cluster time `apply` accepts (≈ 146 million years); later entry times are clamped.
 /// Keeps every `now_ms + duration` far from overflow, so deadlines never saturate.
 pub const NOW_MS_MAX: u64 = 1 << 62;
@@ -51,3 +69,4 @@ const _: () = assert!(NOW_MS_MAX.checked_add(LEASE_MS_MAX).is_some());
 const _: () = assert!(LEASE_MS_MAX >= SESSION_TTL_MS_MAX && LEASE_MS_MAX >= WAIT_TIMEOUT_MS_MAX);
 const _: () = assert!(LEASE_MS_MAX >= LOCK_DELAY_MS_MAX);
 const _: () = assert!(POLICY_REASON_BYTES_MAX > 0);
+const _: () = assert!(POLICY_VERSIONS_KEPT >= 2 && POLICIES_MAX > 0 && POLICY_BINDINGS_MAX > 0);

@@ -65,6 +65,32 @@ pub enum Command {
         token: FencingToken,
         value: Vec<u8>,
     },
+    /// Adds a version of policy `name` (validated again here: ABI v1 checks, then the host's
+    /// `PolicyHost::prepare`). Versions count from 1 per name; deploying the bytes of the
+    /// newest version again answers with that version (idempotent).
+    DeployPolicy { name: String, wasm: Vec<u8> },
+    /// Makes `policy` (`version` 0 = the newest, at this entry) decide for locks under
+    /// `prefix` ("" = every lock), longest prefix first. `policy` "builtin" is the native FIFO.
+    /// The policy's `init` must accept `config`. Decides from the next entry on.
+    BindPolicy {
+        prefix: String,
+        policy: String,
+        version: u64,
+        config: Vec<u8>,
+        mode: BindMode,
+    },
+    /// Removes the `mode` binding of `prefix`.
+    Unbind { prefix: String, mode: BindMode },
+}
+
+/// How a binding takes part in decisions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum BindMode {
+    /// Its answers are the decisions.
+    Enforce,
+    /// Asked beside the enforcing policy; where it answers differently a disagreement is
+    /// counted and reported, the decision is unchanged.
+    Shadow,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -127,6 +153,23 @@ pub enum Outcome {
     Proclaimed {
         token: FencingToken,
     },
+    PolicyDeployed {
+        name: String,
+        version: u64,
+        sha256: [u8; 32],
+        /// False when these bytes already were the newest version (nothing changed).
+        created: bool,
+    },
+    PolicyBound {
+        prefix: String,
+        policy: String,
+        version: u64,
+        mode: BindMode,
+    },
+    PolicyUnbound {
+        prefix: String,
+        mode: BindMode,
+    },
     Rejected(Rejection),
 }
 
@@ -163,6 +206,10 @@ pub enum Rejection {
     PolicyDenied { reason: String },
     #[error("the session ended while waiting for lock {name}")]
     SessionEnded { name: String },
+    #[error("policy {name} version {version} is not deployed (version 0 = newest)")]
+    UnknownPolicy { name: String, version: u64 },
+    #[error("prefix {prefix:?} has no {mode:?} binding")]
+    NotBound { prefix: String, mode: BindMode },
 }
 
 /// Why a hold ended.
@@ -242,6 +289,39 @@ pub enum Event {
         /// The session's principal.
         principal: String,
         reason: LeaveReason,
+    },
+    PolicyDeployed {
+        name: String,
+        version: u64,
+    },
+    PolicyBound {
+        prefix: String,
+        policy: String,
+        version: u64,
+        mode: BindMode,
+    },
+    PolicyUnbound {
+        prefix: String,
+        mode: BindMode,
+    },
+    /// A policy hook failed (trap, fuel, memory, bad reply) or answered out of range, while
+    /// deciding for lock `name`; the hook's fallback was used.
+    PolicyFault {
+        name: String,
+        prefix: String,
+        policy: String,
+        version: u64,
+        mode: BindMode,
+        hook: String,
+    },
+    /// The shadow policy of `prefix` answered differently from the enforcing one for lock
+    /// `name` (the enforcing answer stood).
+    PolicyDisagreement {
+        name: String,
+        prefix: String,
+        policy: String,
+        version: u64,
+        hook: String,
     },
 }
 

@@ -12,6 +12,15 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::limits;
+
+/// The ABI v1 limits `DeployPolicy` checks modules against, in apply and on the proposing node:
+/// integers only (no float instructions).
+pub const POLICY_ABI_LIMITS: holdfast_policy_abi::Limits = holdfast_policy_abi::Limits {
+    module_bytes_max: limits::POLICY_MODULE_BYTES_MAX,
+    memory_pages_max: limits::POLICY_MEMORY_PAGES_MAX,
+    table_elements_max: limits::POLICY_TABLE_ELEMENTS_MAX,
+    allow_floats: false,
+};
 use crate::model::{AcquireRequest, Mode, SessionId};
 use crate::state::HolderView;
 
@@ -31,6 +40,68 @@ pub trait PolicyRuntime {
     /// Lease and lock-delay for a grant about to be made. Clamped to
     /// `limits::LEASE_MS_MAX` / `limits::LOCK_DELAY_MS_MAX` by `apply`.
     fn lease_for(&mut self, input: &AdmitInput<'_>) -> LeaseDecision;
+    /// Validates a binding's `config` for locks under `prefix`; `Err(message)` refuses the
+    /// binding. Default: any config.
+    fn init(&mut self, config: &[u8], prefix: &str) -> Result<(), String> {
+        let _ = (config, prefix);
+        Ok(())
+    }
+    /// Guest failures so far (each gave its hook's fallback). `apply` reads it around every
+    /// call to count faults per binding. Default: never fails.
+    fn fault_count(&self) -> u64 {
+        0
+    }
+}
+
+/// Where `apply` gets the policy runtime for a decision: the built-in default (no binding) or
+/// a deployed module with its binding's config. One host serves ONE entry; the shell makes a
+/// fresh one per entry, so no instance state leaks between entries.
+pub trait PolicyHost {
+    /// Re-validates a module being deployed, deterministically (the server compiles it with the
+    /// policy engine). `Err(message)` refuses the deploy on every replica alike.
+    fn prepare(&mut self, sha256: &[u8; 32], wasm: &[u8]) -> Result<(), String> {
+        let _ = (sha256, wasm);
+        Ok(())
+    }
+    /// The runtime deciding for a lock bound to `module`; `None` = no binding (the root
+    /// default, the built-in FIFO in production).
+    fn runtime(&mut self, module: Option<&BoundModule<'_>>) -> &mut dyn PolicyRuntime;
+}
+
+/// One policy runtime decides everything: the test and tool form of a host.
+impl PolicyHost for dyn PolicyRuntime + '_ {
+    fn runtime(&mut self, _module: Option<&BoundModule<'_>>) -> &mut dyn PolicyRuntime {
+        self
+    }
+}
+
+impl PolicyHost for BuiltinFifo {
+    fn runtime(&mut self, _module: Option<&BoundModule<'_>>) -> &mut dyn PolicyRuntime {
+        self
+    }
+}
+
+/// A deployed module as bound to a prefix: what a host needs to run it.
+#[derive(Clone, Copy, Debug)]
+pub struct BoundModule<'a> {
+    pub policy: &'a str,
+    pub version: u64,
+    pub sha256: &'a [u8; 32],
+    pub wasm: &'a [u8],
+    pub config: &'a [u8],
+    pub prefix: &'a str,
+}
+
+/// Holds and waits of the requester's principal and tenant (its `tenant` label) over the locks
+/// under the deciding binding's prefix.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub principal_holds: u32,
+    pub principal_waits: u32,
+    /// The requesting session's `tenant` label; "" when it has none (tenant counts are 0).
+    pub tenant: String,
+    pub tenant_holds: u32,
+    pub tenant_waits: u32,
 }
 
 /// What a policy sees about one acquire request (admission) or one grant (lease).
@@ -43,9 +114,12 @@ pub struct AdmitInput<'a> {
     /// Labels of the requesting session.
     pub labels: &'a BTreeMap<String, String>,
     /// Current holders of the lock, by session id.
-    pub holders: &'a [HolderView],
+    pub holders: Vec<HolderView>,
     /// Current waiters of the lock, in queue order.
-    pub waiters: &'a [WaiterView],
+    pub waiters: Vec<WaiterView>,
+    /// Counts under the deciding binding's prefix (all zero for the built-in default, which
+    /// does not read them).
+    pub counters: Counters,
     pub now_ms: u64,
     pub log_index: u64,
 }

@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 use crate::state::State;
 
 /// First byte of every snapshot. Bump on any change to `State`'s serialized shape.
-pub const SNAPSHOT_FORMAT_VERSION: u8 = 1;
+pub const SNAPSHOT_FORMAT_VERSION: u8 = 2;
 
 /// Why snapshot bytes were refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use serde::{Deserialize, Serialize};
 
 use crate::limits;
-use crate::model::{FencingToken, Mode, Outcome, RequestId, SessionId};
+use crate::model::{BindMode, FencingToken, Mode, Outcome, RequestId, SessionId};
 use crate::policy::WaiterView;
 
 /// The whole replicated state machine. Mutated only by [`crate::apply`].
@@ -28,8 +28,68 @@ pub struct State {
     /// Every pending deadline, ordered by time then kind then key. Derived data, kept in the
     /// snapshot so a restored replica fires in the same order without rebuilding it.
     pub(crate) deadlines: BTreeSet<Deadline>,
-    /// How many policy answers `apply` had to replace (invalid `choose_next`, out-of-range lease).
+    /// How many policy answers `apply` had to replace (invalid `choose_next`, out-of-range lease)
+    /// or a policy runtime replaced with its fallback (guest failure).
     pub(crate) policy_fault_count: u64,
+    /// Deployed policy modules: name -> version -> module.
+    pub(crate) policies: BTreeMap<String, BTreeMap<u64, Deployed>>,
+    /// Policy bindings by prefix ("" = every lock).
+    pub(crate) bindings: BTreeMap<String, Binding>,
+}
+
+/// The name of the native FIFO policy in bindings (version 0, nothing deployed).
+pub const BUILTIN_POLICY: &str = "builtin";
+
+/// One deployed version of a policy.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Deployed {
+    pub(crate) sha256: [u8; 32],
+    pub(crate) wasm: Vec<u8>,
+    pub(crate) deployed_at: u64,
+    /// `name=` and `version=` of the module's metadata section.
+    pub(crate) meta_name: String,
+    pub(crate) meta_version: String,
+    /// Exported hooks, by name, sorted.
+    pub(crate) hooks: Vec<String>,
+}
+
+/// The policies bound at one prefix.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Binding {
+    pub(crate) enforce: Option<Bound>,
+    pub(crate) shadow: Option<Bound>,
+}
+
+impl Binding {
+    pub(crate) fn get(&self, mode: BindMode) -> Option<&Bound> {
+        match mode {
+            BindMode::Enforce => self.enforce.as_ref(),
+            BindMode::Shadow => self.shadow.as_ref(),
+        }
+    }
+
+    pub(crate) fn slot(&mut self, mode: BindMode) -> &mut Option<Bound> {
+        match mode {
+            BindMode::Enforce => &mut self.enforce,
+            BindMode::Shadow => &mut self.shadow,
+        }
+    }
+}
+
+/// One policy version bound at a prefix, with what it did since.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Bound {
+    /// A deployed policy name, or [`BUILTIN_POLICY`] (version 0).
+    pub(crate) policy: String,
+    pub(crate) version: u64,
+    pub(crate) config: Vec<u8>,
+    pub(crate) bound_at: u64,
+    /// Hook name -> fallbacks used.
+    pub(crate) faults: BTreeMap<String, u64>,
+    /// Shadow bindings: decisions where it disagreed with the enforcing policy.
+    pub(crate) disagreements: u64,
+    /// Shadow bindings: decisions compared.
+    pub(crate) compared: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -106,6 +166,34 @@ pub(crate) enum DeadlineKind {
     DelayEnd { name: String },
 }
 
+/// A deployed policy version as List/Describe show it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PolicyView {
+    pub name: String,
+    pub version: u64,
+    pub sha256: [u8; 32],
+    pub module_bytes: usize,
+    pub deployed_at: u64,
+    pub meta_name: String,
+    pub meta_version: String,
+    pub hooks: Vec<String>,
+}
+
+/// A binding as List/Describe show it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct BindingView {
+    pub prefix: String,
+    pub mode: BindMode,
+    pub policy: String,
+    pub version: u64,
+    pub config: Vec<u8>,
+    pub bound_at: u64,
+    /// Hook name -> fallbacks used, by hook name.
+    pub faults: Vec<(String, u64)>,
+    pub disagreements: u64,
+    pub compared: u64,
+}
+
 /// A session as the shell sees it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct SessionView {
@@ -179,6 +267,80 @@ impl State {
     /// How many policy answers apply replaced with the built-in behaviour so far.
     pub fn policy_fault_count(&self) -> u64 {
         self.policy_fault_count
+    }
+
+    /// Every deployed policy version, by name then version.
+    pub fn policies(&self) -> Vec<PolicyView> {
+        self.policies
+            .iter()
+            .flat_map(|(name, versions)| {
+                versions.iter().map(|(version, deployed)| PolicyView {
+                    name: name.clone(),
+                    version: *version,
+                    sha256: deployed.sha256,
+                    module_bytes: deployed.wasm.len(),
+                    deployed_at: deployed.deployed_at,
+                    meta_name: deployed.meta_name.clone(),
+                    meta_version: deployed.meta_version.clone(),
+                    hooks: deployed.hooks.clone(),
+                })
+            })
+            .collect()
+    }
+
+    /// The module bytes of a deployed version (`version` 0 = newest).
+    pub fn policy_module(&self, name: &str, version: u64) -> Option<(u64, &[u8])> {
+        let versions = self.policies.get(name)?;
+        let (version, deployed) = if version == 0 {
+            versions.last_key_value()?
+        } else {
+            versions.get_key_value(&version)?
+        };
+        Some((*version, &deployed.wasm))
+    }
+
+    /// Every binding, by prefix then mode (enforce first).
+    pub fn bindings(&self) -> Vec<BindingView> {
+        let mut views = Vec::new();
+        for (prefix, binding) in &self.bindings {
+            for mode in [BindMode::Enforce, BindMode::Shadow] {
+                if let Some(bound) = binding.get(mode) {
+                    views.push(bound.view(prefix, mode));
+                }
+            }
+        }
+        views
+    }
+
+    /// The bindings that decide for lock `name`: the enforcing one (None = built-in FIFO by
+    /// default) and the shadow one, each the longest matching prefix of its mode.
+    pub fn bindings_for(&self, name: &str) -> (Option<BindingView>, Option<BindingView>) {
+        let view = |mode| {
+            self.binding_for(name, mode)
+                .map(|(prefix, bound)| bound.view(prefix, mode))
+        };
+        (view(BindMode::Enforce), view(BindMode::Shadow))
+    }
+
+    /// Whether any binding (either mode) uses version `version` of policy `name`.
+    pub(crate) fn is_bound(&self, name: &str, version: u64) -> bool {
+        self.bindings.values().any(|binding| {
+            [&binding.enforce, &binding.shadow]
+                .into_iter()
+                .flatten()
+                .any(|bound| bound.policy == name && bound.version == version)
+        })
+    }
+
+    /// The longest prefix of `name` with a `mode` binding. Any prefix of `name` sorts at or
+    /// before it, and a longer prefix after a shorter one, so the first match walking back
+    /// from `name` is the longest.
+    pub(crate) fn binding_for(&self, name: &str, mode: BindMode) -> Option<(&str, &Bound)> {
+        self.bindings
+            .range::<str, _>((std::ops::Bound::Unbounded, std::ops::Bound::Included(name)))
+            .rev()
+            .filter(|(prefix, _)| name.starts_with(prefix.as_str()))
+            .find_map(|(prefix, binding)| binding.get(mode).map(|bound| (prefix.as_str(), bound)))
     }
 
     pub fn session(&self, id: SessionId) -> Option<SessionView> {
@@ -273,6 +435,7 @@ impl State {
                 "sessions list {session_holds} holds / {session_waits} waits, locks list {hold_count} / {waiter_count}"
             ));
         }
+        self.check_policies()?;
         let expected = self.expected_deadlines();
         if expected != self.deadlines {
             return Err(format!(
@@ -280,6 +443,55 @@ impl State {
                 expected.difference(&self.deadlines).next(),
                 self.deadlines.difference(&expected).next()
             ));
+        }
+        Ok(())
+    }
+
+    fn check_policies(&self) -> Result<(), String> {
+        if self.policies.len() > limits::POLICIES_MAX
+            || self.bindings.len() > limits::POLICY_BINDINGS_MAX
+        {
+            return Err("more policies or bindings than the limits".to_string());
+        }
+        for (name, versions) in &self.policies {
+            if versions.is_empty()
+                || versions.len() > limits::POLICY_VERSIONS_KEPT
+                || !policy_name_is_valid(name)
+                || versions.keys().any(|&version| version == 0)
+                || versions.values().any(|deployed| {
+                    deployed.wasm.len() > limits::POLICY_MODULE_BYTES_MAX
+                        || deployed.deployed_at > self.applied_index
+                })
+            {
+                return Err(format!("policy {name:?}: versions out of limits"));
+            }
+        }
+        for (prefix, binding) in &self.bindings {
+            if prefix.len() > limits::LOCK_NAME_BYTES_MAX {
+                return Err(format!("binding prefix {prefix:?} too long"));
+            }
+            if binding.enforce.is_none() && binding.shadow.is_none() {
+                return Err(format!("binding {prefix:?} is empty"));
+            }
+            for bound in [&binding.enforce, &binding.shadow].into_iter().flatten() {
+                let exists = if bound.policy == BUILTIN_POLICY {
+                    bound.version == 0
+                } else {
+                    self.policies
+                        .get(&bound.policy)
+                        .is_some_and(|versions| versions.contains_key(&bound.version))
+                };
+                if !exists
+                    || bound.config.len() > limits::POLICY_CONFIG_BYTES_MAX
+                    || bound.bound_at > self.applied_index
+                    || bound.disagreements > bound.compared
+                {
+                    return Err(format!(
+                        "binding {prefix:?}: {}@{} missing or inconsistent",
+                        bound.policy, bound.version
+                    ));
+                }
+            }
         }
         Ok(())
     }
@@ -608,6 +820,38 @@ impl Lock {
             delayed_until_ms: self.delayed_until_ms,
         }
     }
+}
+
+impl Bound {
+    pub(crate) fn view(&self, prefix: &str, mode: BindMode) -> BindingView {
+        BindingView {
+            prefix: prefix.to_string(),
+            mode,
+            policy: self.policy.clone(),
+            version: self.version,
+            config: self.config.clone(),
+            bound_at: self.bound_at,
+            faults: self
+                .faults
+                .iter()
+                .map(|(hook, count)| (hook.clone(), *count))
+                .collect(),
+            disagreements: self.disagreements,
+            compared: self.compared,
+        }
+    }
+}
+
+/// A policy name: 1..=`POLICY_NAME_BYTES_MAX` bytes of `[a-z0-9._-]`, starting with a letter
+/// or digit.
+pub(crate) fn policy_name_is_valid(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= limits::POLICY_NAME_BYTES_MAX
+        && bytes[0].is_ascii_alphanumeric()
+        && bytes.iter().all(|&byte| {
+            byte.is_ascii_lowercase() || byte.is_ascii_digit() || matches!(byte, b'.' | b'_' | b'-')
+        })
 }
 
 /// Queue positions are bounded by `WAITERS_PER_LOCK_MAX`, far below `u32::MAX`.

@@ -26,7 +26,7 @@ pub struct Connection {
     endpoints: Vec<String>,
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value_t = Output::Text, global = true)]
-    output: Output,
+    pub(crate) output: Output,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -36,7 +36,7 @@ pub enum Output {
 }
 
 impl Connection {
-    fn client(&self) -> anyhow::Result<Client> {
+    pub(crate) fn client(&self) -> anyhow::Result<Client> {
         let endpoints: Vec<String> = if self.endpoints.is_empty() {
             DEV_ENDPOINTS.iter().map(|e| (*e).to_owned()).collect()
         } else {
@@ -215,6 +215,11 @@ fn kind_name(kind: i32) -> &'static str {
         pb::EventKind::Queued => "queued",
         pb::EventKind::LeftQueue => "left-queue",
         pb::EventKind::Proclaimed => "proclaimed",
+        pb::EventKind::PolicyDeployed => "policy-deployed",
+        pb::EventKind::PolicyBound => "policy-bound",
+        pb::EventKind::PolicyUnbound => "policy-unbound",
+        pb::EventKind::PolicyFault => "policy-fault",
+        pb::EventKind::PolicyDisagreement => "policy-disagreement",
     })
 }
 
@@ -244,8 +249,23 @@ pub async fn watch(
                     json!({
                         "revision": response.revision, "kind": kind_name(e.kind), "lock": e.lock,
                         "session_id": e.session_id, "token": e.token, "reason": reason_name(e.reason),
-                        "position": e.position,
+                        "position": e.position, "policy": e.policy,
+                        "policy_version": e.policy_version, "prefix": e.prefix, "hook": e.hook,
                     })
+                ),
+                Output::Text if !e.policy.is_empty() || !e.prefix.is_empty() => println!(
+                    "{:<8} {:<15} {:<24} policy {}@{} prefix {:?}{}",
+                    response.revision,
+                    kind_name(e.kind),
+                    e.lock,
+                    e.policy,
+                    e.policy_version,
+                    e.prefix,
+                    if e.hook.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" hook {}", e.hook)
+                    }
                 ),
                 Output::Text => println!(
                     "{:<8} {:<15} {:<24} session {:<8} {}{}",

@@ -54,6 +54,10 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     #[serde(default)]
     pub raft: RaftTiming,
+    /// Accept policy administration (Deploy, Bind, Unbind) on this node. Off by default: until
+    /// authentication exists, whoever reaches the port could change lock semantics.
+    #[serde(default)]
+    pub allow_policy_admin: bool,
 }
 
 impl NodeConfig {

@@ -7,6 +7,7 @@ pub mod clock;
 pub mod config;
 pub mod node;
 pub mod policy;
+pub mod policy_cli;
 pub mod raft;
 pub mod server;
 pub mod waiters;

@@ -53,6 +53,11 @@ enum Command {
     /// Campaign in an election and lead until Ctrl-C (`holdfast elect NAME [VALUE]`), or print
     /// every leader change (`holdfast elect NAME --observe`).
     Elect(cli::ElectArgs),
+    /// Deploy, bind, list and describe lock policies (wasm modules).
+    Policy {
+        #[command(subcommand)]
+        command: holdfast_server::policy_cli::PolicyCommand,
+    },
 }
 
 #[derive(Args)]
@@ -91,6 +96,10 @@ struct ServeArgs {
     /// Log entries kept behind the last snapshot for lagging followers.
     #[arg(long, env = "HOLDFAST_SNAPSHOT_KEEP_ENTRIES")]
     snapshot_keep_entries: Option<u64>,
+    /// Accept policy Deploy/Bind/Unbind on this node (no authentication yet: anyone who can
+    /// reach the port could change lock semantics).
+    #[arg(long, env = "HOLDFAST_ALLOW_POLICY_ADMIN")]
+    allow_policy_admin: bool,
 }
 
 #[derive(Args)]
@@ -116,6 +125,8 @@ struct FileConfig {
     data_dir: Option<PathBuf>,
     #[serde(default)]
     raft: RaftTiming,
+    #[serde(default)]
+    allow_policy_admin: bool,
 }
 
 fn parse_id_map(map: BTreeMap<String, String>) -> anyhow::Result<BTreeMap<u64, String>> {
@@ -171,6 +182,7 @@ fn node_config(args: ServeArgs) -> anyhow::Result<NodeConfig> {
         routes,
         data_dir,
         raft,
+        allow_policy_admin: args.allow_policy_admin || file.allow_policy_admin,
     })
 }
 
@@ -212,6 +224,8 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
             routes: BTreeMap::new(),
             data_dir: args.data_dir.join(format!("node-{id}")),
             raft: RaftTiming::default(),
+            // The local tour deploys policies; `dev` listens on loopback only.
+            allow_policy_admin: true,
         };
         nodes.push(
             server::start(config)
@@ -265,6 +279,9 @@ fn main() -> std::process::ExitCode {
             } => cli::watch(&connection, &prefix, from_revision).await,
             Command::Lock(args) => cli::lock(&connection, args).await,
             Command::Elect(args) => cli::elect(&connection, args).await,
+            Command::Policy { command } => {
+                holdfast_server::policy_cli::run(&connection, command).await
+            }
         }
     });
     match result {

@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use holdfast_proto::{internal::peer_server::PeerServer, v1};
 use tokio::task::JoinHandle;
 
-use crate::api::{ClusterApi, ElectionsApi, LocksApi, PeerApi, SessionsApi, WatchApi};
+use crate::api::{ClusterApi, ElectionsApi, LocksApi, PeerApi, PoliciesApi, SessionsApi, WatchApi};
 use crate::config::NodeConfig;
 use crate::node::Node;
 use crate::raft::log_store::{LogStore, open_db};
@@ -117,6 +117,14 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         .add_service(v1::cluster_server::ClusterServer::new(ClusterApi {
             node: Arc::clone(&node),
         }))
+        .add_service(
+            v1::policies_server::PoliciesServer::new(PoliciesApi {
+                node: Arc::clone(&node),
+                allow_admin: config.allow_policy_admin,
+                precheck: Arc::default(),
+            })
+            .max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX),
+        )
         .add_service(
             PeerServer::new(PeerApi {
                 node: Arc::clone(&node),

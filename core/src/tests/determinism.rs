@@ -446,7 +446,7 @@ fn determinism_for_seed(seed: u64) -> (Coverage, u64) {
         let entry = generator.entry(log_index);
         let results: Vec<Applied> = replicas
             .iter_mut()
-            .map(|state| apply(state, &entry, &mut ChaosPolicy))
+            .map(|state| apply(state, &entry, &mut ChaosPolicy as &mut dyn PolicyRuntime))
             .collect();
         assert!(
             results[0] == results[1] && results[1] == results[2],

@@ -13,9 +13,14 @@
 //! cancel S NAME
 //! tick [S ...]                (sessions renewed)
 //! noop
-//! ?lock NAME  ?session S  ?token NAME TOKEN  ?next  ?faults     queries: rendered, not applied
+//! deploy NAME [module=M]      a minimal ABI-v1 module whose metadata name is M (default NAME)
+//! bind PREFIX POLICY [v=N] [config=TEXT] [shadow]     PREFIX "-" = ""
+//! unbind PREFIX [shadow]
+//! ?lock NAME  ?session S  ?token NAME TOKEN  ?next  ?faults  ?bindings  ?policies
+//!                             queries: rendered, not applied
 //! ```
 
+mod bindings;
 mod determinism;
 mod limits;
 mod locks;
@@ -27,8 +32,8 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use crate::{
-    AcquireRequest, Applied, BuiltinFifo, Command, Entry, Event, LockView, Mode, Outcome,
-    PolicyRuntime, State, apply,
+    AcquireRequest, Applied, BindMode, BoundModule, BuiltinFifo, Command, Entry, Event, LockView,
+    Mode, Outcome, PolicyHost, PolicyRuntime, State, apply,
 };
 
 /// Runs `script` with the built-in FIFO policy and compares the rendering with `expect`.
@@ -44,11 +49,69 @@ pub(crate) fn check_with(policy: &mut dyn PolicyRuntime, script: &str, expect: &
 
 /// Runs `script` and returns its rendering.
 pub(crate) fn run(policy: &mut dyn PolicyRuntime, script: &str) -> String {
-    let mut harness = Harness::new(policy);
+    run_hosted(&mut One(policy), script)
+}
+
+/// Runs `script` with a policy host and returns its rendering.
+pub(crate) fn run_hosted(host: &mut dyn PolicyHost, script: &str) -> String {
+    let mut harness = Harness::new(host);
     for line in script.lines() {
         harness.line(line);
     }
     harness.out
+}
+
+/// One runtime decides for every lock, bound or not.
+struct One<'a>(&'a mut dyn PolicyRuntime);
+
+impl PolicyHost for One<'_> {
+    fn runtime(&mut self, _module: Option<&BoundModule<'_>>) -> &mut dyn PolicyRuntime {
+        self.0
+    }
+}
+
+/// A host that runs native policies by deployed policy name, the built-in FIFO where nothing
+/// is bound, and refuses to prepare modules whose metadata name is `unpreparable`.
+#[derive(Default)]
+pub(crate) struct Routed {
+    pub(crate) by_policy: BTreeMap<String, Box<dyn PolicyRuntime>>,
+    builtin: BuiltinFifo,
+}
+
+impl PolicyHost for Routed {
+    fn prepare(&mut self, _sha256: &[u8; 32], wasm: &[u8]) -> Result<(), String> {
+        let unpreparable = b"name=unpreparable";
+        if wasm.windows(unpreparable.len()).any(|w| w == unpreparable) {
+            return Err("the engine refused it".to_string());
+        }
+        Ok(())
+    }
+
+    fn runtime(&mut self, module: Option<&BoundModule<'_>>) -> &mut dyn PolicyRuntime {
+        match module {
+            None => &mut self.builtin,
+            Some(module) => self
+                .by_policy
+                .get_mut(module.policy)
+                .unwrap_or_else(|| panic!("no native policy for {}", module.policy))
+                .as_mut(),
+        }
+    }
+}
+
+/// A minimal module that passes the ABI v1 checks, with metadata name `name` (its hooks are
+/// never run: test hosts answer natively).
+pub(crate) fn test_module(name: &str) -> Vec<u8> {
+    let text = format!(
+        r#"(module
+  (memory (export "memory") 1)
+  (func (export "holdfast_abi_v1"))
+  (func (export "holdfast_alloc") (param i32) (result i32) (i32.const 1024))
+  (func (export "holdfast_admit") (param i32 i32) (result i64) (i64.const 0))
+  (@custom "holdfast:policy-abi-version" "1")
+  (@custom "holdfast:policy-meta" "abi=1\nname={name}\nversion=1.0.0\nhooks=admit\n"))"#
+    );
+    wat::parse_str(&text).expect("test module WAT")
 }
 
 pub(crate) fn assert_text(actual: &str, expect: &str) {
@@ -73,16 +136,16 @@ fn normalize(text: &str) -> String {
 /// Applies entries to one state, checking invariants and snapshots after each.
 pub(crate) struct Harness<'p> {
     pub(crate) state: State,
-    policy: &'p mut dyn PolicyRuntime,
+    host: &'p mut dyn PolicyHost,
     pub(crate) now_ms: u64,
     pub(crate) out: String,
 }
 
 impl<'p> Harness<'p> {
-    pub(crate) fn new(policy: &'p mut dyn PolicyRuntime) -> Harness<'p> {
+    pub(crate) fn new(host: &'p mut dyn PolicyHost) -> Harness<'p> {
         Harness {
             state: State::default(),
-            policy,
+            host,
             now_ms: 0,
             out: String::new(),
         }
@@ -96,7 +159,7 @@ impl<'p> Harness<'p> {
             now_ms: self.now_ms,
             command,
         };
-        let applied = apply(&mut self.state, &entry, self.policy);
+        let applied = apply(&mut self.state, &entry, self.host);
         if let Err(broken) = self.state.check_invariants() {
             panic!(
                 "invariant broken after entry {log_index}: {broken}\n{:#?}",
@@ -163,6 +226,44 @@ impl<'p> Harness<'p> {
             "token" => format!("{:?}", self.state.check_token(args[0], number(args[1]))),
             "next" => format!("{:?}", self.state.next_deadline_ms()),
             "faults" => format!("{}", self.state.policy_fault_count()),
+            "bindings" => {
+                let bindings: Vec<String> = self
+                    .state
+                    .bindings()
+                    .iter()
+                    .map(|b| {
+                        let faults: Vec<String> =
+                            b.faults.iter().map(|(h, n)| format!("{h}:{n}")).collect();
+                        format!(
+                            "{:?} {:?} {}@{} config={:?} at={} faults=[{}] disagree={}/{}",
+                            b.prefix,
+                            b.mode,
+                            b.policy,
+                            b.version,
+                            String::from_utf8_lossy(&b.config),
+                            b.bound_at,
+                            faults.join(","),
+                            b.disagreements,
+                            b.compared
+                        )
+                    })
+                    .collect();
+                bindings.join("; ")
+            }
+            "policies" => {
+                let policies: Vec<String> = self
+                    .state
+                    .policies()
+                    .iter()
+                    .map(|p| {
+                        format!(
+                            "{}@{} at={} meta={}",
+                            p.name, p.version, p.deployed_at, p.meta_name
+                        )
+                    })
+                    .collect();
+                policies.join("; ")
+            }
             other => panic!("unknown query ?{other}"),
         }
     }
@@ -236,7 +337,40 @@ fn parse_command(verb: &str, args: &[&str]) -> Command {
             session_id: number(positional[0]),
             name: positional[1].to_string(),
         },
+        "deploy" => Command::DeployPolicy {
+            name: positional[0].to_string(),
+            wasm: test_module(options.get("module").unwrap_or(&positional[0])),
+        },
+        "bind" => Command::BindPolicy {
+            prefix: prefix_arg(positional[0]),
+            policy: positional[1].to_string(),
+            version: option("v", 0),
+            config: options
+                .get("config")
+                .map_or_else(Vec::new, |c| c.as_bytes().to_vec()),
+            mode: bind_mode(&positional),
+        },
+        "unbind" => Command::Unbind {
+            prefix: prefix_arg(positional[0]),
+            mode: bind_mode(&positional),
+        },
         other => panic!("unknown command {other:?}"),
+    }
+}
+
+fn prefix_arg(word: &str) -> String {
+    if word == "-" {
+        String::new()
+    } else {
+        word.to_string()
+    }
+}
+
+fn bind_mode(positional: &[&str]) -> BindMode {
+    if positional.contains(&"shadow") {
+        BindMode::Shadow
+    } else {
+        BindMode::Enforce
     }
 }
 
@@ -271,6 +405,19 @@ pub(crate) fn render_outcome(outcome: &Outcome) -> String {
         Outcome::Released { token, released_at } => format!("released t{token} @{released_at}"),
         Outcome::WaitCancelled => "wait-cancelled".to_string(),
         Outcome::Proclaimed { token } => format!("proclaimed t{token}"),
+        Outcome::PolicyDeployed {
+            name,
+            version,
+            created,
+            ..
+        } => format!("deployed {name}@{version} created={created}"),
+        Outcome::PolicyBound {
+            prefix,
+            policy,
+            version,
+            mode,
+        } => format!("bound {prefix:?} {policy}@{version} {mode:?}"),
+        Outcome::PolicyUnbound { prefix, mode } => format!("unbound {prefix:?} {mode:?}"),
         Outcome::Rejected(rejection) => format!("rejected {rejection:?}"),
     }
 }
@@ -335,6 +482,29 @@ pub(crate) fn render_event(event: &Event) -> String {
             reason,
             ..
         } => format!("left {name} s{session_id} {reason:?}"),
+        Event::PolicyDeployed { name, version } => format!("policy-deployed {name}@{version}"),
+        Event::PolicyBound {
+            prefix,
+            policy,
+            version,
+            mode,
+        } => format!("policy-bound {prefix:?} {policy}@{version} {mode:?}"),
+        Event::PolicyUnbound { prefix, mode } => format!("policy-unbound {prefix:?} {mode:?}"),
+        Event::PolicyFault {
+            name,
+            prefix,
+            policy,
+            version,
+            mode,
+            hook,
+        } => format!("policy-fault {name} {prefix:?} {policy}@{version} {mode:?} {hook}"),
+        Event::PolicyDisagreement {
+            name,
+            prefix,
+            policy,
+            version,
+            hook,
+        } => format!("policy-disagreement {name} {prefix:?} {policy}@{version} {hook}"),
     }
 }
 

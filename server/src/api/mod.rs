@@ -5,6 +5,7 @@
 mod elections;
 mod locks;
 mod peer;
+mod policies;
 mod sessions;
 pub mod status;
 mod validate;
@@ -21,6 +22,7 @@ use crate::node::Node;
 pub use elections::ElectionsApi;
 pub use locks::LocksApi;
 pub use peer::PeerApi;
+pub use policies::PoliciesApi;
 pub use sessions::SessionsApi;
 pub use watch::WatchApi;
 

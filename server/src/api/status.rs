@@ -13,7 +13,10 @@ pub const LEADER_ADDR_HEADER: &str = "holdfast-leader-addr";
 
 pub fn rejection_status(rejection: &Rejection) -> Status {
     let code = match rejection {
-        Rejection::UnknownSession { .. } | Rejection::SessionEnded { .. } => Code::NotFound,
+        Rejection::UnknownSession { .. }
+        | Rejection::SessionEnded { .. }
+        | Rejection::UnknownPolicy { .. }
+        | Rejection::NotBound { .. } => Code::NotFound,
         Rejection::InvalidArgument { .. } => Code::InvalidArgument,
         Rejection::StaleToken { .. }
         | Rejection::NotHeld { .. }

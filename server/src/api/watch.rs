@@ -43,6 +43,13 @@ fn release_reason(reason: ReleaseReason) -> pb::EventReason {
     }
 }
 
+pub(super) fn bind_mode_to_pb(mode: holdfast_core::BindMode) -> pb::BindMode {
+    match mode {
+        holdfast_core::BindMode::Enforce => pb::BindMode::Enforce,
+        holdfast_core::BindMode::Shadow => pb::BindMode::Shadow,
+    }
+}
+
 fn leave_reason(reason: LeaveReason) -> pb::EventReason {
     match reason {
         LeaveReason::TimedOut => pb::EventReason::TimedOut,
@@ -62,10 +69,15 @@ fn event_to_pb(event: &Event, prefix: &str) -> Option<pb::WatchEvent> {
         | Event::Proclaimed { principal, .. }
         | Event::Released { principal, .. }
         | Event::Queued { principal, .. }
-        | Event::LeftQueue { principal, .. } => principal,
+        | Event::LeftQueue { principal, .. } => principal.as_str(),
+        Event::PolicyDeployed { .. }
+        | Event::PolicyBound { .. }
+        | Event::PolicyUnbound { .. }
+        | Event::PolicyFault { .. }
+        | Event::PolicyDisagreement { .. } => "",
     };
     event_kind_to_pb(event, prefix).map(|e| pb::WatchEvent {
-        principal: principal.clone(),
+        principal: principal.to_owned(),
         ..e
     })
 }
@@ -149,6 +161,62 @@ fn event_kind_to_pb(event: &Event, prefix: &str) -> Option<pb::WatchEvent> {
             ..
         } => lock(name, pb::EventKind::LeftQueue, *session_id).map(|e| pb::WatchEvent {
             reason: leave_reason(*reason) as i32,
+            ..e
+        }),
+        Event::PolicyDeployed { name, version } => {
+            session(pb::EventKind::PolicyDeployed, 0).map(|e| pb::WatchEvent {
+                policy: name.clone(),
+                policy_version: *version,
+                ..e
+            })
+        }
+        Event::PolicyBound {
+            prefix: bound,
+            policy,
+            version,
+            mode,
+        } => lock(bound, pb::EventKind::PolicyBound, 0).map(|e| pb::WatchEvent {
+            policy: policy.clone(),
+            policy_version: *version,
+            prefix: bound.clone(),
+            bind_mode: bind_mode_to_pb(*mode) as i32,
+            ..e
+        }),
+        Event::PolicyUnbound {
+            prefix: bound,
+            mode,
+        } => lock(bound, pb::EventKind::PolicyUnbound, 0).map(|e| pb::WatchEvent {
+            prefix: bound.clone(),
+            bind_mode: bind_mode_to_pb(*mode) as i32,
+            ..e
+        }),
+        Event::PolicyFault {
+            name,
+            prefix: bound,
+            policy,
+            version,
+            mode,
+            hook,
+        } => lock(name, pb::EventKind::PolicyFault, 0).map(|e| pb::WatchEvent {
+            policy: policy.clone(),
+            policy_version: *version,
+            prefix: bound.clone(),
+            bind_mode: bind_mode_to_pb(*mode) as i32,
+            hook: hook.clone(),
+            ..e
+        }),
+        Event::PolicyDisagreement {
+            name,
+            prefix: bound,
+            policy,
+            version,
+            hook,
+        } => lock(name, pb::EventKind::PolicyDisagreement, 0).map(|e| pb::WatchEvent {
+            policy: policy.clone(),
+            policy_version: *version,
+            prefix: bound.clone(),
+            bind_mode: pb::BindMode::Shadow as i32,
+            hook: hook.clone(),
             ..e
         }),
     }

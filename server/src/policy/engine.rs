@@ -16,18 +16,20 @@ use wasmtime::{
 pub const POLICY_FUEL_PER_HOOK: u64 = 10_000_000;
 /// Fuel for one `holdfast_alloc` call (its own budget, set right before it).
 pub const POLICY_FUEL_PER_ALLOC: u64 = 1_000_000;
-/// Largest linear memory of a policy instance, in 64 KiB wasm pages (16 MiB).
-pub const POLICY_MEMORY_PAGES_MAX: u64 = 256;
+/// Largest linear memory of a policy instance, in 64 KiB wasm pages (core's limit: declared
+/// memory is checked against the same number at deploy).
+pub const POLICY_MEMORY_PAGES_MAX: u64 = holdfast_core::limits::POLICY_MEMORY_PAGES_MAX;
 /// Bytes in one wasm page.
 pub const WASM_PAGE_BYTES: u64 = 65_536;
 /// Largest policy module accepted, in bytes.
-pub const POLICY_MODULE_BYTES_MAX: usize = 1 << 20;
+pub const POLICY_MODULE_BYTES_MAX: usize = holdfast_core::limits::POLICY_MODULE_BYTES_MAX;
 /// Largest reply a hook may return, in bytes.
 pub const POLICY_REPLY_BYTES_MAX: usize = 64 << 10;
 /// Input lists (waiters, candidates, held) are cut to this many entries, keeping the first.
 pub const POLICY_LIST_MAX: usize = 256;
 /// Largest table of a policy module, in elements (declared minimum and growth).
-pub const POLICY_TABLE_ELEMENTS_MAX: usize = 10_000;
+pub const POLICY_TABLE_ELEMENTS_MAX: usize =
+    holdfast_core::limits::POLICY_TABLE_ELEMENTS_MAX as usize;
 /// Native stack available to guest code: a backstop only, overflow depth is not deterministic
 /// across builds (docs/policy-abi.md §7, stack).
 pub const POLICY_NATIVE_STACK_BYTES: usize = 1 << 20;

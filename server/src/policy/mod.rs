@@ -6,18 +6,21 @@
 //! - [`module`]: deploy-time checks and compilation ([`PolicyModule::compile`]).
 //! - [`runtime`]: [`WasmPolicy`], one instance per log entry, fallbacks on guest failure.
 //! - [`cache`]: compiled modules by SHA-256.
-//!
-//! Not wired into apply yet: the shell will create a `WasmPolicy` per entry once Deploy/Bind
-//! exist.
+//! - [`host`]: the apply loop's `PolicyHost` (one per entry) over its own engine and cache.
+//! - [`precheck`]: what the receiving node checks before proposing a `DeployPolicy`.
 
 pub mod cache;
 pub mod engine;
+pub mod host;
 pub mod module;
+pub mod precheck;
 pub mod runtime;
 #[cfg(test)]
 mod tests;
 
 pub use cache::ModuleCache;
 pub use engine::policy_engine;
+pub use host::ApplyPolicies;
 pub use module::{Hook, PolicyError, PolicyModule};
+pub use precheck::Precheck;
 pub use runtime::{GuestFault, WasmPolicy};

@@ -11,21 +11,12 @@
 use std::collections::BTreeSet;
 use std::fmt;
 
-use holdfast_policy_abi::Limits;
+pub use holdfast_core::POLICY_ABI_LIMITS;
 pub use holdfast_policy_abi::{AbiError, Hook};
 use sha2::{Digest, Sha256};
 use wasmtime::{Engine, InstancePre, Linker, Module};
 
-use super::engine::{POLICY_MEMORY_PAGES_MAX, POLICY_MODULE_BYTES_MAX, POLICY_TABLE_ELEMENTS_MAX};
 use super::runtime::{HostState, link_debug_log};
-
-/// The static limits of deploy: the host's, integer-only.
-pub const POLICY_ABI_LIMITS: Limits = Limits {
-    module_bytes_max: POLICY_MODULE_BYTES_MAX,
-    memory_pages_max: POLICY_MEMORY_PAGES_MAX,
-    table_elements_max: POLICY_TABLE_ELEMENTS_MAX as u64,
-    allow_floats: false,
-};
 
 /// Why a module was rejected at deploy. Messages are for operators; never replicate them
 /// (the engine's text is version-specific).

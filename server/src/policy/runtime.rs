@@ -7,7 +7,7 @@
 //! `set_fuel` right before the hook, call, bounds-check and decode the reply, validate it
 //! (§6). Any guest failure — trap, out of fuel, memory limit, bad pointer or length,
 //! undecodable or invalid reply — gives the hook's documented fallback and is counted
-//! ([`WasmPolicy::fault_count`]); the faulted instance is dropped and a later hook of the same
+//! ([`PolicyRuntime::fault_count`]); the faulted instance is dropped and a later hook of the same
 //! entry starts a fresh one. A hook the module does not export runs [`BuiltinFifo`] without
 //! touching wasm. Environmental failures (instantiation failing for a reason that is not a
 //! guest trap, an exhausted pool, the host failing to allocate guest memory) panic: a replica
@@ -59,6 +59,29 @@ pub enum GuestFault {
     Undecodable,
     /// The reply decoded but failed validation.
     InvalidReply(&'static str),
+}
+
+impl GuestFault {
+    /// A short, stable description (trap kinds by name, never engine message text).
+    pub fn kind(&self) -> String {
+        match self {
+            GuestFault::Trap(trap) => format!("trap: {trap}"),
+            other => other.kind_name().to_string(),
+        }
+    }
+
+    fn kind_name(&self) -> &'static str {
+        match self {
+            GuestFault::InstantiationTrap => "instantiation trapped",
+            GuestFault::Trap(_) => "trap",
+            GuestFault::MemoryLimit => "memory limit",
+            GuestFault::InputOutOfBounds => "input buffer out of bounds",
+            GuestFault::ReplyTooLarge(_) => "reply too large",
+            GuestFault::ReplyOutOfBounds => "reply out of bounds",
+            GuestFault::Undecodable => "undecodable reply",
+            GuestFault::InvalidReply(_) => "invalid reply",
+        }
+    }
 }
 
 /// Store data of a policy instance: the memory limiter and the debug-log budget.
@@ -151,6 +174,7 @@ struct Live {
 pub struct WasmPolicy {
     module: Arc<PolicyModule>,
     config: Arc<[u8]>,
+    fuel_per_hook: u64,
     live: Option<Live>,
     faults: BTreeMap<Hook, u64>,
     last_fault: Option<(Hook, GuestFault)>,
@@ -162,15 +186,18 @@ impl WasmPolicy {
         WasmPolicy {
             module,
             config,
+            fuel_per_hook: POLICY_FUEL_PER_HOOK,
             live: None,
             faults: BTreeMap::new(),
             last_fault: None,
         }
     }
 
-    /// Guest failures so far (each gave a fallback).
-    pub fn fault_count(&self) -> u64 {
-        self.faults.values().sum()
+    /// Runs every hook with `fuel` instead of `POLICY_FUEL_PER_HOOK` (deploy pre-checks use
+    /// a fraction of the budget, so a module that passes them has headroom in apply).
+    pub fn with_fuel_per_hook(mut self, fuel: u64) -> WasmPolicy {
+        self.fuel_per_hook = fuel;
+        self
     }
 
     /// Guest failures so far, per hook.
@@ -212,8 +239,26 @@ impl WasmPolicy {
         request: &impl Message,
     ) -> Result<R, GuestFault> {
         let input = request.encode_to_vec();
-        let reply = self.live().and_then(|live| call_raw(live, hook, &input))?;
+        let fuel = self.fuel_per_hook;
+        let reply = self
+            .live()
+            .and_then(|live| call_raw(live, hook, &input, fuel))?;
         R::decode(reply.as_slice()).map_err(|_| GuestFault::Undecodable)
+    }
+
+    fn init_wasm(&mut self, prefix: &str) -> Result<Result<(), String>, GuestFault> {
+        let request = pb::InitRequest {
+            config: self.config.to_vec(),
+            binding_prefix: prefix.to_string(),
+        };
+        let reply: pb::InitReply = self.call(Hook::Init, &request)?;
+        Ok(if reply.ok {
+            Ok(())
+        } else if reply.error.is_empty() {
+            Err("config refused".to_string())
+        } else {
+            Err(reply.error)
+        })
     }
 
     fn admit_wasm(&mut self, input: &AdmitInput<'_>) -> Result<AdmitDecision, GuestFault> {
@@ -254,6 +299,26 @@ impl WasmPolicy {
 }
 
 impl PolicyRuntime for WasmPolicy {
+    /// Runs `init` on the binding's config (the one this policy was created with; `config` is
+    /// the same bytes). A guest failure refuses the binding.
+    fn init(&mut self, config: &[u8], prefix: &str) -> Result<(), String> {
+        debug_assert_eq!(config, &*self.config);
+        if !self.module.exports(Hook::Init) {
+            return Ok(());
+        }
+        self.init_wasm(prefix).unwrap_or_else(|fault| {
+            self.record_fault(Hook::Init, fault.clone());
+            Err(format!(
+                "{POLICY_ERROR_REASON}: init failed ({})",
+                fault.kind()
+            ))
+        })
+    }
+
+    fn fault_count(&self) -> u64 {
+        self.faults.values().sum()
+    }
+
     fn admit(&mut self, input: &AdmitInput<'_>) -> AdmitDecision {
         if !self.module.exports(Hook::Admit) {
             return BuiltinFifo.admit(input);
@@ -339,7 +404,7 @@ fn instantiate(module: &PolicyModule) -> Result<Live, GuestFault> {
 }
 
 /// One call following the ABI's calling convention; returns the raw reply bytes.
-fn call_raw(live: &mut Live, hook: Hook, input: &[u8]) -> Result<Vec<u8>, GuestFault> {
+fn call_raw(live: &mut Live, hook: Hook, input: &[u8], fuel: u64) -> Result<Vec<u8>, GuestFault> {
     let hook_func = live
         .instance
         .get_typed_func::<(i32, i32), i64>(&mut live.store, hook.export_name())
@@ -363,7 +428,7 @@ fn call_raw(live: &mut Live, hook: Hook, input: &[u8]) -> Result<Vec<u8>, GuestF
         .map_err(|_| GuestFault::InputOutOfBounds)?;
 
     live.store
-        .set_fuel(POLICY_FUEL_PER_HOOK)
+        .set_fuel(fuel)
         .expect("policy engine meters fuel");
     let packed = hook_func
         .call(&mut live.store, (ptr, len))
@@ -515,8 +580,8 @@ fn lock_request(input: &AdmitInput<'_>) -> pb::LockRequest {
 }
 
 fn admit_request(config: &[u8], input: &AdmitInput<'_>) -> pb::AdmitRequest {
-    let (waiters, waiters_truncated) = waiters(input.waiters);
-    let tenant = input.labels.get("tenant").cloned().unwrap_or_default();
+    let (waiters, waiters_truncated) = waiters(&input.waiters);
+    let counters = &input.counters;
     pb::AdmitRequest {
         config: config.to_vec(),
         now_ms: input.now_ms,
@@ -524,14 +589,15 @@ fn admit_request(config: &[u8], input: &AdmitInput<'_>) -> pb::AdmitRequest {
         request: Some(lock_request(input)),
         principal: input.principal.to_string(),
         labels: labels(input.labels),
-        holders: holders(input.holders),
+        holders: holders(&input.holders),
         waiters,
         waiters_truncated,
-        // The hold/wait counts under the binding prefix are not computed by core yet (they
-        // come with Bind); until then they are 0.
         counters: Some(pb::Counters {
-            tenant,
-            ..pb::Counters::default()
+            principal_holds: counters.principal_holds,
+            principal_waits: counters.principal_waits,
+            tenant: counters.tenant.clone(),
+            tenant_holds: counters.tenant_holds,
+            tenant_waits: counters.tenant_waits,
         }),
     }
 }
@@ -551,7 +617,7 @@ fn choose_next_request(config: &[u8], input: &NextInput<'_>) -> pb::ChooseNextRe
 }
 
 fn lease_for_request(config: &[u8], input: &AdmitInput<'_>) -> pb::LeaseForRequest {
-    let (waiters, waiters_truncated) = waiters(input.waiters);
+    let (waiters, waiters_truncated) = waiters(&input.waiters);
     pb::LeaseForRequest {
         config: config.to_vec(),
         now_ms: input.now_ms,
@@ -559,7 +625,7 @@ fn lease_for_request(config: &[u8], input: &AdmitInput<'_>) -> pb::LeaseForReque
         request: Some(lock_request(input)),
         principal: input.principal.to_string(),
         labels: labels(input.labels),
-        holders: holders(input.holders),
+        holders: holders(&input.holders),
         waiters,
         waiters_truncated,
     }

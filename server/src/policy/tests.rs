@@ -8,8 +8,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use holdfast_core::{
-    AcquireRequest, AdmitDecision, AdmitInput, BuiltinFifo, Command, Entry, Event, HolderView,
-    LeaseDecision, Mode, NextInput, PolicyRuntime, SessionId, State, WaiterView, apply,
+    AcquireRequest, AdmitDecision, AdmitInput, BuiltinFifo, Command, Counters, Entry, Event,
+    HolderView, LeaseDecision, Mode, NextInput, PolicyRuntime, SessionId, State, WaiterView, apply,
 };
 use wasmtime::Engine;
 
@@ -148,8 +148,9 @@ fn admit_input<'a>(
         request,
         principal: "alice",
         labels,
-        holders,
-        waiters,
+        holders: holders.to_vec(),
+        waiters: waiters.to_vec(),
+        counters: Counters::default(),
         now_ms: 20,
         log_index: 7,
     }
@@ -366,7 +367,7 @@ fn fifo_module_matches_builtin_fifo_through_apply() {
         let entry = commands.entry(log_index);
         let expected = apply(&mut native, &entry, &mut BuiltinFifo);
         let mut policy = WasmPolicy::new(Arc::clone(&module), no_config());
-        let actual = apply(&mut wasm, &entry, &mut policy);
+        let actual = apply(&mut wasm, &entry, &mut policy as &mut dyn PolicyRuntime);
         assert_eq!(actual, expected, "entry {log_index}: {entry:?}");
         assert_eq!(
             policy.fault_count(),

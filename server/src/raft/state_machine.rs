@@ -9,7 +9,7 @@ use std::io;
 use std::sync::{Arc, RwLock};
 
 use futures::{Stream, TryStreamExt};
-use holdfast_core::{BuiltinFifo, Command, State};
+use holdfast_core::{Command, State};
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend};
 use rocksdb::{DB, WriteOptions};
@@ -17,6 +17,7 @@ use tokio::sync::watch;
 
 use super::log_store::CF_META;
 use super::{LogId, Response, Snapshot, SnapshotMeta, StoredMembership, TypeConfig, codec};
+use crate::policy::ApplyPolicies;
 use crate::waiters::Waiters;
 use crate::watch::WatchHub;
 
@@ -54,6 +55,8 @@ struct StoredSnapshot {
 pub struct StateMachineStore {
     shared: Arc<Shared>,
     db: Arc<DB>,
+    /// The wasm policy engine and compiled modules of this replica's apply loop.
+    policies: ApplyPolicies,
 }
 
 impl StateMachineStore {
@@ -73,7 +76,12 @@ impl StateMachineStore {
             waiters: Waiters::default(),
             watch: WatchHub::new(start_index),
         });
-        Ok(StateMachineStore { shared, db })
+        let policies = ApplyPolicies::new().map_err(io::Error::other)?;
+        Ok(StateMachineStore {
+            shared,
+            db,
+            policies,
+        })
     }
 
     pub fn shared(&self) -> Arc<Shared> {
@@ -138,7 +146,6 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     where
         Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
     {
-        let mut policy = BuiltinFifo;
         while let Some((entry, responder)) = entries.try_next().await? {
             let log_index = entry.log_id.index;
             let log_id = entry.log_id;
@@ -166,7 +173,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                         events: Vec::new(),
                     }
                 } else {
-                    holdfast_core::apply(&mut applied.state, &core_entry, &mut policy)
+                    // A fresh policy host per entry: no instance outlives its entry.
+                    let mut host = self.policies.for_entry();
+                    holdfast_core::apply(&mut applied.state, &core_entry, &mut host)
                 };
                 if cfg!(debug_assertions)
                     && let Err(broken) = applied.state.check_invariants()

@@ -5,6 +5,7 @@ mod cli;
 mod client;
 mod elections;
 mod mutual_exclusion;
+mod policies;
 mod python;
 mod quorum;
 mod restart;

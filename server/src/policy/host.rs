@@ -1,0 +1,87 @@
+//! The policy host of the apply loop: [`ApplyPolicies`] owns the policy engine and the compiled
+//! modules; [`ApplyPolicies::for_entry`] gives `core::apply` a [`PolicyHost`] for ONE entry,
+//! which instantiates each bound module at most once for that entry and drops every instance
+//! with it (instances never carry state from one entry to the next).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use holdfast_core::{BoundModule, BuiltinFifo, PolicyHost, PolicyRuntime};
+use wasmtime::Engine;
+
+use super::cache::ModuleCache;
+use super::engine::policy_engine;
+use super::module::hex;
+use super::runtime::WasmPolicy;
+
+/// Engine and compiled-module cache of the apply loop. Its own engine (and instance pool):
+/// deploy pre-checks on the API side use another, so they can never exhaust this pool.
+pub struct ApplyPolicies {
+    engine: Engine,
+    cache: ModuleCache,
+}
+
+impl ApplyPolicies {
+    pub fn new() -> anyhow::Result<ApplyPolicies> {
+        let engine =
+            policy_engine().map_err(|error| anyhow::anyhow!("policy engine: {error:#}"))?;
+        Ok(ApplyPolicies {
+            engine,
+            cache: ModuleCache::new(),
+        })
+    }
+
+    /// The host for one entry.
+    pub fn for_entry(&mut self) -> EntryHost<'_> {
+        EntryHost {
+            engine: &self.engine,
+            cache: &mut self.cache,
+            builtin: BuiltinFifo,
+            live: BTreeMap::new(),
+        }
+    }
+}
+
+/// The policy host of one log entry. See the module docs.
+pub struct EntryHost<'a> {
+    engine: &'a Engine,
+    cache: &'a mut ModuleCache,
+    builtin: BuiltinFifo,
+    /// One runtime per (module, config) used by this entry.
+    live: BTreeMap<([u8; 32], Vec<u8>), WasmPolicy>,
+}
+
+impl PolicyHost for EntryHost<'_> {
+    /// Compiles the module (cached by hash). The engine and the module bytes are the same on
+    /// every replica, so the answer is too.
+    fn prepare(&mut self, _sha256: &[u8; 32], wasm: &[u8]) -> Result<(), String> {
+        self.cache
+            .get_or_compile(self.engine, wasm)
+            .map(|_| ())
+            .map_err(|error| error.to_string())
+    }
+
+    fn runtime(&mut self, module: Option<&BoundModule<'_>>) -> &mut dyn PolicyRuntime {
+        let Some(module) = module else {
+            return &mut self.builtin;
+        };
+        let key = (*module.sha256, module.config.to_vec());
+        let (engine, cache) = (self.engine, &mut *self.cache);
+        self.live.entry(key).or_insert_with(|| {
+            // It compiled when it was deployed, with this engine: failing now is environmental
+            // (or a changed engine, which must be treated like a log-format change).
+            let compiled = cache
+                .get_or_compile(engine, module.wasm)
+                .unwrap_or_else(|error| {
+                    panic!(
+                        "policy {}@{} (sha256 {}) was deployed but does not compile here \
+                     (fail-stop): {error}",
+                        module.policy,
+                        module.version,
+                        hex(module.sha256)
+                    )
+                });
+            WasmPolicy::new(compiled, Arc::from(module.config))
+        })
+    }
+}

@@ -1,0 +1,133 @@
+//! What the receiving node checks before it proposes a `DeployPolicy`: the module compiles
+//! with the policy engine (after the ABI v1 checks), and every exported hook runs on a sample
+//! input under half the per-hook fuel budget without a guest failure. `init` runs first with
+//! an empty config; if the policy refuses an empty config (it needs one), the other hooks are
+//! not sampled, since they may assume a config `init` accepted. Apply re-validates the module
+//! deterministically (ABI checks + compile); these sample runs only catch broken modules
+//! (infinite loops, traps, memory bombs) before they reach the log.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use holdfast_core::{
+    AcquireRequest, AdmitInput, Counters, HolderView, Mode, NextInput, PolicyRuntime, WaiterView,
+};
+use wasmtime::Engine;
+
+use super::engine::{POLICY_FUEL_PER_HOOK, policy_engine};
+use super::module::{Hook, PolicyModule};
+use super::runtime::WasmPolicy;
+
+/// Fuel of each sample hook call: half the real budget, so a module that passes has headroom.
+pub const PRECHECK_FUEL_PER_HOOK: u64 = POLICY_FUEL_PER_HOOK / 2;
+
+/// The deploy pre-check, with its own engine (built on first use).
+#[derive(Default)]
+pub struct Precheck {
+    engine: Mutex<Option<Engine>>,
+}
+
+/// What a module that passed looks like.
+#[derive(Clone, Debug)]
+pub struct Checked {
+    pub hooks: Vec<Hook>,
+    pub meta_name: String,
+    pub meta_version: String,
+}
+
+impl Precheck {
+    /// Checks `wasm`; `Err` is a message for the operator. CPU-bound (compiling takes from
+    /// tens of milliseconds to seconds): call it off the async runtime.
+    pub fn check(&self, wasm: &[u8]) -> Result<Checked, String> {
+        let engine = {
+            let mut slot = self.engine.lock().expect("precheck engine lock");
+            if slot.is_none() {
+                *slot = Some(policy_engine().map_err(|error| format!("policy engine: {error:#}"))?);
+            }
+            slot.clone().expect("built above")
+        };
+        let module = Arc::new(PolicyModule::compile(&engine, wasm).map_err(|e| e.to_string())?);
+        let mut policy = WasmPolicy::new(Arc::clone(&module), Arc::from(&b""[..]))
+            .with_fuel_per_hook(PRECHECK_FUEL_PER_HOOK);
+        let sampled = |policy: &WasmPolicy, hook: Hook| -> Result<(), String> {
+            match policy.last_fault() {
+                Some((faulted, fault)) if policy.fault_count() > 0 => Err(format!(
+                    "hook {faulted} failed on a sample input ({}){}",
+                    fault.kind(),
+                    if *faulted == hook {
+                        String::new()
+                    } else {
+                        format!(" while sampling {hook}")
+                    }
+                )),
+                _ => Ok(()),
+            }
+        };
+        let accepts_empty_config = policy.init(b"", "").is_ok();
+        sampled(&policy, Hook::Init)?;
+        if accepts_empty_config {
+            let request = AcquireRequest {
+                session_id: 3,
+                request_id: 1,
+                name: "precheck/lock".to_string(),
+                mode: Mode::Exclusive,
+                max_holders: 0,
+                wait_timeout_ms: 1_000,
+                priority: 1,
+                value: Vec::new(),
+            };
+            let labels = BTreeMap::from([("tenant".to_string(), "precheck".to_string())]);
+            let holder = HolderView {
+                session_id: 1,
+                token: 2,
+                mode: Mode::Exclusive,
+                since_ms: 10,
+                lease_expires_at_ms: None,
+                value: Vec::new(),
+            };
+            let waiters: Vec<WaiterView> = (4..7)
+                .map(|session_id| WaiterView {
+                    session_id,
+                    mode: if session_id == 5 {
+                        Mode::Shared
+                    } else {
+                        Mode::Exclusive
+                    },
+                    priority: session_id as i32 - 5,
+                    queued_at_ms: session_id * 10,
+                })
+                .collect();
+            let input = AdmitInput {
+                request: &request,
+                principal: "precheck",
+                labels: &labels,
+                holders: vec![holder],
+                waiters: waiters.clone(),
+                counters: Counters {
+                    tenant: "precheck".to_string(),
+                    ..Counters::default()
+                },
+                now_ms: 100,
+                log_index: 8,
+            };
+            policy.admit(&input);
+            sampled(&policy, Hook::Admit)?;
+            policy.lease_for(&input);
+            sampled(&policy, Hook::LeaseFor)?;
+            policy.choose_next(&NextInput {
+                name: "precheck/lock",
+                holders: &[],
+                waiters: &waiters,
+                max_holders: 1,
+                now_ms: 100,
+                log_index: 8,
+            });
+            sampled(&policy, Hook::ChooseNext)?;
+        }
+        Ok(Checked {
+            hooks: module.hooks().iter().copied().collect(),
+            meta_name: module.name().to_string(),
+            meta_version: module.version().to_string(),
+        })
+    }
+}
