@@ -264,6 +264,13 @@ impl State {
         self.deadlines.first().map(|deadline| deadline.at_ms)
     }
 
+    /// TEST ONLY: changes the state without a log entry, as a divergent replica would (the
+    /// determinism guard's tests use it through a test-only server setting).
+    #[doc(hidden)]
+    pub fn perturb_for_divergence_test(&mut self) {
+        self.policy_fault_count += 1;
+    }
+
     /// How many policy answers apply replaced with the built-in behaviour so far.
     pub fn policy_fault_count(&self) -> u64 {
         self.policy_fault_count

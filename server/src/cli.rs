@@ -140,6 +140,8 @@ pub async fn status(connection: &Connection) -> anyhow::Result<ExitCode> {
                         "endpoint": endpoint, "node_id": s.node_id, "leader_id": s.leader_id, "term": s.term,
                         "last_log_index": s.last_log_index, "applied_index": s.applied_index, "now_ms": s.now_ms,
                         "voters": s.voters, "sessions": s.session_count, "state_digest": s.state_digest,
+                        "checkpoint_index": s.checkpoint_index, "checkpoint_digest": s.checkpoint_digest,
+                        "digest_mismatches": s.digest_mismatches, "divergence": s.divergence,
                     }),
                     Err(e) => json!({ "endpoint": endpoint, "error": e.message() }),
                 })
@@ -163,6 +165,14 @@ pub async fn status(connection: &Connection) -> anyhow::Result<ExitCode> {
                         &s.state_digest[..s.state_digest.len().min(16)]
                     ),
                     Err(e) => println!("{endpoint:<22} unreachable: {}", e.message()),
+                }
+                if let Ok(s) = r
+                    && !s.divergence.is_empty()
+                {
+                    println!(
+                        "{endpoint:<22} DETERMINISM GUARD ALARM ({} mismatches): {}",
+                        s.digest_mismatches, s.divergence
+                    );
                 }
             }
             println!(

@@ -58,6 +58,17 @@ pub struct NodeConfig {
     /// authentication exists, whoever reaches the port could change lock semantics.
     #[serde(default)]
     pub allow_policy_admin: bool,
+    /// Record a state digest every this many applied entries and compare it with the peers'
+    /// (the determinism guard); 0 = off.
+    #[serde(default = "default_checkpoint_every_entries")]
+    pub checkpoint_every_entries: u64,
+}
+
+/// Default checkpoint interval of the determinism guard.
+pub const CHECKPOINT_EVERY_ENTRIES_DEFAULT: u64 = 1_000;
+
+fn default_checkpoint_every_entries() -> u64 {
+    CHECKPOINT_EVERY_ENTRIES_DEFAULT
 }
 
 impl NodeConfig {

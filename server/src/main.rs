@@ -100,6 +100,10 @@ struct ServeArgs {
     /// reach the port could change lock semantics).
     #[arg(long, env = "HOLDFAST_ALLOW_POLICY_ADMIN")]
     allow_policy_admin: bool,
+    /// Determinism guard: digest the state every N applied entries and compare with the peers
+    /// (0 = off; default 1000).
+    #[arg(long, env = "HOLDFAST_CHECKPOINT_EVERY_ENTRIES")]
+    checkpoint_every_entries: Option<u64>,
 }
 
 #[derive(Args)]
@@ -127,6 +131,7 @@ struct FileConfig {
     raft: RaftTiming,
     #[serde(default)]
     allow_policy_admin: bool,
+    checkpoint_every_entries: Option<u64>,
 }
 
 fn parse_id_map(map: BTreeMap<String, String>) -> anyhow::Result<BTreeMap<u64, String>> {
@@ -183,6 +188,10 @@ fn node_config(args: ServeArgs) -> anyhow::Result<NodeConfig> {
         data_dir,
         raft,
         allow_policy_admin: args.allow_policy_admin || file.allow_policy_admin,
+        checkpoint_every_entries: args
+            .checkpoint_every_entries
+            .or(file.checkpoint_every_entries)
+            .unwrap_or(holdfast_server::config::CHECKPOINT_EVERY_ENTRIES_DEFAULT),
     })
 }
 
@@ -226,6 +235,7 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
             raft: RaftTiming::default(),
             // The local tour deploys policies; `dev` listens on loopback only.
             allow_policy_admin: true,
+            checkpoint_every_entries: holdfast_server::config::CHECKPOINT_EVERY_ENTRIES_DEFAULT,
         };
         nodes.push(
             server::start(config)

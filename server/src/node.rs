@@ -395,6 +395,56 @@ impl Node {
         }
     }
 
+    /// The determinism guard's loop (`crate::guard`): every `GUARD_POLL_MS`, fetch each other
+    /// voter's checkpoints and compare them with ours; a mismatch is logged as an error and
+    /// kept for `Cluster.Status`.
+    pub async fn run_divergence_guard(self: Arc<Node>) {
+        let poll = Duration::from_millis(crate::guard::GUARD_POLL_MS);
+        let timeout = Duration::from_millis(crate::guard::GUARD_CALL_TIMEOUT_MS);
+        loop {
+            tokio::time::sleep(poll).await;
+            let others: Vec<(NodeId, String)> = {
+                let metrics = self.raft.metrics();
+                let metrics = metrics.borrow_watched();
+                let membership = metrics.membership_config.membership();
+                membership
+                    .voter_ids()
+                    .filter(|id| *id != self.id)
+                    .filter_map(|id| membership.get_node(&id).map(|n| (id, n.addr.clone())))
+                    .collect()
+            };
+            for (peer, addr) in others {
+                let theirs: Vec<(u64, [u8; 32])> = match self
+                    .peers
+                    .call(peer, Some(&addr), PeerRpc::Checkpoints, &(), timeout)
+                    .await
+                {
+                    Ok(theirs) => theirs,
+                    Err(error) => {
+                        tracing::debug!(peer, %error, "determinism guard: peer unreachable");
+                        continue;
+                    }
+                };
+                let found = self
+                    .shared
+                    .checkpoints
+                    .lock()
+                    .expect("checkpoints lock")
+                    .compare(peer, &theirs);
+                for mismatch in found {
+                    tracing::error!(
+                        index = mismatch.index,
+                        peer,
+                        ours = %crate::policy::module::hex(&mismatch.ours),
+                        theirs = %crate::policy::module::hex(&mismatch.theirs),
+                        "DETERMINISM GUARD: state digest differs from a peer's at the same log \
+                         index; a replica diverged"
+                    );
+                }
+            }
+        }
+    }
+
     /// The leader's heartbeat into the state machine: proposes a `Tick` when a deadline is due,
     /// keepalives are pending, or (while sessions exist) the idle interval has passed.
     pub async fn run_ticker(self: Arc<Node>) {

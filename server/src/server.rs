@@ -24,6 +24,7 @@ pub struct RunningNode {
     pub node: Arc<Node>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     ticker: JoinHandle<()>,
+    guard: JoinHandle<()>,
     shutdown: tokio::sync::oneshot::Sender<()>,
 }
 
@@ -31,6 +32,7 @@ impl RunningNode {
     /// Stops serving, stops Raft, and waits for both.
     pub async fn shutdown(self) -> anyhow::Result<()> {
         self.ticker.abort();
+        self.guard.abort();
         let _ = self.shutdown.send(());
         let _ = tokio::time::timeout(Duration::from_secs(5), self.server).await;
         self.node
@@ -49,8 +51,8 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
     let db = open_db(&config.data_dir)
         .with_context(|| format!("opening rocksdb in {}", config.data_dir.display()))?;
     let log_store = LogStore::new(Arc::clone(&db));
-    let state_machine =
-        StateMachineStore::open(Arc::clone(&db)).context("loading the last snapshot")?;
+    let state_machine = StateMachineStore::open(Arc::clone(&db), config.checkpoint_every_entries)
+        .context("loading the last snapshot")?;
     let shared = state_machine.shared();
 
     let timing = &config.raft;
@@ -167,6 +169,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
     }
 
     let ticker = tokio::spawn(Arc::clone(&node).run_ticker());
+    let guard = tokio::spawn(Arc::clone(&node).run_divergence_guard());
     tracing::info!(
         node_id = config.id,
         listen = %config.listen,
@@ -179,6 +182,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         node,
         server,
         ticker,
+        guard,
         shutdown,
     })
 }

@@ -55,6 +55,8 @@ struct NodeProcess {
     log_path: PathBuf,
     child: Option<Child>,
     starts: u32,
+    /// Extra environment of this node's process (from its next start on).
+    env: Vec<(String, String)>,
 }
 
 pub struct Cluster {
@@ -95,6 +97,7 @@ impl Cluster {
             .iter()
             .map(|(id, addr)| {
                 let node = NodeProcess {
+                    env: Vec::new(),
                     addr: addr.clone(),
                     data_dir: dir.path().join(format!("node-{id}")),
                     log_path: dir.path().join(format!("node-{id}.log")),
@@ -173,6 +176,7 @@ impl Cluster {
             ))
             .args(&peers)
             .args(&self.extra_args)
+            .envs(node.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env(
                 "RUST_LOG",
                 std::env::var("HOLDFAST_TEST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()),
@@ -193,6 +197,12 @@ impl Cluster {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Sets an environment variable for node `id`'s process from its next (re)start on.
+    pub fn set_env(&mut self, id: u64, key: &str, value: &str) {
+        let node = self.nodes.get_mut(&id).expect("known node");
+        node.env.push((key.to_owned(), value.to_owned()));
     }
 
     pub fn restart(&mut self, id: u64) {

@@ -97,6 +97,19 @@ impl pb::cluster_server::Cluster for ClusterApi {
         let (applied_index, now_ms, session_count, digest) = node
             .shared
             .read(|s| (s.applied_index(), s.now_ms(), s.session_count(), s.digest()));
+        let (checkpoint, digest_mismatches, divergence) = {
+            let checkpoints = node.shared.checkpoints.lock().expect("checkpoints lock");
+            let divergence = checkpoints.first_mismatch().map_or_else(String::new, |m| {
+                format!(
+                    "state digest at log index {} differs from node {}'s ({} here, {} there)",
+                    m.index,
+                    m.peer,
+                    crate::policy::module::hex(&m.ours),
+                    crate::policy::module::hex(&m.theirs)
+                )
+            });
+            (checkpoints.latest(), checkpoints.mismatches(), divergence)
+        };
         Ok(tonic::Response::new(pb::StatusResponse {
             node_id: node.id,
             leader_id: leader_id.unwrap_or(0),
@@ -107,7 +120,13 @@ impl pb::cluster_server::Cluster for ClusterApi {
             now_ms,
             voters,
             session_count: session_count as u64,
-            state_digest: digest.iter().map(|b| format!("{b:02x}")).collect(),
+            state_digest: crate::policy::module::hex(&digest),
+            checkpoint_index: checkpoint.map_or(0, |(index, _)| index),
+            checkpoint_digest: checkpoint.map_or_else(String::new, |(_, digest)| {
+                crate::policy::module::hex(&digest)
+            }),
+            digest_mismatches,
+            divergence,
         }))
     }
 }

@@ -95,4 +95,16 @@ impl Peer for PeerApi {
         let result = self.node.read_index_as_leader().await;
         reply(&result)
     }
+
+    async fn checkpoints(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
+        let () = decode(request)?;
+        let recent = self
+            .node
+            .shared
+            .checkpoints
+            .lock()
+            .expect("checkpoints lock")
+            .recent();
+        reply(&recent)
+    }
 }

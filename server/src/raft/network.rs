@@ -36,6 +36,7 @@ pub enum PeerRpc {
     Forward,
     Renew,
     ReadIndex,
+    Checkpoints,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -121,6 +122,7 @@ impl Peers {
                 PeerRpc::Forward => client.forward(message).await,
                 PeerRpc::Renew => client.renew(message).await,
                 PeerRpc::ReadIndex => client.read_index(message).await,
+                PeerRpc::Checkpoints => client.checkpoints(message).await,
             }
         };
         let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);

@@ -17,6 +17,7 @@ use tokio::sync::watch;
 
 use super::log_store::CF_META;
 use super::{LogId, Response, Snapshot, SnapshotMeta, StoredMembership, TypeConfig, codec};
+use crate::guard::{Checkpoints, TEST_DIVERGE_ENV};
 use crate::policy::ApplyPolicies;
 use crate::waiters::Waiters;
 use crate::watch::WatchHub;
@@ -38,6 +39,8 @@ pub struct Shared {
     pub applied_index: watch::Sender<u64>,
     pub waiters: Waiters,
     pub watch: WatchHub,
+    /// State digests at checkpoint entries (the determinism guard).
+    pub checkpoints: std::sync::Mutex<Checkpoints>,
 }
 
 impl Shared {
@@ -57,11 +60,16 @@ pub struct StateMachineStore {
     db: Arc<DB>,
     /// The wasm policy engine and compiled modules of this replica's apply loop.
     policies: ApplyPolicies,
+    /// Record the state digest after every entry whose index is a multiple of this.
+    checkpoint_every: u64,
+    /// TEST ONLY ([`TEST_DIVERGE_ENV`]): perturb the state after applying this entry.
+    diverge_at: Option<u64>,
 }
 
 impl StateMachineStore {
-    /// Loads the last persisted snapshot, if any, as the starting state.
-    pub fn open(db: Arc<DB>) -> io::Result<StateMachineStore> {
+    /// Loads the last persisted snapshot, if any, as the starting state. Records a checkpoint
+    /// digest every `checkpoint_every` entries (0 = never).
+    pub fn open(db: Arc<DB>, checkpoint_every: u64) -> io::Result<StateMachineStore> {
         let mut applied = Applied::default();
         if let Some(stored) = load_snapshot(&db)? {
             applied.state = State::from_snapshot_bytes(&stored.data).map_err(io::Error::other)?;
@@ -75,12 +83,24 @@ impl StateMachineStore {
             applied_index,
             waiters: Waiters::default(),
             watch: WatchHub::new(start_index),
+            checkpoints: Default::default(),
         });
+        let diverge_at = std::env::var(TEST_DIVERGE_ENV)
+            .ok()
+            .and_then(|index| index.parse().ok());
+        if let Some(index) = diverge_at {
+            tracing::warn!(
+                index,
+                "{TEST_DIVERGE_ENV} is set: this replica will diverge on purpose"
+            );
+        }
         let policies = ApplyPolicies::new().map_err(io::Error::other)?;
         Ok(StateMachineStore {
             shared,
             db,
             policies,
+            checkpoint_every,
+            diverge_at,
         })
     }
 
@@ -181,6 +201,17 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     && let Err(broken) = applied.state.check_invariants()
                 {
                     panic!("state invariant broken after applying entry {log_index}: {broken}");
+                }
+                if self.diverge_at == Some(log_index) {
+                    applied.state.perturb_for_divergence_test();
+                }
+                if self.checkpoint_every > 0 && log_index % self.checkpoint_every == 0 {
+                    let digest = applied.state.digest();
+                    self.shared
+                        .checkpoints
+                        .lock()
+                        .expect("checkpoints lock")
+                        .record(log_index, digest);
                 }
                 if let Some(membership) = membership {
                     applied.membership = StoredMembership::new(Some(log_id), membership);

@@ -3,6 +3,7 @@
 mod bad_input;
 mod cli;
 mod client;
+mod divergence;
 mod elections;
 mod mutual_exclusion;
 mod policies;
