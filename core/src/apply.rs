@@ -1005,8 +1005,9 @@ impl<H: PolicyHost + ?Sized> Applier<'_, H> {
     fn ask_lease(&mut self, request: &AcquireRequest) -> policy::LeaseDecision {
         let (enforce, shadow) = self.routes(&request.name);
         let log_index = self.log_index;
-        let ask = |runtime: &mut dyn PolicyRuntime, state: &State, counting: Option<&str>| {
-            runtime.lease_for(&admit_input(state, request, counting, log_index))
+        // `lease_for` inputs carry no counters: skip counting.
+        let ask = |runtime: &mut dyn PolicyRuntime, state: &State, _counting: Option<&str>| {
+            runtime.lease_for(&admit_input(state, request, None, log_index))
         };
         let (lease, clamped) =
             policy::clamp_lease(self.run(enforce.as_ref(), &request.name, Hook::LeaseFor, ask));

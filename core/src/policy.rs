@@ -117,8 +117,8 @@ pub struct AdmitInput<'a> {
     pub holders: Vec<HolderView>,
     /// Current waiters of the lock, in queue order.
     pub waiters: Vec<WaiterView>,
-    /// Counts under the deciding binding's prefix (all zero for the built-in default, which
-    /// does not read them).
+    /// Counts under the deciding binding's prefix, for `admit` of a deployed module (all zero
+    /// for the built-in default and for `lease_for`, which do not read them).
     pub counters: Counters,
     pub now_ms: u64,
     pub log_index: u64,

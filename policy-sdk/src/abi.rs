@@ -133,9 +133,14 @@ pub fn debug_log(line: &str) {
     let _ = line;
 }
 
-/// The guest allocator `export_policy!` installs: a bump allocator over pages obtained with
-/// `memory.grow`. Never frees (an instance lives for one log entry); running out of memory (the
-/// host's cap) traps.
+/// The guest allocator `export_policy!` installs: a bump allocator, first over a static arena
+/// (`ARENA_BYTES`, zero-initialized data inside the module's initial memory), then over pages
+/// obtained with `memory.grow`. Never frees (an instance lives for one log entry); running out
+/// of memory (the host's cap) traps.
+///
+/// The arena is there for speed: a `memory.grow` makes the host change page protections
+/// (`mprotect`, with a TLB shootdown on every core running the server), and the next instance
+/// in the same slot changes them back. Typical hook calls fit in the arena and never grow.
 pub struct BumpAllocator;
 
 #[cfg(target_arch = "wasm32")]
@@ -144,6 +149,11 @@ mod bump {
     use core::sync::atomic::{AtomicUsize, Ordering};
 
     const PAGE: usize = 65_536;
+    /// Bytes served from the static arena before `memory.grow` is used.
+    const ARENA_BYTES: usize = 256 * 1024;
+
+    /// The arena: `.bss`, so it costs nothing until touched (copy-on-write zero pages).
+    static mut ARENA: [u8; ARENA_BYTES] = [0; ARENA_BYTES];
 
     /// Next free byte and end of the pages grown so far (0, 0 before the first allocation).
     /// Wasm policies are single-threaded; atomics are plain loads and stores here.
@@ -156,12 +166,17 @@ mod bump {
     unsafe impl GlobalAlloc for super::BumpAllocator {
         unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
             let align = layout.align().max(1);
+            if END.load(Ordering::Relaxed) == 0 {
+                let base = (&raw mut ARENA) as *mut u8 as usize;
+                NEXT.store(base, Ordering::Relaxed);
+                END.store(base + ARENA_BYTES, Ordering::Relaxed);
+            }
             let mut start = (NEXT.load(Ordering::Relaxed) + align - 1) & !(align - 1);
             let mut end = END.load(Ordering::Relaxed);
             let Some(mut needed_end) = start.checked_add(layout.size()) else {
                 return core::ptr::null_mut();
             };
-            if needed_end > end || end == 0 {
+            if needed_end > end {
                 let pages = (layout.size() + align).div_ceil(PAGE).max(16);
                 let previous = core::arch::wasm32::memory_grow(0, pages);
                 if previous == usize::MAX {

@@ -68,19 +68,24 @@ impl PolicyHost for EntryHost<'_> {
         let key = (*module.sha256, module.config.to_vec());
         let (engine, cache) = (self.engine, &mut *self.cache);
         self.live.entry(key).or_insert_with(|| {
-            // It compiled when it was deployed, with this engine: failing now is environmental
-            // (or a changed engine, which must be treated like a log-format change).
-            let compiled = cache
-                .get_or_compile(engine, module.wasm)
-                .unwrap_or_else(|error| {
-                    panic!(
-                        "policy {}@{} (sha256 {}) was deployed but does not compile here \
-                     (fail-stop): {error}",
-                        module.policy,
-                        module.version,
-                        hex(module.sha256)
-                    )
-                });
+            // Looked up by the hash state already holds: hashing the module bytes for every
+            // entry would cost more than the policy call. It compiled when it was deployed,
+            // with this engine, so failing now is environmental (or a changed engine, which
+            // must be treated like a log-format change).
+            let compiled = match cache.get(module.sha256) {
+                Some(compiled) => compiled,
+                None => cache
+                    .get_or_compile(engine, module.wasm)
+                    .unwrap_or_else(|error| {
+                        panic!(
+                            "policy {}@{} (sha256 {}) was deployed but does not compile here \
+                         (fail-stop): {error}",
+                            module.policy,
+                            module.version,
+                            hex(module.sha256)
+                        )
+                    }),
+            };
             WasmPolicy::new(compiled, Arc::from(module.config))
         })
     }

@@ -14,7 +14,7 @@ use std::fmt;
 pub use holdfast_core::POLICY_ABI_LIMITS;
 pub use holdfast_policy_abi::{AbiError, Hook};
 use sha2::{Digest, Sha256};
-use wasmtime::{Engine, InstancePre, Linker, Module};
+use wasmtime::{Engine, InstancePre, Linker, Module, ModuleExport};
 
 use super::runtime::{HostState, link_debug_log};
 
@@ -38,6 +38,17 @@ pub struct PolicyModule {
     name: String,
     version: String,
     sha256: [u8; 32],
+    /// Export handles resolved once at compile time, so an instance per entry finds its
+    /// memory and functions without looking names up.
+    pub(super) exports: ExportIndexes,
+}
+
+/// Pre-resolved exports of a policy module.
+pub(super) struct ExportIndexes {
+    pub(super) memory: ModuleExport,
+    pub(super) alloc: ModuleExport,
+    /// By `Hook as usize`; `None` for hooks the module does not export.
+    pub(super) hooks: [Option<ModuleExport>; Hook::ALL.len()],
 }
 
 impl fmt::Debug for PolicyModule {
@@ -63,7 +74,24 @@ impl PolicyModule {
         let instance_pre = linker
             .instantiate_pre(&module)
             .map_err(|error| PolicyError::Compile(format!("{error:#}")))?;
+        let export = |name: &str| {
+            module
+                .get_export_index(name)
+                .ok_or_else(|| PolicyError::Compile(format!("export {name} not found")))
+        };
+        let exports = ExportIndexes {
+            memory: export("memory")?,
+            alloc: export("holdfast_alloc")?,
+            hooks: Hook::ALL.map(|hook| {
+                checked
+                    .hooks
+                    .contains(&hook)
+                    .then(|| module.get_export_index(hook.export_name()))
+                    .flatten()
+            }),
+        };
         Ok(PolicyModule {
+            exports,
             instance_pre,
             engine: engine.clone(),
             hooks: checked.hooks,

@@ -168,6 +168,8 @@ struct Live {
     memory: Memory,
     alloc: TypedFunc<i32, i32>,
     instance: Instance,
+    /// Hook functions typed on first use in this instance, by `Hook as usize`.
+    hooks: [Option<TypedFunc<(i32, i32), i64>>; Hook::ALL.len()],
 }
 
 /// A policy module as the [`PolicyRuntime`] of one log entry. See the module docs.
@@ -240,9 +242,10 @@ impl WasmPolicy {
     ) -> Result<R, GuestFault> {
         let input = request.encode_to_vec();
         let fuel = self.fuel_per_hook;
+        let module = Arc::clone(&self.module);
         let reply = self
             .live()
-            .and_then(|live| call_raw(live, hook, &input, fuel))?;
+            .and_then(|live| call_raw(&module, live, hook, &input, fuel))?;
         R::decode(reply.as_slice()).map_err(|_| GuestFault::Undecodable)
     }
 
@@ -390,25 +393,47 @@ fn instantiate(module: &PolicyModule) -> Result<Live, GuestFault> {
         ),
     };
     let memory = instance
-        .get_memory(&mut store, "memory")
+        .get_module_export(&mut store, &module.exports.memory)
+        .and_then(|export| export.into_memory())
         .expect("checked at compile: memory export");
     let alloc = instance
-        .get_typed_func::<i32, i32>(&mut store, "holdfast_alloc")
+        .get_module_export(&mut store, &module.exports.alloc)
+        .and_then(|export| export.into_func())
+        .and_then(|func| func.typed::<i32, i32>(&store).ok())
         .expect("checked at compile: holdfast_alloc: (i32) -> i32");
     Ok(Live {
         store,
         memory,
         alloc,
         instance,
+        hooks: std::array::from_fn(|_| None),
     })
 }
 
 /// One call following the ABI's calling convention; returns the raw reply bytes.
-fn call_raw(live: &mut Live, hook: Hook, input: &[u8], fuel: u64) -> Result<Vec<u8>, GuestFault> {
-    let hook_func = live
-        .instance
-        .get_typed_func::<(i32, i32), i64>(&mut live.store, hook.export_name())
-        .expect("checked at compile: hook signature (i32, i32) -> i64");
+fn call_raw(
+    module: &PolicyModule,
+    live: &mut Live,
+    hook: Hook,
+    input: &[u8],
+    fuel: u64,
+) -> Result<Vec<u8>, GuestFault> {
+    let hook_func = match &live.hooks[hook as usize] {
+        Some(func) => func.clone(),
+        None => {
+            let export = module.exports.hooks[hook as usize]
+                .as_ref()
+                .expect("only exported hooks are called");
+            let func = live
+                .instance
+                .get_module_export(&mut live.store, export)
+                .and_then(|export| export.into_func())
+                .and_then(|func| func.typed::<(i32, i32), i64>(&live.store).ok())
+                .expect("checked at compile: hook signature (i32, i32) -> i64");
+            live.hooks[hook as usize] = Some(func.clone());
+            func
+        }
+    };
     // Inputs are far below 2 GiB (lists truncated, lock names and labels bounded by core).
     let len = i32::try_from(input.len()).expect("policy input below 2 GiB");
     // Per-call state: the debug-log budget and the memory-limit flag (so a refused grow that
