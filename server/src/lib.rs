@@ -9,6 +9,7 @@ pub mod guard;
 pub mod node;
 pub mod policy;
 pub mod policy_cli;
+pub mod policy_test;
 pub mod raft;
 pub mod server;
 pub mod waiters;

@@ -40,7 +40,27 @@ pub enum PolicyCommand {
     List,
     /// Which bindings decide for lock NAME.
     Describe { name: String },
+    /// Run a scenario against FILE.wasm locally (no cluster): print every decision and check
+    /// the scenario's `expect` words. Syntax: `holdfast policy test --help` and
+    /// `examples/scenarios/`.
+    #[command(after_help = SCENARIO_HELP)]
+    Test {
+        file: PathBuf,
+        #[arg(long)]
+        scenario: PathBuf,
+    },
 }
+
+const SCENARIO_HELP: &str = "Scenario lines (# starts a comment):
+  config KEY = VALUE               binding config line (all config lines come first)
+  open NAME [k=v ...]              open a session NAME (principal NAME) with labels
+  acquire NAME LOCK [shared] [wait=MS] [prio=N]   try-lock unless wait= is given
+  release NAME LOCK
+  close NAME
+  advance MS                       let cluster time pass
+  ... expect WORD                  the outcome must start with WORD
+                                   (acquired, queued, denied, would-block, released, ...)
+Exit code 0 when every expectation holds, 1 otherwise.";
 
 /// `NAME` or `NAME@VERSION`.
 fn policy_ref(text: &str) -> anyhow::Result<(String, u64)> {
@@ -111,6 +131,9 @@ fn binding_text(binding: &pb::BindingInfo) -> String {
 }
 
 pub async fn run(connection: &Connection, command: PolicyCommand) -> anyhow::Result<ExitCode> {
+    if let PolicyCommand::Test { file, scenario } = &command {
+        return crate::policy_test::run(file, scenario);
+    }
     let client = connection.client()?;
     match command {
         PolicyCommand::Deploy { file, name } => {
@@ -246,6 +269,7 @@ pub async fn run(connection: &Connection, command: PolicyCommand) -> anyhow::Res
                 }
             }
         }
+        PolicyCommand::Test { .. } => unreachable!("handled above"),
     }
     Ok(ExitCode::SUCCESS)
 }

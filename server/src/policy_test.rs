@@ -60,8 +60,8 @@ impl Scenario {
 }
 
 pub fn run(wasm_path: &Path, scenario_path: &Path) -> anyhow::Result<ExitCode> {
-    let wasm = std::fs::read(wasm_path)
-        .with_context(|| format!("reading {}", wasm_path.display()))?;
+    let wasm =
+        std::fs::read(wasm_path).with_context(|| format!("reading {}", wasm_path.display()))?;
     let text = std::fs::read_to_string(scenario_path)
         .with_context(|| format!("reading {}", scenario_path.display()))?;
     let mut scenario = Scenario {
@@ -100,7 +100,10 @@ pub fn run(wasm_path: &Path, scenario_path: &Path) -> anyhow::Result<ExitCode> {
     if let Outcome::Rejected(rejection) = &bound.outcome {
         bail!("the binding was refused: {rejection}");
     }
-    println!("module deployed and bound at the root; {} steps", lines.len());
+    println!(
+        "module deployed and bound at the root; {} steps",
+        lines.len()
+    );
     for (number, line) in lines {
         step(&mut scenario, number, line)
             .with_context(|| format!("{}:{number}: {line}", scenario_path.display()))?;
@@ -139,9 +142,9 @@ fn step(scenario: &mut Scenario, number: usize, line: &str) -> anyhow::Result<()
             .with_context(|| format!("missing argument {index}"))
     };
     let number_option = |key: &str| -> anyhow::Result<u64> {
-        options
-            .get(key)
-            .map_or(Ok(0), |value| value.parse().with_context(|| format!("{key}=")))
+        options.get(key).map_or(Ok(0), |value| {
+            value.parse().with_context(|| format!("{key}="))
+        })
     };
     let command = match arg(0)? {
         "open" => Command::OpenSession {
@@ -214,9 +217,7 @@ fn step(scenario: &mut Scenario, number: usize, line: &str) -> anyhow::Result<()
                 token,
                 ..
             } => {
-                scenario
-                    .tokens
-                    .insert((*session_id, name.clone()), *token);
+                scenario.tokens.insert((*session_id, name.clone()), *token);
             }
             Event::Released {
                 name, session_id, ..
@@ -296,7 +297,10 @@ fn render_event(event: &Event, who: &dyn Fn(&u64) -> String) -> Option<String> {
             session_id,
             reason,
             ..
-        } => format!("~ {} left the queue of {name} ({reason:?})", who(session_id)),
+        } => format!(
+            "~ {} left the queue of {name} ({reason:?})",
+            who(session_id)
+        ),
         Event::PolicyFault { name, hook, .. } => {
             format!("! policy fault in {hook} deciding {name}: fallback used")
         }

@@ -378,3 +378,144 @@ async fn a_node_restarted_from_a_snapshot_after_deploy_decides_like_the_others()
     assert_eq!(restarted.policies.len(), 1);
     assert_eq!(restarted.bindings[0].policy, "priority");
 }
+
+fn repo_file(path: &str) -> std::path::PathBuf {
+    let manifest_dir = std::env::var("CARGO_MANIFEST_DIR").expect("run by cargo test");
+    std::path::Path::new(&manifest_dir)
+        .parent()
+        .expect("repository root")
+        .join(path)
+}
+
+async fn run_cli(args: &[&str], endpoints: Option<String>) -> std::process::Output {
+    let mut command = tokio::process::Command::new(holdfast_tests::cluster::holdfast_bin());
+    command
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true);
+    if let Some(endpoints) = endpoints {
+        command.env("HOLDFAST_ENDPOINTS", endpoints);
+    }
+    tokio::time::timeout(std::time::Duration::from_secs(120), command.output())
+        .await
+        .expect("holdfast finishes")
+        .expect("holdfast runs")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn policy_test_runs_scenarios_locally_and_fails_on_a_broken_expectation() {
+    let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".to_owned());
+    let module = |name: &str| format!("{target}/wasm32v1-none/release/holdfast_policy_{name}.wasm");
+    for (policy, scenario, decision) in [
+        ("priority", "priority", "jobs/q granted to high"),
+        (
+            "tenant_quota",
+            "tenant-quota",
+            "tenant acme holds 1 locks, its limit is 1",
+        ),
+    ] {
+        let scenario = repo_file(&format!("examples/scenarios/{scenario}.scenario"));
+        let output = run_cli(
+            &[
+                "policy",
+                "test",
+                &module(policy),
+                "--scenario",
+                scenario.to_str().unwrap(),
+            ],
+            None,
+        )
+        .await;
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "{policy}: {stdout}\n{output:?}");
+        assert!(stdout.contains(decision), "{policy}: {stdout}");
+        assert!(stdout.contains("0 expectation(s) failed"), "{stdout}");
+    }
+
+    // FIFO order where the scenario expects priority order: exit code 1, the line flagged.
+    let dir = tempfile::tempdir().unwrap();
+    let scenario = dir.path().join("wrong.scenario");
+    std::fs::write(
+        &scenario,
+        "open a\nopen b\nacquire a l\nacquire b l expect acquired\n",
+    )
+    .unwrap();
+    let output = run_cli(
+        &[
+            "policy",
+            "test",
+            &module("fifo"),
+            "--scenario",
+            scenario.to_str().unwrap(),
+        ],
+        None,
+    )
+    .await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("would-block  EXPECTED acquired"),
+        "{stdout}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn policy_cli_deploys_binds_and_lists() {
+    let cluster = Cluster::start_with(3, &[ADMIN]).await;
+    let endpoints = Some(
+        cluster
+            .ids()
+            .into_iter()
+            .map(|id| cluster.addr(id).to_owned())
+            .collect::<Vec<_>>()
+            .join(","),
+    );
+    let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".to_owned());
+    let module = format!("{target}/wasm32v1-none/release/holdfast_policy_lease_rules.wasm");
+    let config = cluster.dir().join("lease.conf");
+    std::fs::write(&config, "lease_ms.batch/ = 30000\n").unwrap();
+    for args in [
+        vec!["policy", "deploy", module.as_str(), "--name", "lease-rules"],
+        vec![
+            "policy",
+            "bind",
+            "batch/",
+            "lease-rules@1",
+            "--config",
+            config.to_str().unwrap(),
+        ],
+    ] {
+        let output = run_cli(&args, endpoints.clone()).await;
+        assert!(output.status.success(), "{args:?}: {output:?}");
+    }
+    let output = run_cli(&["-o", "json", "policy", "list"], endpoints.clone()).await;
+    assert!(output.status.success(), "{output:?}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains(r#""policy":"lease-rules""#), "{stdout}");
+    assert!(stdout.contains(r#""prefix":"batch/""#), "{stdout}");
+    let output = run_cli(&["policy", "describe", "batch/nightly"], endpoints.clone()).await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("enforced by") && stdout.contains("lease-rules@1"),
+        "{stdout}"
+    );
+
+    // The bound policy decides the lease: batch locks end after 30 s.
+    let session = cluster
+        .client()
+        .open_session(30_000, "batch")
+        .await
+        .unwrap();
+    let hold = session
+        .acquire("batch/nightly", LockMode::Exclusive, 0)
+        .await
+        .unwrap()
+        .expect("free");
+    assert_eq!(hold.lease_ms, 30_000);
+    let other = session
+        .acquire("other/lock", LockMode::Exclusive, 0)
+        .await
+        .unwrap()
+        .expect("free");
+    assert_eq!(other.lease_ms, 0);
+}
