@@ -514,11 +514,22 @@ impl<H: PolicyHost + ?Sized> Applier<'_, H> {
                 limit: "locks_per_session_max".to_string(),
             });
         }
-        if let AdmitDecision::Deny { reason } = self.ask_admit(request) {
-            return Outcome::Rejected(Rejection::PolicyDenied {
-                reason: policy::truncate_reason(reason),
-            });
-        }
+        let prioritized;
+        let request = match self.ask_admit(request) {
+            AdmitDecision::Deny { reason } => {
+                return Outcome::Rejected(Rejection::PolicyDenied {
+                    reason: policy::truncate_reason(reason),
+                });
+            }
+            AdmitDecision::Admit => request,
+            AdmitDecision::AdmitWithPriority { priority } => {
+                prioritized = AcquireRequest {
+                    priority,
+                    ..request.clone()
+                };
+                &prioritized
+            }
+        };
         let grantable = self.state.locks.get(name).is_none_or(|lock| {
             lock.delayed_until_ms.is_none() && lock.waiters.is_empty() && lock.fits(request.mode)
         });
@@ -599,8 +610,10 @@ impl<H: PolicyHost + ?Sized> Applier<'_, H> {
             let candidate = self.run(Some(&shadow), &request.name, Hook::Admit, ask);
             let agree = matches!(
                 (&decision, &candidate),
-                (AdmitDecision::Admit, AdmitDecision::Admit)
-                    | (AdmitDecision::Deny { .. }, AdmitDecision::Deny { .. })
+                (
+                    AdmitDecision::Admit | AdmitDecision::AdmitWithPriority { .. },
+                    AdmitDecision::Admit | AdmitDecision::AdmitWithPriority { .. }
+                ) | (AdmitDecision::Deny { .. }, AdmitDecision::Deny { .. })
             );
             self.compare(&shadow, &request.name, Hook::Admit, agree);
         }
@@ -1251,6 +1264,7 @@ impl<H: PolicyHost + ?Sized> Applier<'_, H> {
                 holders: &holders,
                 waiters: &waiters,
                 max_holders,
+                state,
                 now_ms: state.now_ms,
                 log_index,
             })
@@ -1349,6 +1363,7 @@ fn admit_input<'s>(
         labels: &session.labels,
         holders: lock.map(|lock| lock.holder_views()).unwrap_or_default(),
         waiters: lock.map(|lock| lock.waiter_views()).unwrap_or_default(),
+        state,
         counters: counting.map_or_else(Counters::default, |prefix| {
             counters(state, prefix, request.session_id)
         }),

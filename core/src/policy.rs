@@ -22,7 +22,7 @@ pub const POLICY_ABI_LIMITS: holdfast_policy_abi::Limits = holdfast_policy_abi::
     allow_floats: false,
 };
 use crate::model::{AcquireRequest, Mode, SessionId};
-use crate::state::HolderView;
+use crate::state::{HolderView, State};
 
 /// Lock decisions that are up to a policy. Called only while applying a committed entry, with
 /// inputs built from replicated state, so every replica gets the same calls in the same order.
@@ -117,6 +117,9 @@ pub struct AdmitInput<'a> {
     pub holders: Vec<HolderView>,
     /// Current waiters of the lock, in queue order.
     pub waiters: Vec<WaiterView>,
+    /// The replicated state, read-only: where a policy host looks up the principal and labels
+    /// of holders and waiters ([`State::session_identity`]).
+    pub state: &'a State,
     /// Counts under the deciding binding's prefix, for `admit` of a deployed module (all zero
     /// for the built-in default and for `lease_for`, which do not read them).
     pub counters: Counters,
@@ -129,6 +132,9 @@ pub struct AdmitInput<'a> {
 pub enum AdmitDecision {
     /// Proceed: grant if the lock is free, else queue (or `WouldBlock` for a try-lock).
     Admit,
+    /// Proceed, with `priority` in place of the requested one (what a queued waiter carries
+    /// and later `choose_next` calls see).
+    AdmitWithPriority { priority: i32 },
     /// Reject with `Rejection::PolicyDenied { reason }` (reason truncated to
     /// `limits::POLICY_REASON_BYTES_MAX`).
     Deny { reason: String },
@@ -153,6 +159,8 @@ pub struct NextInput<'a> {
     pub waiters: &'a [WaiterView],
     /// Capacity of the lock when held in shared mode (1 ..= `limits::HOLDERS_PER_LOCK_MAX`).
     pub max_holders: u32,
+    /// The replicated state, read-only (see [`AdmitInput::state`]).
+    pub state: &'a State,
     pub now_ms: u64,
     pub log_index: u64,
 }

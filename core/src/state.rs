@@ -367,6 +367,13 @@ impl State {
         })
     }
 
+    /// Principal and labels of a live session (what policies see of holders and waiters).
+    pub fn session_identity(&self, id: SessionId) -> Option<(&str, &BTreeMap<String, String>)> {
+        self.sessions
+            .get(&id)
+            .map(|session| (session.principal.as_str(), &session.labels))
+    }
+
     pub fn session_count(&self) -> usize {
         self.sessions.len()
     }

@@ -63,12 +63,14 @@ fn main() -> anyhow::Result<()> {
         })
         .collect();
     let holders: Vec<HolderView> = Vec::new();
+    let empty = State::default();
     let admit = AdmitInput {
         request: &request,
         principal: "bench",
         labels: &labels,
         holders: holders.clone(),
         waiters: waiters.clone(),
+        state: &empty,
         counters: Counters::default(),
         now_ms: 10,
         log_index: 11,
@@ -78,6 +80,7 @@ fn main() -> anyhow::Result<()> {
         holders: &holders,
         waiters: &waiters,
         max_holders: 1,
+        state: &empty,
         now_ms: 10,
         log_index: 11,
     };

@@ -470,3 +470,43 @@ fn policies_see_counts_under_their_prefix() {
     assert!(out.contains("#10 => acquired t10"), "{out}");
     assert!(out.contains("#12 => acquired t12"), "{out}");
 }
+
+/// Admits everything, replacing the requested priority with 7.
+struct Reprioritize;
+
+impl PolicyRuntime for Reprioritize {
+    fn admit(&mut self, _input: &AdmitInput<'_>) -> AdmitDecision {
+        AdmitDecision::AdmitWithPriority { priority: 7 }
+    }
+    fn choose_next(&mut self, input: &NextInput<'_>) -> Vec<usize> {
+        BuiltinFifo.choose_next(input)
+    }
+    fn lease_for(&mut self, _input: &AdmitInput<'_>) -> LeaseDecision {
+        LeaseDecision::default()
+    }
+}
+
+#[test]
+fn admit_may_replace_the_requested_priority() {
+    let mut host = host(vec![("reprioritize", Box::new(Reprioritize))]);
+    let mut harness = super::Harness::new(&mut host);
+    for line in [
+        "open",
+        "open",
+        "deploy reprioritize",
+        "bind q/ reprioritize",
+        "acquire 1 q/a",
+        "acquire 2 q/a wait=60000 prio=1",
+        "acquire 2 other wait=60000 prio=1",
+    ] {
+        harness.line(line);
+    }
+    let waiters = harness.state.lock("q/a").expect("held").waiters;
+    assert_eq!(waiters[0].priority, 7, "{waiters:?}");
+    assert!(
+        harness
+            .state
+            .lock("other")
+            .is_some_and(|lock| lock.waiters.is_empty())
+    );
+}

@@ -10,7 +10,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use holdfast_core::{
-    AcquireRequest, AdmitInput, Counters, HolderView, Mode, NextInput, PolicyRuntime, WaiterView,
+    AcquireRequest, AdmitInput, Counters, HolderView, Mode, NextInput, PolicyRuntime, State,
+    WaiterView,
 };
 use wasmtime::Engine;
 
@@ -76,6 +77,7 @@ impl Precheck {
                 priority: 1,
                 value: Vec::new(),
             };
+            let state = State::default();
             let labels = BTreeMap::from([("tenant".to_string(), "precheck".to_string())]);
             let holder = HolderView {
                 session_id: 1,
@@ -103,6 +105,7 @@ impl Precheck {
                 labels: &labels,
                 holders: vec![holder],
                 waiters: waiters.clone(),
+                state: &state,
                 counters: Counters {
                     tenant: "precheck".to_string(),
                     ..Counters::default()
@@ -119,6 +122,7 @@ impl Precheck {
                 holders: &[],
                 waiters: &waiters,
                 max_holders: 1,
+                state: &state,
                 now_ms: 100,
                 log_index: 8,
             });

@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use holdfast_core::{
     AdmitDecision, AdmitInput, BuiltinFifo, HolderView, LeaseDecision, Mode, NextInput,
-    PolicyRuntime, WaiterView, limits,
+    PolicyRuntime, State, WaiterView, limits,
 };
 use holdfast_proto::policy::v1 as pb;
 use prost::Message;
@@ -268,7 +268,10 @@ impl WasmPolicy {
         let request = admit_request(&self.config, input);
         let reply: pb::AdmitReply = self.call(Hook::Admit, &request)?;
         match pb::Admission::try_from(reply.admission) {
-            Ok(pb::Admission::GrantOrQueue) => Ok(AdmitDecision::Admit),
+            Ok(pb::Admission::GrantOrQueue) => Ok(match reply.priority {
+                Some(priority) => AdmitDecision::AdmitWithPriority { priority },
+                None => AdmitDecision::Admit,
+            }),
             Ok(pb::Admission::Deny) => Ok(AdmitDecision::Deny {
                 reason: if reply.reason.is_empty() {
                     EMPTY_DENY_REASON.to_string()
@@ -552,36 +555,51 @@ fn labels(labels: &BTreeMap<String, String>) -> Vec<pb::Label> {
         .collect()
 }
 
-/// Holders in grant order. Core does not give holders' principals and labels yet: empty.
-fn holders(holders: &[HolderView]) -> Vec<pb::Holder> {
+/// Principal and labels of session `id` as the ABI shows them ("" and none if it is gone).
+fn identity(state: &State, id: u64) -> (String, Vec<pb::Label>) {
+    state
+        .session_identity(id)
+        .map_or_else(Default::default, |(principal, session_labels)| {
+            (principal.to_string(), labels(session_labels))
+        })
+}
+
+/// Holders in session-id order, with their principals and labels.
+fn holders(state: &State, holders: &[HolderView]) -> Vec<pb::Holder> {
     holders
         .iter()
-        .map(|holder| pb::Holder {
-            session_id: holder.session_id,
-            token: holder.token,
-            mode: mode(holder.mode),
-            since_ms: holder.since_ms,
-            lease_expires_at_ms: holder.lease_expires_at_ms.unwrap_or(0),
-            principal: String::new(),
-            labels: Vec::new(),
+        .map(|holder| {
+            let (principal, labels) = identity(state, holder.session_id);
+            pb::Holder {
+                session_id: holder.session_id,
+                token: holder.token,
+                mode: mode(holder.mode),
+                since_ms: holder.since_ms,
+                lease_expires_at_ms: holder.lease_expires_at_ms.unwrap_or(0),
+                principal,
+                labels,
+            }
         })
         .collect()
 }
 
-/// Waiters in queue order cut to `POLICY_LIST_MAX`, and how many were left off. Core does not
-/// give waiters' principals and labels yet: empty.
-pub(super) fn waiters(waiters: &[WaiterView]) -> (Vec<pb::Waiter>, u32) {
+/// Waiters in queue order cut to `POLICY_LIST_MAX`, with their principals and labels, and how
+/// many were left off.
+pub(super) fn waiters(state: &State, waiters: &[WaiterView]) -> (Vec<pb::Waiter>, u32) {
     let kept = waiters.len().min(POLICY_LIST_MAX);
     let truncated = u32::try_from(waiters.len() - kept).unwrap_or(u32::MAX);
     let list = waiters[..kept]
         .iter()
-        .map(|waiter| pb::Waiter {
-            session_id: waiter.session_id,
-            mode: mode(waiter.mode),
-            priority: waiter.priority,
-            queued_at_ms: waiter.queued_at_ms,
-            principal: String::new(),
-            labels: Vec::new(),
+        .map(|waiter| {
+            let (principal, labels) = identity(state, waiter.session_id);
+            pb::Waiter {
+                session_id: waiter.session_id,
+                mode: mode(waiter.mode),
+                priority: waiter.priority,
+                queued_at_ms: waiter.queued_at_ms,
+                principal,
+                labels,
+            }
         })
         .collect();
     (list, truncated)
@@ -605,7 +623,7 @@ fn lock_request(input: &AdmitInput<'_>) -> pb::LockRequest {
 }
 
 fn admit_request(config: &[u8], input: &AdmitInput<'_>) -> pb::AdmitRequest {
-    let (waiters, waiters_truncated) = waiters(&input.waiters);
+    let (waiters, waiters_truncated) = waiters(input.state, &input.waiters);
     let counters = &input.counters;
     pb::AdmitRequest {
         config: config.to_vec(),
@@ -614,7 +632,7 @@ fn admit_request(config: &[u8], input: &AdmitInput<'_>) -> pb::AdmitRequest {
         request: Some(lock_request(input)),
         principal: input.principal.to_string(),
         labels: labels(input.labels),
-        holders: holders(&input.holders),
+        holders: holders(input.state, &input.holders),
         waiters,
         waiters_truncated,
         counters: Some(pb::Counters {
@@ -628,13 +646,13 @@ fn admit_request(config: &[u8], input: &AdmitInput<'_>) -> pb::AdmitRequest {
 }
 
 fn choose_next_request(config: &[u8], input: &NextInput<'_>) -> pb::ChooseNextRequest {
-    let (waiters, waiters_truncated) = waiters(input.waiters);
+    let (waiters, waiters_truncated) = waiters(input.state, input.waiters);
     pb::ChooseNextRequest {
         config: config.to_vec(),
         now_ms: input.now_ms,
         log_index: input.log_index,
         name: input.name.to_string(),
-        holders: holders(input.holders),
+        holders: holders(input.state, input.holders),
         waiters,
         waiters_truncated,
         max_holders: input.max_holders,
@@ -642,7 +660,7 @@ fn choose_next_request(config: &[u8], input: &NextInput<'_>) -> pb::ChooseNextRe
 }
 
 fn lease_for_request(config: &[u8], input: &AdmitInput<'_>) -> pb::LeaseForRequest {
-    let (waiters, waiters_truncated) = waiters(&input.waiters);
+    let (waiters, waiters_truncated) = waiters(input.state, &input.waiters);
     pb::LeaseForRequest {
         config: config.to_vec(),
         now_ms: input.now_ms,
@@ -650,7 +668,7 @@ fn lease_for_request(config: &[u8], input: &AdmitInput<'_>) -> pb::LeaseForReque
         request: Some(lock_request(input)),
         principal: input.principal.to_string(),
         labels: labels(input.labels),
-        holders: holders(&input.holders),
+        holders: holders(input.state, &input.holders),
         waiters,
         waiters_truncated,
     }

@@ -150,6 +150,7 @@ fn admit_input<'a>(
         labels,
         holders: holders.to_vec(),
         waiters: waiters.to_vec(),
+        state: empty_state(),
         counters: Counters::default(),
         now_ms: 20,
         log_index: 7,
@@ -162,9 +163,16 @@ fn next_input<'a>(holders: &'a [HolderView], waiters: &'a [WaiterView]) -> NextI
         holders,
         waiters,
         max_holders: 1,
+        state: empty_state(),
         now_ms: 20,
         log_index: 7,
     }
+}
+
+/// A state without sessions, for hand-built inputs (holders and waiters without identity).
+fn empty_state() -> &'static State {
+    static EMPTY: OnceLock<State> = OnceLock::new();
+    EMPTY.get_or_init(State::default)
 }
 
 #[test]
@@ -183,7 +191,7 @@ fn waiter_lists_are_truncated_keeping_the_first() {
     let mut waiters: Vec<WaiterView> = (0..300).map(|i| waiter(i + 10, 0, i)).collect();
     waiters[100].priority = 5;
     waiters[280].priority = 10;
-    let (list, truncated) = super::runtime::waiters(&waiters);
+    let (list, truncated) = super::runtime::waiters(empty_state(), &waiters);
     assert_eq!(list.len(), POLICY_LIST_MAX);
     assert_eq!(truncated as usize, 300 - POLICY_LIST_MAX);
     assert_eq!(list.last().map(|waiter| waiter.session_id), Some(10 + 255));
@@ -206,7 +214,7 @@ fn tenant_quota_module_denies_sessions_without_tenant() {
             assert!(reason.contains("tenant"), "{reason}");
             assert_ne!(reason, POLICY_ERROR_REASON);
         }
-        AdmitDecision::Admit => panic!("tenant-quota admitted a session without tenant"),
+        admitted => panic!("tenant-quota admitted a session without tenant: {admitted:?}"),
     }
     assert_eq!(policy.fault_count(), 0);
     // With a tenant label and no limits it admits.
@@ -726,4 +734,35 @@ fn oversize_memory_is_rejected() {
         abi_error(&bytes),
         AbiError::MemoryTooLarge { pages: 257, .. }
     ));
+}
+
+#[test]
+fn holders_and_waiters_carry_their_sessions_principal_and_labels() {
+    let mut state = State::default();
+    let open = Command::OpenSession {
+        ttl_ms: 10_000,
+        principal: "alice".to_string(),
+        labels: BTreeMap::from([("tenant".to_string(), "acme".to_string())]),
+    };
+    let entry = Entry {
+        log_index: 1,
+        now_ms: 5,
+        command: open,
+    };
+    apply(&mut state, &entry, &mut BuiltinFifo);
+    let (list, truncated) = super::runtime::waiters(&state, &[waiter(1, 0, 0), waiter(9, 0, 0)]);
+    assert_eq!(truncated, 0);
+    assert_eq!(list[0].principal, "alice");
+    assert_eq!(
+        list[0].labels,
+        vec![holdfast_proto::policy::v1::Label {
+            key: "tenant".to_string(),
+            value: "acme".to_string()
+        }]
+    );
+    assert_eq!(
+        (list[1].principal.as_str(), list[1].labels.len()),
+        ("", 0),
+        "a session that is gone has no identity"
+    );
 }
