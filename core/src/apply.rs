@@ -45,8 +45,8 @@ use crate::model::{
     Outcome, Rejection, ReleaseReason, RequestId, SessionId,
 };
 use crate::policy::{
-    self, AdmitDecision, AdmitInput, BoundModule, Counters, NextInput, POLICY_ABI_LIMITS,
-    PolicyHost, PolicyRuntime,
+    self, AdmitDecision, AdmitInput, BoundModule, Counters, ExpireInput, HeldView, NextInput,
+    POLICY_ABI_LIMITS, PolicyHost, PolicyRuntime,
 };
 use crate::state::{
     BUILTIN_POLICY, Bound, Deadline, DeadlineKind, Deployed, Hold, Lock, Session, State, Waiter,
@@ -347,9 +347,17 @@ impl<H: PolicyHost + ?Sized> Applier<'_, H> {
         for name in &waiting {
             self.remove_waiter(name, session_id, leave_reason);
         }
+        let delays = if end == SessionEnd::Expired {
+            self.expiry_delays(session_id, &held)
+        } else {
+            BTreeMap::new()
+        };
         for name in &held {
             // Delay first, so the lock survives the end of its last hold.
-            let lock_delay_ms = self.state.locks[name].holders[&session_id].lock_delay_ms;
+            let lock_delay_ms = delays
+                .get(name)
+                .copied()
+                .unwrap_or_else(|| self.state.locks[name].holders[&session_id].lock_delay_ms);
             if end == SessionEnd::Expired && lock_delay_ms > 0 {
                 self.delay_lock(name, self.now_ms() + lock_delay_ms);
             }
@@ -377,6 +385,67 @@ impl<H: PolicyHost + ?Sized> Applier<'_, H> {
                 principal,
             },
         });
+    }
+
+    /// Lock-delays that the policies bound to the expiring session's locks chose instead of the
+    /// grant-time ones: each enforcing binding is asked once, about the holds under it.
+    fn expiry_delays(&mut self, session_id: SessionId, held: &[String]) -> BTreeMap<String, u64> {
+        let mut groups: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for name in held {
+            if let (Some(route), _) = self.routes(name) {
+                groups.entry(route.prefix).or_default().push(name.clone());
+            }
+        }
+        let mut delays = BTreeMap::new();
+        for (prefix, names) in groups {
+            let route = Route {
+                prefix,
+                mode: BindMode::Enforce,
+            };
+            let log_index = self.log_index;
+            let ask = |runtime: &mut dyn PolicyRuntime, state: &State, _counting: Option<&str>| {
+                let session = &state.sessions[&session_id];
+                let held = names
+                    .iter()
+                    .map(|name| {
+                        let hold = &state.locks[name].holders[&session_id];
+                        HeldView {
+                            name: name.clone(),
+                            token: hold.token,
+                            mode: hold.mode,
+                            since_ms: hold.since_ms,
+                            lock_delay_ms: hold.lock_delay_ms,
+                        }
+                    })
+                    .collect();
+                runtime.on_session_expire(&ExpireInput {
+                    session_id,
+                    principal: &session.principal,
+                    labels: &session.labels,
+                    held,
+                    state,
+                    now_ms: state.now_ms,
+                    log_index,
+                })
+            };
+            let first = names[0].clone();
+            let Some(answer) = self.run(Some(&route), &first, Hook::OnSessionExpire, ask) else {
+                continue;
+            };
+            if answer.len() != names.len() {
+                self.count_fault(Some(&route), &first, Hook::OnSessionExpire, 1);
+                continue;
+            }
+            let mut clamped = false;
+            for (name, delay) in names.into_iter().zip(answer) {
+                clamped |= delay > limits::LOCK_DELAY_MS_MAX;
+                delays.insert(name, delay.min(limits::LOCK_DELAY_MS_MAX));
+            }
+            if clamped {
+                self.count_fault(Some(&route), &first, Hook::OnSessionExpire, 1);
+            }
+        }
+        delays
     }
 
     /// Keeps the lock un-grantable until `until_ms` (or later, if it already was).

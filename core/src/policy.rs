@@ -21,7 +21,7 @@ pub const POLICY_ABI_LIMITS: holdfast_policy_abi::Limits = holdfast_policy_abi::
     table_elements_max: limits::POLICY_TABLE_ELEMENTS_MAX,
     allow_floats: false,
 };
-use crate::model::{AcquireRequest, Mode, SessionId};
+use crate::model::{AcquireRequest, FencingToken, Mode, SessionId};
 use crate::state::{HolderView, State};
 
 /// Lock decisions that are up to a policy. Called only while applying a committed entry, with
@@ -40,6 +40,14 @@ pub trait PolicyRuntime {
     /// Lease and lock-delay for a grant about to be made. Clamped to
     /// `limits::LEASE_MS_MAX` / `limits::LOCK_DELAY_MS_MAX` by `apply`.
     fn lease_for(&mut self, input: &AdmitInput<'_>) -> LeaseDecision;
+    /// A session expired holding `input.held` (the holds under this policy's binding): the
+    /// lock-delay of each, in order, or `None` to keep the delays chosen at grant. An answer of
+    /// another length counts as a fault and keeps them; delays are clamped to
+    /// `limits::LOCK_DELAY_MS_MAX`. Default: `None`.
+    fn on_session_expire(&mut self, input: &ExpireInput<'_>) -> Option<Vec<u64>> {
+        let _ = input;
+        None
+    }
     /// Validates a binding's `config` for locks under `prefix`; `Err(message)` refuses the
     /// binding. Default: any config.
     fn init(&mut self, config: &[u8], prefix: &str) -> Result<(), String> {
@@ -125,6 +133,30 @@ pub struct AdmitInput<'a> {
     pub counters: Counters,
     pub now_ms: u64,
     pub log_index: u64,
+}
+
+/// What a policy sees when a session expires holding locks under its binding.
+#[derive(Clone, Debug)]
+pub struct ExpireInput<'a> {
+    pub session_id: SessionId,
+    pub principal: &'a str,
+    pub labels: &'a BTreeMap<String, String>,
+    /// The expired session's holds under the binding, by lock name.
+    pub held: Vec<HeldView>,
+    pub state: &'a State,
+    pub now_ms: u64,
+    pub log_index: u64,
+}
+
+/// One hold of an expiring session.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeldView {
+    pub name: String,
+    pub token: FencingToken,
+    pub mode: Mode,
+    pub since_ms: u64,
+    /// The lock-delay chosen when it was granted.
+    pub lock_delay_ms: u64,
 }
 
 /// Answer of [`PolicyRuntime::admit`].

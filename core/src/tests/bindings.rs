@@ -510,3 +510,84 @@ fn admit_may_replace_the_requested_priority() {
             .is_some_and(|lock| lock.waiters.is_empty())
     );
 }
+
+/// Chooses the lock-delay of expiring holds: `delay` each, or a list of the wrong length.
+struct ExpiryDelay {
+    delay: u64,
+    wrong_length: bool,
+}
+
+impl PolicyRuntime for ExpiryDelay {
+    fn admit(&mut self, _input: &AdmitInput<'_>) -> AdmitDecision {
+        AdmitDecision::Admit
+    }
+    fn choose_next(&mut self, input: &NextInput<'_>) -> Vec<usize> {
+        BuiltinFifo.choose_next(input)
+    }
+    fn lease_for(&mut self, _input: &AdmitInput<'_>) -> LeaseDecision {
+        LeaseDecision {
+            lease_ms: 0,
+            lock_delay_ms: 100,
+        }
+    }
+    fn on_session_expire(&mut self, input: &crate::ExpireInput<'_>) -> Option<Vec<u64>> {
+        let count = input.held.len() + usize::from(self.wrong_length);
+        Some(vec![self.delay; count])
+    }
+}
+
+#[test]
+fn on_session_expire_chooses_the_lock_delay_of_each_binding_s_holds() {
+    let mut host = host(vec![
+        (
+            "delay",
+            Box::new(ExpiryDelay {
+                delay: 5_000,
+                wrong_length: false,
+            }),
+        ),
+        (
+            "broken",
+            Box::new(ExpiryDelay {
+                delay: 5_000,
+                wrong_length: true,
+            }),
+        ),
+    ]);
+    let out = run_hosted(
+        &mut host,
+        "
+        deploy delay
+        deploy broken
+        bind pay/ delay
+        bind batch/ broken
+        open ttl=2000
+        acquire 5 pay/a
+        acquire 5 pay/b
+        acquire 5 batch/x
+        acquire 5 free
+        @3000 tick
+        ?lock pay/a
+        ?lock pay/b
+        ?lock batch/x
+        ?lock free
+        ?bindings
+        ",
+    );
+    // The bound policy's 5 s replace the 100 ms chosen at grant; the broken answer is a fault
+    // and keeps the grant-time 100 ms; unbound locks had no lock-delay.
+    assert!(
+        out.contains("?lock pay/a => x/1 holders=[] waiters=[] delayed-until=8000"),
+        "{out}"
+    );
+    assert!(
+        out.contains("?lock pay/b => x/1 holders=[] waiters=[] delayed-until=8000"),
+        "{out}"
+    );
+    assert!(
+        out.contains("?lock batch/x => x/1 holders=[] waiters=[] delayed-until=3100"),
+        "{out}"
+    );
+    assert!(out.contains("?lock free => none"), "{out}");
+    assert!(out.contains("faults=[on_session_expire:1]"), "{out}");
+}

@@ -17,8 +17,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use holdfast_core::{
-    AdmitDecision, AdmitInput, BuiltinFifo, HolderView, LeaseDecision, Mode, NextInput,
-    PolicyRuntime, State, WaiterView, limits,
+    AdmitDecision, AdmitInput, BuiltinFifo, ExpireInput, HolderView, LeaseDecision, Mode,
+    NextInput, PolicyRuntime, State, WaiterView, limits,
 };
 use holdfast_proto::policy::v1 as pb;
 use prost::Message;
@@ -264,6 +264,46 @@ impl WasmPolicy {
         })
     }
 
+    fn on_session_expire_wasm(&mut self, input: &ExpireInput<'_>) -> Result<Vec<u64>, GuestFault> {
+        let kept = input.held.len().min(POLICY_LIST_MAX);
+        let request = pb::OnSessionExpireRequest {
+            config: self.config.to_vec(),
+            now_ms: input.now_ms,
+            log_index: input.log_index,
+            session_id: input.session_id,
+            principal: input.principal.to_string(),
+            labels: labels(input.labels),
+            held: input.held[..kept]
+                .iter()
+                .map(|held| pb::HeldLock {
+                    name: held.name.clone(),
+                    token: held.token,
+                    mode: mode(held.mode),
+                    since_ms: held.since_ms,
+                    lock_delay_ms: held.lock_delay_ms,
+                })
+                .collect(),
+            held_truncated: u32::try_from(input.held.len() - kept).unwrap_or(u32::MAX),
+        };
+        let reply: pb::OnSessionExpireReply = self.call(Hook::OnSessionExpire, &request)?;
+        if reply.holds.is_empty() {
+            // Keep the grant-time delays.
+            return Ok(input.held.iter().map(|held| held.lock_delay_ms).collect());
+        }
+        if reply.holds.len() != kept {
+            return Err(GuestFault::InvalidReply(
+                "holds neither empty nor one per held lock",
+            ));
+        }
+        // Holds past the truncation keep their grant-time delays.
+        Ok(reply
+            .holds
+            .iter()
+            .map(|hold| hold.lock_delay_ms)
+            .chain(input.held[kept..].iter().map(|held| held.lock_delay_ms))
+            .collect())
+    }
+
     fn admit_wasm(&mut self, input: &AdmitInput<'_>) -> Result<AdmitDecision, GuestFault> {
         let request = admit_request(&self.config, input);
         let reply: pb::AdmitReply = self.call(Hook::Admit, &request)?;
@@ -323,6 +363,20 @@ impl PolicyRuntime for WasmPolicy {
 
     fn fault_count(&self) -> u64 {
         self.faults.values().sum()
+    }
+
+    /// Fallback on a guest failure: `None`, the delays chosen at grant.
+    fn on_session_expire(&mut self, input: &ExpireInput<'_>) -> Option<Vec<u64>> {
+        if !self.module.exports(Hook::OnSessionExpire) {
+            return None;
+        }
+        match self.on_session_expire_wasm(input) {
+            Ok(delays) => Some(delays),
+            Err(fault) => {
+                self.record_fault(Hook::OnSessionExpire, fault);
+                None
+            }
+        }
     }
 
     fn admit(&mut self, input: &AdmitInput<'_>) -> AdmitDecision {

@@ -766,3 +766,96 @@ fn holders_and_waiters_carry_their_sessions_principal_and_labels() {
         "a session that is gone has no identity"
     );
 }
+
+/// Entries through `core::apply` with the apply loop's own policy host.
+struct Applying {
+    state: State,
+    policies: super::ApplyPolicies,
+    now_ms: u64,
+}
+
+impl Applying {
+    fn new() -> Applying {
+        Applying {
+            state: State::default(),
+            policies: super::ApplyPolicies::new().expect("policy engine"),
+            now_ms: 1_000,
+        }
+    }
+
+    fn apply(&mut self, command: Command) -> holdfast_core::Outcome {
+        let entry = Entry {
+            log_index: self.state.applied_index() + 1,
+            now_ms: self.now_ms,
+            command,
+        };
+        apply(&mut self.state, &entry, &mut self.policies.for_entry()).outcome
+    }
+
+    fn bind(&mut self, prefix: &str, policy: &str, config: &str) {
+        let outcome = self.apply(Command::BindPolicy {
+            prefix: prefix.to_string(),
+            policy: policy.to_string(),
+            version: 0,
+            config: config.as_bytes().to_vec(),
+            mode: holdfast_core::BindMode::Enforce,
+        });
+        assert!(
+            matches!(outcome, holdfast_core::Outcome::PolicyBound { .. }),
+            "{outcome:?}"
+        );
+    }
+}
+
+#[test]
+fn lease_rules_on_session_expire_applies_the_current_lock_delay_rules() {
+    let mut cluster = Applying::new();
+    let deployed = cluster.apply(Command::DeployPolicy {
+        name: "lease-rules".to_string(),
+        wasm: example_bytes("lease_rules"),
+    });
+    assert!(
+        matches!(deployed, holdfast_core::Outcome::PolicyDeployed { .. }),
+        "{deployed:?}"
+    );
+    cluster.bind(
+        "payments/",
+        "lease-rules",
+        "lock_delay_ms.payments/ = 1000\n",
+    );
+    let holdfast_core::Outcome::SessionOpened { session_id, .. } =
+        cluster.apply(Command::OpenSession {
+            ttl_ms: 2_000,
+            principal: "p".to_string(),
+            labels: BTreeMap::new(),
+        })
+    else {
+        panic!("open");
+    };
+    let granted = cluster.apply(Command::Acquire(request(
+        session_id,
+        "payments/ledger",
+        Mode::Exclusive,
+        0,
+    )));
+    assert!(
+        matches!(granted, holdfast_core::Outcome::Acquired { .. }),
+        "{granted:?}"
+    );
+    // The rules change after the grant; the expiry applies the current ones (5 s, not 1 s).
+    cluster.bind(
+        "payments/",
+        "lease-rules",
+        "lock_delay_ms.payments/ = 5000\n",
+    );
+    cluster.now_ms = 10_000;
+    cluster.apply(Command::Tick {
+        renewed: Vec::new(),
+    });
+    let lock = cluster
+        .state
+        .lock("payments/ledger")
+        .expect("kept by its lock-delay");
+    assert_eq!(lock.delayed_until_ms, Some(15_000));
+    assert_eq!(cluster.state.policy_fault_count(), 0);
+}
