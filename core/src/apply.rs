@@ -5,13 +5,15 @@
 //! 1. `Tick` only: renew the listed sessions (`expires_at = now + ttl`), so a keepalive that
 //!    rides this tick saves a session whose deadline just passed.
 //! 2. Fire every deadline due at `now`, in deadline-index order (time, then session expiry,
-//!    lease expiry, wait timeout, lock-delay end, then key). This phase only *removes* holds
-//!    and waiters and ends lock-delays; the locks it touches are marked dirty.
+//!    lease expiry, wait timeout, lock-delay end, election preemption, election re-evaluation,
+//!    then key). This phase only *removes* holds and waiters (a due preemption revokes the
+//!    leader's hold) and ends lock-delays; the locks it touches are marked dirty.
 //! 3. The command. Only `Acquire` grants here (after first running the pending handoff of its
-//!    own lock, so a try-lock sees the lock as it will be); `Release`, `CloseSession` and
+//!    own lock, so a try-lock sees the lock as it will be; and, for an election, a candidate
+//!    the policy prefers to the leader may preempt it on arrival); `Release`, `CloseSession` and
 //!    `CancelWait` only remove, marking locks dirty.
 //! 4. Handoff: every dirty lock, by name, asks the policy whom to grant next (validated, FIFO
-//!    fallback).
+//!    fallback) — or, for an election (the bound policy has an `elect` hook), whom to elect.
 //!
 //! Because every hold that ends in an entry ends before any grant of that entry on the same
 //! lock, and every grant's fencing token is the entry's log index, a token is never reused
@@ -45,8 +47,8 @@ use crate::model::{
     Outcome, Rejection, ReleaseReason, RequestId, SessionId,
 };
 use crate::policy::{
-    self, AdmitDecision, AdmitInput, BoundModule, Counters, ExpireInput, HeldView, NextInput,
-    POLICY_ABI_LIMITS, PolicyHost, PolicyRuntime,
+    self, AdmitDecision, AdmitInput, BoundModule, CandidateView, Counters, ElectDecision,
+    ElectInput, ExpireInput, HeldView, NextInput, POLICY_ABI_LIMITS, PolicyHost, PolicyRuntime,
 };
 use crate::state::{
     BUILTIN_POLICY, Bound, Deadline, DeadlineKind, Deployed, Hold, Lock, Session, State, Waiter,
@@ -216,6 +218,11 @@ impl<H: PolicyHost + ?Sized> Applier<'_, H> {
                     self.update_record(session_id, request_id, outcome);
                 }
                 DeadlineKind::DelayEnd { name } => self.end_delay(&name),
+                DeadlineKind::ElectionPreempt { name } => self.fire_preempt(&name),
+                DeadlineKind::ElectionReevaluate { name } => {
+                    self.clear_reevaluate(&name);
+                    self.dirty.insert(name);
+                }
             }
             assert!(
                 self.state
@@ -622,7 +629,25 @@ impl<H: PolicyHost + ?Sized> Applier<'_, H> {
             });
         }
         self.pin_max_holders(request);
-        self.enqueue(request)
+        let outcome = self.enqueue(request);
+        // A candidate joined while there is a leader: an election's policy may prefer it and
+        // hand it the lock in this very entry; then that is the answer.
+        if !self.state.locks[name].holders.is_empty() {
+            self.elect(name);
+        }
+        let granted = self
+            .state
+            .locks
+            .get(name)
+            .and_then(|lock| lock.holders.get(&request.session_id));
+        match granted {
+            Some(hold) => Outcome::Acquired {
+                token: hold.token,
+                lease_ms: hold.lease_ms,
+                reentrant: false,
+            },
+            None => outcome,
+        }
     }
 
     /// Re-entrant acquire, already-queued acquire, or a shared capacity that disagrees with
@@ -1055,6 +1080,7 @@ impl<H: PolicyHost + ?Sized> Applier<'_, H> {
             lease_expires_at_ms,
             lock_delay_ms: lease.lock_delay_ms,
             value: request.value.clone(),
+            priority: request.priority,
         };
         assert!(lock.holders.insert(request.session_id, hold).is_none());
         let session = self
@@ -1141,8 +1167,216 @@ impl<H: PolicyHost + ?Sized> Applier<'_, H> {
             token: hold.token,
             reason,
         });
+        if self.state.locks[name].holders.is_empty() {
+            // Election timers belong to the leader that just left.
+            self.clear_preempt(name);
+            self.clear_reevaluate(name);
+        }
         self.dirty.insert(name.to_string());
         self.remove_lock_if_empty(name);
+    }
+
+    // ---- elections --------------------------------------------------------------------------
+
+    /// Runs the lock as an election if its enforcing policy has an `elect` hook: picks the
+    /// leader among the waiters, or decides whether one preempts the holder. False when the
+    /// lock is not an election (no binding, no hook, shared mode): the caller hands it off.
+    fn elect(&mut self, name: &str) -> bool {
+        let (Some(route), _) = self.routes(name) else {
+            return false;
+        };
+        let lock = &self.state.locks[name];
+        // Nobody to elect, or nobody electable before the lock-delay ends.
+        if lock.waiters.is_empty() || lock.holders.is_empty() && lock.delayed_until_ms.is_some() {
+            return false;
+        }
+        if lock.holders_mode() == Some(Mode::Shared)
+            || lock
+                .waiters
+                .iter()
+                .any(|waiter| waiter.mode == Mode::Shared)
+        {
+            return false;
+        }
+        let candidates: Vec<CandidateView> = lock
+            .waiters
+            .iter()
+            .map(|waiter| CandidateView {
+                session_id: waiter.session_id,
+                priority: waiter.priority,
+                since_ms: waiter.queued_at_ms,
+                token: 0,
+            })
+            .collect();
+        let incumbent = lock
+            .holders
+            .iter()
+            .next()
+            .map(|(session_id, hold)| CandidateView {
+                session_id: *session_id,
+                priority: hold.priority,
+                since_ms: hold.since_ms,
+                token: hold.token,
+            });
+        let log_index = self.log_index;
+        let now_ms = self.now_ms();
+        let ask = |runtime: &mut dyn PolicyRuntime, state: &State, _counting: Option<&str>| {
+            runtime.elect(&ElectInput {
+                election: name,
+                candidates: candidates.clone(),
+                incumbent: incumbent.clone(),
+                state,
+                now_ms: state.now_ms,
+                log_index,
+            })
+        };
+        let Some(decision) = self.run(Some(&route), name, Hook::Elect, ask) else {
+            return false;
+        };
+        let in_range = |at: u64| at > now_ms && at <= now_ms + limits::ELECTION_DELAY_MS_MAX;
+        let valid = match &decision {
+            ElectDecision::KeepIncumbent { reevaluate_at_ms } => {
+                incumbent.is_some() && reevaluate_at_ms.is_none_or(in_range)
+            }
+            ElectDecision::Elect {
+                winner,
+                preempt_grace_ms,
+            } => *winner < candidates.len() && *preempt_grace_ms <= limits::ELECTION_DELAY_MS_MAX,
+        };
+        let decision = if valid {
+            decision
+        } else {
+            self.count_fault(Some(&route), name, Hook::Elect, 1);
+            match incumbent {
+                Some(_) => ElectDecision::KeepIncumbent {
+                    reevaluate_at_ms: None,
+                },
+                None => ElectDecision::Elect {
+                    winner: 0,
+                    preempt_grace_ms: 0,
+                },
+            }
+        };
+        match (decision, incumbent) {
+            (ElectDecision::KeepIncumbent { reevaluate_at_ms }, _) => {
+                if let Some(at_ms) = reevaluate_at_ms {
+                    self.set_reevaluate(name, at_ms);
+                }
+            }
+            (ElectDecision::Elect { winner, .. }, None) => {
+                self.grant_candidate(name, candidates[winner].session_id);
+            }
+            (ElectDecision::Elect { winner, .. }, Some(incumbent))
+                if incumbent.token == self.log_index =>
+            {
+                // The leader was elected by this very entry: a hold never ends in the entry
+                // that granted it. Decide again at the next tick.
+                let _ = winner;
+                self.set_reevaluate(name, now_ms + 1);
+            }
+            (
+                ElectDecision::Elect {
+                    winner,
+                    preempt_grace_ms: 0,
+                },
+                Some(incumbent),
+            ) => self.preempt(name, incumbent.session_id, candidates[winner].session_id),
+            (
+                ElectDecision::Elect {
+                    winner,
+                    preempt_grace_ms,
+                },
+                Some(_),
+            ) => self.schedule_preempt(
+                name,
+                now_ms + preempt_grace_ms,
+                candidates[winner].session_id,
+            ),
+        }
+        true
+    }
+
+    /// Grants the queued candidate `session_id` (the lock is free).
+    fn grant_candidate(&mut self, name: &str, session_id: SessionId) {
+        let lock = &self.state.locks[name];
+        let position = lock.position_of(session_id).expect("candidate is queued");
+        let waiter = lock.waiters[position].clone();
+        let max_holders = lock.max_holders;
+        self.grant_waiter(name, &waiter, max_holders);
+        // Its other candidates were just considered.
+        self.dirty.remove(name);
+    }
+
+    /// Revokes the leader's hold (reason `Preempted`) and grants the winner.
+    fn preempt(&mut self, name: &str, incumbent: SessionId, winner: SessionId) {
+        self.end_hold(name, incumbent, ReleaseReason::Preempted);
+        self.grant_candidate(name, winner);
+    }
+
+    fn schedule_preempt(&mut self, name: &str, at_ms: u64, winner: SessionId) {
+        self.clear_preempt(name);
+        let lock = self.state.locks.get_mut(name).expect("election lock");
+        lock.preempt = Some((at_ms, winner));
+        let kind = DeadlineKind::ElectionPreempt {
+            name: name.to_string(),
+        };
+        assert!(self.state.deadlines.insert(Deadline { at_ms, kind }));
+    }
+
+    /// A scheduled preemption falls due (phase 2): if the winner still campaigns, the leader's
+    /// hold is revoked. Deadlines only remove, so the new leader is elected in the handoff
+    /// phase, by asking the policy again (among the candidates still there).
+    fn fire_preempt(&mut self, name: &str) {
+        let (_, winner) = self.state.locks[name]
+            .preempt
+            .expect("preempt deadline of a lock without one");
+        self.clear_preempt(name);
+        let lock = &self.state.locks[name];
+        let incumbent = lock.holders.keys().next().copied();
+        if let Some(incumbent) = incumbent
+            && lock.position_of(winner).is_some()
+        {
+            self.end_hold(name, incumbent, ReleaseReason::Preempted);
+        }
+        self.dirty.insert(name.to_string());
+    }
+
+    fn set_reevaluate(&mut self, name: &str, at_ms: u64) {
+        self.clear_reevaluate(name);
+        let lock = self.state.locks.get_mut(name).expect("election lock");
+        lock.reevaluate_at_ms = Some(at_ms);
+        let kind = DeadlineKind::ElectionReevaluate {
+            name: name.to_string(),
+        };
+        assert!(self.state.deadlines.insert(Deadline { at_ms, kind }));
+    }
+
+    fn clear_preempt(&mut self, name: &str) {
+        if let Some((at_ms, _)) = self
+            .state
+            .locks
+            .get_mut(name)
+            .and_then(|l| l.preempt.take())
+        {
+            let kind = DeadlineKind::ElectionPreempt {
+                name: name.to_string(),
+            };
+            assert!(self.state.deadlines.remove(&Deadline { at_ms, kind }));
+        }
+    }
+
+    fn clear_reevaluate(&mut self, name: &str) {
+        let taken = self
+            .state
+            .locks
+            .get_mut(name)
+            .and_then(|lock| lock.reevaluate_at_ms.take());
+        if let Some(at_ms) = taken {
+            let kind = DeadlineKind::ElectionReevaluate {
+                name: name.to_string(),
+            };
+            assert!(self.state.deadlines.remove(&Deadline { at_ms, kind }));
+        }
     }
 
     /// Takes a waiter off the queue and marks the lock for handoff. Returns its request id.
@@ -1319,6 +1553,10 @@ impl<H: PolicyHost + ?Sized> Applier<'_, H> {
         if lock.delayed_until_ms.is_some() || lock.waiters.is_empty() {
             return;
         }
+        if self.elect(name) {
+            return;
+        }
+        let lock = &self.state.locks[name];
         if !lock.waiters.iter().any(|waiter| lock.fits(waiter.mode)) {
             return; // Nobody could be granted: spare the policy call.
         }

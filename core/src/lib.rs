@@ -21,8 +21,9 @@ mod tests;
 pub use apply::apply;
 pub use model::*;
 pub use policy::{
-    AdmitDecision, AdmitInput, BoundModule, BuiltinFifo, Counters, ExpireInput, HeldView,
-    LeaseDecision, NextInput, POLICY_ABI_LIMITS, PolicyHost, PolicyRuntime, WaiterView,
+    AdmitDecision, AdmitInput, BoundModule, BuiltinFifo, CandidateView, Counters, ElectDecision,
+    ElectInput, ExpireInput, HeldView, LeaseDecision, NextInput, POLICY_ABI_LIMITS, PolicyHost,
+    PolicyRuntime, WaiterView,
 };
 pub use snapshot::{SNAPSHOT_FORMAT_VERSION, SnapshotError};
 pub use state::{

@@ -30,6 +30,9 @@ pub const WAIT_TIMEOUT_MS_MAX: u64 = 3_600_000;
 pub const LEASE_MS_MAX: u64 = 24 * 3_600_000;
 /// Longest lock-delay a policy may impose.
 pub const LOCK_DELAY_MS_MAX: u64 = 60_000;
+/// Longest a policy may postpone an election decision: a preemption's grace period, or the
+/// time it asks to be asked again.
+pub const ELECTION_DELAY_MS_MAX: u64 = 24 * 3_600_000;
 /// Largest value a hold carries (an election candidate's proclamation).
 pub const VALUE_BYTES_MAX: usize = 4_096;
 /// How many recent request outcomes each session remembers for idempotent retries.
@@ -68,5 +71,6 @@ const _: () = assert!(RECENT_REQUESTS_PER_SESSION_MAX >= 2);
 const _: () = assert!(NOW_MS_MAX.checked_add(LEASE_MS_MAX).is_some());
 const _: () = assert!(LEASE_MS_MAX >= SESSION_TTL_MS_MAX && LEASE_MS_MAX >= WAIT_TIMEOUT_MS_MAX);
 const _: () = assert!(LEASE_MS_MAX >= LOCK_DELAY_MS_MAX);
+const _: () = assert!(NOW_MS_MAX.checked_add(ELECTION_DELAY_MS_MAX).is_some());
 const _: () = assert!(POLICY_REASON_BYTES_MAX > 0);
 const _: () = assert!(POLICY_VERSIONS_KEPT >= 2 && POLICIES_MAX > 0 && POLICY_BINDINGS_MAX > 0);

@@ -219,6 +219,8 @@ pub enum ReleaseReason {
     SessionClosed,
     SessionExpired,
     LeaseExpired,
+    /// An election's policy elected another candidate over this leader.
+    Preempted,
 }
 
 /// Why a waiter left the queue without being granted.

@@ -48,6 +48,15 @@ pub trait PolicyRuntime {
         let _ = input;
         None
     }
+    /// Runs the lock as an election: who leads among `input.candidates` (the waiters), and
+    /// whether a better candidate preempts `input.incumbent` (the holder). `None` = this policy
+    /// has no `elect` hook: the lock is an ordinary lock (handoff by `choose_next`, no
+    /// preemption). Validated by `apply` (fallback: earliest candidate without incumbent, keep
+    /// the incumbent otherwise). Default: `None`.
+    fn elect(&mut self, input: &ElectInput<'_>) -> Option<ElectDecision> {
+        let _ = input;
+        None
+    }
     /// Validates a binding's `config` for locks under `prefix`; `Err(message)` refuses the
     /// binding. Default: any config.
     fn init(&mut self, config: &[u8], prefix: &str) -> Result<(), String> {
@@ -133,6 +142,44 @@ pub struct AdmitInput<'a> {
     pub counters: Counters,
     pub now_ms: u64,
     pub log_index: u64,
+}
+
+/// What a policy sees when deciding an election (an exclusive lock whose bound policy has an
+/// `elect` hook).
+#[derive(Clone, Debug)]
+pub struct ElectInput<'a> {
+    pub election: &'a str,
+    /// The waiters (campaigns), in queue order.
+    pub candidates: Vec<CandidateView>,
+    /// The current holder (leader), if any.
+    pub incumbent: Option<CandidateView>,
+    pub state: &'a State,
+    pub now_ms: u64,
+    pub log_index: u64,
+}
+
+/// A candidate or the incumbent of an election.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CandidateView {
+    pub session_id: SessionId,
+    pub priority: i32,
+    /// Candidate: when it started campaigning. Incumbent: when it became leader.
+    pub since_ms: u64,
+    /// Incumbent: its leadership's fencing token; candidates: 0.
+    pub token: FencingToken,
+}
+
+/// Answer of [`PolicyRuntime::elect`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ElectDecision {
+    /// Keep the incumbent; ask again at `reevaluate_at_ms` if set (must be in the future).
+    KeepIncumbent { reevaluate_at_ms: Option<u64> },
+    /// `candidates[winner]` leads: at once without an incumbent; with one, after
+    /// `preempt_grace_ms` (0 = now), when the incumbent's hold is revoked.
+    Elect {
+        winner: usize,
+        preempt_grace_ms: u64,
+    },
 }
 
 /// What a policy sees when a session expires holding locks under its binding.

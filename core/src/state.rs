@@ -120,6 +120,10 @@ pub(crate) struct Lock {
     pub(crate) delayed_until_ms: Option<u64>,
     /// Highest fencing token ever granted on this lock.
     pub(crate) last_token: FencingToken,
+    /// Election: a preemption its policy scheduled, (at, winner's session). Only while held.
+    pub(crate) preempt: Option<(u64, SessionId)>,
+    /// Election: when its policy asked to decide again. Only while held.
+    pub(crate) reevaluate_at_ms: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -134,6 +138,8 @@ pub(crate) struct Hold {
     pub(crate) lock_delay_ms: u64,
     /// What the hold carries (election value); empty for plain locks.
     pub(crate) value: Vec<u8>,
+    /// The priority of the request that was granted (an election incumbent's).
+    pub(crate) priority: i32,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -164,6 +170,8 @@ pub(crate) enum DeadlineKind {
     LeaseExpiry { name: String, session_id: SessionId },
     WaitTimeout { name: String, session_id: SessionId },
     DelayEnd { name: String },
+    ElectionPreempt { name: String },
+    ElectionReevaluate { name: String },
 }
 
 /// A deployed policy version as List/Describe show it.
@@ -595,6 +603,17 @@ impl State {
         if lock.delayed_until_ms.is_none() && lock.holders.is_empty() && !lock.waiters.is_empty() {
             return Err("free and not delayed, yet waiters are queued".to_string());
         }
+        let max_at = self.now_ms + limits::ELECTION_DELAY_MS_MAX;
+        if (lock.preempt.is_some() || lock.reevaluate_at_ms.is_some()) && lock.holders.is_empty()
+            || lock
+                .preempt
+                .is_some_and(|(at, _)| at <= self.now_ms || at > max_at)
+            || lock
+                .reevaluate_at_ms
+                .is_some_and(|at| at <= self.now_ms || at > max_at)
+        {
+            return Err("election timers without a leader or out of range".to_string());
+        }
         Ok(())
     }
 
@@ -725,6 +744,18 @@ impl State {
                     kind: DeadlineKind::DelayEnd { name: name.clone() },
                 });
             }
+            if let Some((at_ms, _)) = lock.preempt {
+                deadlines.insert(Deadline {
+                    at_ms,
+                    kind: DeadlineKind::ElectionPreempt { name: name.clone() },
+                });
+            }
+            if let Some(at_ms) = lock.reevaluate_at_ms {
+                deadlines.insert(Deadline {
+                    at_ms,
+                    kind: DeadlineKind::ElectionReevaluate { name: name.clone() },
+                });
+            }
         }
         deadlines
     }
@@ -739,6 +770,8 @@ impl Lock {
             waiters: VecDeque::new(),
             delayed_until_ms: None,
             last_token: 0,
+            preempt: None,
+            reevaluate_at_ms: None,
         }
     }
 

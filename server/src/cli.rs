@@ -242,6 +242,7 @@ fn reason_name(reason: i32) -> &'static str {
         pb::EventReason::LeaseExpired => "lease-expired",
         pb::EventReason::TimedOut => "timed-out",
         pb::EventReason::Cancelled => "cancelled",
+        pb::EventReason::Preempted => "preempted",
     })
 }
 

@@ -591,3 +591,109 @@ fn on_session_expire_chooses_the_lock_delay_of_each_binding_s_holds() {
     assert!(out.contains("?lock free => none"), "{out}");
     assert!(out.contains("faults=[on_session_expire:1]"), "{out}");
 }
+
+/// Elects the highest priority (earliest on ties); preempts a leader of lower priority at
+/// once; answers nonsense for locks named "*/broken".
+struct HighestPriority;
+
+impl PolicyRuntime for HighestPriority {
+    fn admit(&mut self, _input: &AdmitInput<'_>) -> AdmitDecision {
+        AdmitDecision::Admit
+    }
+    fn choose_next(&mut self, input: &NextInput<'_>) -> Vec<usize> {
+        BuiltinFifo.choose_next(input)
+    }
+    fn lease_for(&mut self, _input: &AdmitInput<'_>) -> LeaseDecision {
+        LeaseDecision::default()
+    }
+    fn elect(&mut self, input: &crate::ElectInput<'_>) -> Option<crate::ElectDecision> {
+        if input.election.ends_with("/broken") {
+            return Some(crate::ElectDecision::Elect {
+                winner: 99,
+                preempt_grace_ms: 0,
+            });
+        }
+        let (best, candidate) = input
+            .candidates
+            .iter()
+            .enumerate()
+            .max_by_key(|(index, c)| (c.priority, std::cmp::Reverse(*index)))?;
+        Some(match &input.incumbent {
+            Some(incumbent) if incumbent.priority >= candidate.priority => {
+                crate::ElectDecision::KeepIncumbent {
+                    reevaluate_at_ms: None,
+                }
+            }
+            _ => crate::ElectDecision::Elect {
+                winner: best,
+                preempt_grace_ms: 0,
+            },
+        })
+    }
+}
+
+#[test]
+fn an_elect_policy_runs_its_locks_as_elections() {
+    let mut host = host(vec![("highest", Box::new(HighestPriority))]);
+    let out = run_hosted(
+        &mut host,
+        "
+        open
+        open
+        open
+        open
+        deploy highest
+        bind e/ highest
+        acquire 1 e/x wait=60000 prio=1
+        acquire 2 e/x wait=60000 prio=0
+        acquire 3 e/x wait=60000 prio=5
+        acquire 4 e/x wait=60000 prio=3
+        release 3 e/x 9
+        acquire 1 e/broken wait=60000
+        acquire 2 e/broken wait=60000 prio=9
+        acquire 3 plain wait=60000
+        acquire 4 plain wait=60000 prio=9
+        ?bindings
+        ",
+    );
+    assert_text(
+        &out,
+        r#"
+        #1 => opened s1 ttl=10000
+           + session-opened s1
+        #2 => opened s2 ttl=10000
+           + session-opened s2
+        #3 => opened s3 ttl=10000
+           + session-opened s3
+        #4 => opened s4 ttl=10000
+           + session-opened s4
+        #5 => deployed highest@1 created=true
+           + policy-deployed highest@1
+        #6 => bound "e/" highest@1 Enforce
+           + policy-bound "e/" highest@1 Enforce
+        #7 => acquired t7
+           + acquired e/x s1 t7 x
+        #8 => queued pos=0
+           + queued e/x s2 pos=0
+        #9 => acquired t9
+           + queued e/x s3 pos=1
+           + released e/x s1 t7 Preempted
+           + acquired e/x s3 t9 x
+        #10 => queued pos=1
+           + queued e/x s4 pos=1
+        #11 => released t9 @11
+           + released e/x s3 t9 Released
+           + acquired e/x s4 t11 x
+        #12 => acquired t12
+           + acquired e/broken s1 t12 x
+        #13 => queued pos=0
+           + queued e/broken s2 pos=0
+           + policy-fault e/broken "e/" highest@1 Enforce elect
+        #14 => acquired t14
+           + acquired plain s3 t14 x
+        #15 => queued pos=0
+           + queued plain s4 pos=0
+        ?bindings => "e/" Enforce highest@1 config="" at=6 faults=[elect:1] disagree=0/0
+        "#,
+    );
+}

@@ -9,9 +9,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::SplitMix64;
 use crate::{
-    AcquireRequest, AdmitDecision, AdmitInput, Applied, BuiltinFifo, Command, Entry, Event,
-    FencingToken, LeaseDecision, LeaveReason, Mode, NextInput, Outcome, PolicyRuntime,
-    ReleaseReason, SessionId, State, apply,
+    AcquireRequest, AdmitDecision, AdmitInput, Applied, BuiltinFifo, Command, ElectDecision,
+    ElectInput, Entry, Event, FencingToken, LeaseDecision, LeaveReason, Mode, NextInput, Outcome,
+    PolicyRuntime, ReleaseReason, SessionId, State, apply,
 };
 
 const ENTRY_COUNT: u64 = 5_000;
@@ -72,6 +72,40 @@ impl PolicyRuntime for ChaosPolicy {
             },
             _ => LeaseDecision::default(),
         }
+    }
+
+    /// Locks under "queue/" are bound to this policy (entry 2), so they run as elections:
+    /// preemptions now and later, re-evaluations, and invalid answers.
+    fn elect(&mut self, input: &ElectInput<'_>) -> Option<ElectDecision> {
+        let roll = mix(&[input.log_index, input.candidates.len() as u64, 4]);
+        let last = input.candidates.len().saturating_sub(1);
+        Some(match roll % 8 {
+            0 => ElectDecision::Elect {
+                winner: input.candidates.len() + 1,
+                preempt_grace_ms: 0,
+            },
+            1 => ElectDecision::KeepIncumbent {
+                reevaluate_at_ms: Some(input.now_ms),
+            },
+            2 => ElectDecision::Elect {
+                winner: last,
+                preempt_grace_ms: 0,
+            },
+            3 => ElectDecision::Elect {
+                winner: 0,
+                preempt_grace_ms: 500 + roll % 2_000,
+            },
+            4 => ElectDecision::KeepIncumbent {
+                reevaluate_at_ms: Some(input.now_ms + 300 + roll % 1_000),
+            },
+            5 => ElectDecision::KeepIncumbent {
+                reevaluate_at_ms: None,
+            },
+            _ => ElectDecision::Elect {
+                winner: 0,
+                preempt_grace_ms: 0,
+            },
+        })
     }
 }
 
@@ -372,7 +406,7 @@ struct Coverage {
     sessions_alive_max: usize,
     acquired: u64,
     queued: u64,
-    released: [u64; 4],
+    released: [u64; 5],
     left_queue: [u64; 4],
     sessions_expired: u64,
     rejected: u64,
@@ -416,6 +450,7 @@ fn release_index(reason: ReleaseReason) -> usize {
         ReleaseReason::SessionClosed => 1,
         ReleaseReason::SessionExpired => 2,
         ReleaseReason::LeaseExpired => 3,
+        ReleaseReason::Preempted => 4,
     }
 }
 
@@ -443,7 +478,30 @@ fn determinism_for_seed(seed: u64) -> (Coverage, u64) {
     let mut model = EventModel::default();
     let restore_at = ENTRY_COUNT / 3 + generator.random.below(ENTRY_COUNT / 3);
     for log_index in 1..=ENTRY_COUNT {
-        let entry = generator.entry(log_index);
+        // The first two entries deploy a module and bind "queue/" to it (the host answers with
+        // ChaosPolicy for every binding), so those locks are elections.
+        let entry = match log_index {
+            1 => Entry {
+                log_index,
+                now_ms: 0,
+                command: Command::DeployPolicy {
+                    name: "chaos".to_string(),
+                    wasm: super::test_module("chaos"),
+                },
+            },
+            2 => Entry {
+                log_index,
+                now_ms: 0,
+                command: Command::BindPolicy {
+                    prefix: "queue/".to_string(),
+                    policy: "chaos".to_string(),
+                    version: 0,
+                    config: Vec::new(),
+                    mode: crate::BindMode::Enforce,
+                },
+            },
+            _ => generator.entry(log_index),
+        };
         let results: Vec<Applied> = replicas
             .iter_mut()
             .map(|state| apply(state, &entry, &mut ChaosPolicy as &mut dyn PolicyRuntime))

@@ -40,6 +40,7 @@ fn release_reason(reason: ReleaseReason) -> pb::EventReason {
         ReleaseReason::SessionClosed => pb::EventReason::SessionClosed,
         ReleaseReason::SessionExpired => pb::EventReason::SessionExpired,
         ReleaseReason::LeaseExpired => pb::EventReason::LeaseExpired,
+        ReleaseReason::Preempted => pb::EventReason::Preempted,
     }
 }
 

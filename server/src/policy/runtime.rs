@@ -17,8 +17,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use holdfast_core::{
-    AdmitDecision, AdmitInput, BuiltinFifo, ExpireInput, HolderView, LeaseDecision, Mode,
-    NextInput, PolicyRuntime, State, WaiterView, limits,
+    AdmitDecision, AdmitInput, BuiltinFifo, CandidateView, ElectDecision, ElectInput, ExpireInput,
+    HolderView, LeaseDecision, Mode, NextInput, PolicyRuntime, State, WaiterView, limits,
 };
 use holdfast_proto::policy::v1 as pb;
 use prost::Message;
@@ -304,6 +304,55 @@ impl WasmPolicy {
             .collect())
     }
 
+    fn elect_wasm(&mut self, input: &ElectInput<'_>) -> Result<ElectDecision, GuestFault> {
+        let candidate = |view: &CandidateView| {
+            let (principal, labels) = identity(input.state, view.session_id);
+            pb::Candidate {
+                session_id: view.session_id,
+                principal,
+                labels,
+                priority: view.priority,
+                since_ms: view.since_ms,
+                token: view.token,
+            }
+        };
+        let kept = input.candidates.len().min(POLICY_LIST_MAX);
+        let request = pb::ElectRequest {
+            config: self.config.to_vec(),
+            now_ms: input.now_ms,
+            log_index: input.log_index,
+            election: input.election.to_string(),
+            candidates: input.candidates[..kept].iter().map(candidate).collect(),
+            candidates_truncated: u32::try_from(input.candidates.len() - kept).unwrap_or(u32::MAX),
+            incumbent: input.incumbent.as_ref().map(candidate),
+        };
+        let reply: pb::ElectReply = self.call(Hook::Elect, &request)?;
+        let reevaluate_at_ms = (reply.reevaluate_at_ms != 0).then_some(reply.reevaluate_at_ms);
+        if reevaluate_at_ms.is_some_and(|at| at <= input.now_ms) {
+            return Err(GuestFault::InvalidReply(
+                "reevaluate_at_ms not in the future",
+            ));
+        }
+        match pb::ElectAction::try_from(reply.action) {
+            Ok(pb::ElectAction::KeepIncumbent) if input.incumbent.is_some() => {
+                Ok(ElectDecision::KeepIncumbent { reevaluate_at_ms })
+            }
+            Ok(pb::ElectAction::Elect) if (reply.winner as usize) < kept => {
+                Ok(ElectDecision::Elect {
+                    winner: reply.winner as usize,
+                    preempt_grace_ms: reply.preempt_grace_ms,
+                })
+            }
+            Ok(pb::ElectAction::KeepIncumbent) => {
+                Err(GuestFault::InvalidReply("keep incumbent without one"))
+            }
+            Ok(pb::ElectAction::Elect) => Err(GuestFault::InvalidReply("winner out of range")),
+            Ok(pb::ElectAction::Unspecified) | Err(_) => Err(GuestFault::InvalidReply(
+                "elect action unspecified or unknown",
+            )),
+        }
+    }
+
     fn admit_wasm(&mut self, input: &AdmitInput<'_>) -> Result<AdmitDecision, GuestFault> {
         let request = admit_request(&self.config, input);
         let reply: pb::AdmitReply = self.call(Hook::Admit, &request)?;
@@ -363,6 +412,25 @@ impl PolicyRuntime for WasmPolicy {
 
     fn fault_count(&self) -> u64 {
         self.faults.values().sum()
+    }
+
+    /// Fallback on a guest failure: keep the incumbent, or elect the earliest candidate.
+    fn elect(&mut self, input: &ElectInput<'_>) -> Option<ElectDecision> {
+        if !self.module.exports(Hook::Elect) {
+            return None;
+        }
+        Some(self.elect_wasm(input).unwrap_or_else(|fault| {
+            self.record_fault(Hook::Elect, fault);
+            match input.incumbent {
+                Some(_) => ElectDecision::KeepIncumbent {
+                    reevaluate_at_ms: None,
+                },
+                None => ElectDecision::Elect {
+                    winner: 0,
+                    preempt_grace_ms: 0,
+                },
+            }
+        }))
     }
 
     /// Fallback on a guest failure: `None`, the delays chosen at grant.

@@ -859,3 +859,88 @@ fn lease_rules_on_session_expire_applies_the_current_lock_delay_rules() {
     assert_eq!(lock.delayed_until_ms, Some(15_000));
     assert_eq!(cluster.state.policy_fault_count(), 0);
 }
+
+#[test]
+fn election_preference_elects_preempts_and_respects_tenure_through_apply() {
+    let mut cluster = Applying::new();
+    cluster.apply(Command::DeployPolicy {
+        name: "election-preference".to_string(),
+        wasm: example_bytes("election_preference"),
+    });
+    cluster.bind(
+        "leader/",
+        "election-preference",
+        "preferred_zones = a, b\nmin_tenure_ms = 5000\npreempt_grace_ms = 1000\n",
+    );
+    let open = |cluster: &mut Applying, zone: &str| {
+        let holdfast_core::Outcome::SessionOpened { session_id, .. } =
+            cluster.apply(Command::OpenSession {
+                ttl_ms: 3_600_000,
+                principal: format!("node-{zone}"),
+                labels: BTreeMap::from([("zone".to_string(), zone.to_string())]),
+            })
+        else {
+            panic!("open");
+        };
+        session_id
+    };
+    let campaign = |session_id| {
+        Command::Acquire(AcquireRequest {
+            wait_timeout_ms: 3_600_000,
+            ..request(session_id, "leader/db", Mode::Exclusive, 0)
+        })
+    };
+    let leader = |cluster: &Applying| {
+        cluster
+            .state
+            .lock("leader/db")
+            .and_then(|lock| lock.holders.first().map(|holder| holder.session_id))
+    };
+    let in_b = open(&mut cluster, "b");
+    let in_c = open(&mut cluster, "c");
+    let in_a = open(&mut cluster, "a");
+    // A free election: the first campaigner leads at once.
+    cluster.apply(campaign(in_b));
+    assert_eq!(leader(&cluster), Some(in_b));
+    // A worse zone joins: kept, no re-evaluation needed.
+    cluster.apply(campaign(in_c));
+    assert_eq!(leader(&cluster), Some(in_b));
+    // A better zone joins inside b's minimum tenure: kept until the tenure ends (5 s).
+    cluster.now_ms += 1_000;
+    cluster.apply(campaign(in_a));
+    assert_eq!(leader(&cluster), Some(in_b));
+    // Tenure over: re-evaluated, preemption scheduled after the 1 s grace.
+    cluster.now_ms = 1_000 + 5_000;
+    cluster.apply(Command::Tick {
+        renewed: Vec::new(),
+    });
+    assert_eq!(
+        leader(&cluster),
+        Some(in_b),
+        "still within the grace period"
+    );
+    cluster.now_ms += 1_000;
+    cluster.apply(Command::Tick {
+        renewed: Vec::new(),
+    });
+    assert_eq!(leader(&cluster), Some(in_a), "zone a preempted zone b");
+    let lock = cluster.state.lock("leader/db").unwrap();
+    assert_eq!(
+        lock.waiters
+            .iter()
+            .map(|w| w.session_id)
+            .collect::<Vec<_>>(),
+        vec![in_c],
+        "the preempted leader does not campaign again by itself"
+    );
+    // The leader resigns: the best remaining candidate leads.
+    let token = lock.holders[0].token;
+    cluster.apply(Command::Release {
+        session_id: in_a,
+        request_id: 0,
+        name: "leader/db".to_string(),
+        token,
+    });
+    assert_eq!(leader(&cluster), Some(in_c));
+    assert_eq!(cluster.state.policy_fault_count(), 0);
+}
