@@ -50,7 +50,9 @@ async fn a_divergent_replica_raises_the_alarm_within_one_checkpoint() {
     cluster.set_env(3, "HOLDFAST_TEST_ONLY_DIVERGE_AT", &diverge_at.to_string());
     cluster.restart(3);
     cluster.wait_leader(&cluster.ids()).await;
-    let first_checkpoint_after = (diverge_at / CHECKPOINT_EVERY + 1) * CHECKPOINT_EVERY;
+    // The perturbation comes right after applying `diverge_at`, before that entry's own
+    // checkpoint (if it is one): the first checkpoint at or after it differs.
+    let first_checkpoint_after = diverge_at.div_ceil(CHECKPOINT_EVERY) * CHECKPOINT_EVERY;
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut alarmed = Vec::new();
     while alarmed.len() < 3 {
