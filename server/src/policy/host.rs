@@ -10,9 +10,17 @@ use holdfast_core::{BoundModule, BuiltinFifo, PolicyHost, PolicyRuntime};
 use wasmtime::Engine;
 
 use super::cache::ModuleCache;
-use super::engine::policy_engine;
+use super::engine::{POLICY_POOL_INSTANCES, policy_engine};
 use super::module::hex;
 use super::runtime::WasmPolicy;
+
+/// Most instances one entry keeps alive at once (one per bound module and config it used).
+/// Beyond it the first in key order is dropped and re-created if used again, so an entry that
+/// touches many bindings (a Tick expiring a session that held locks under hundreds of
+/// prefixes) never exhausts the instance pool, which would stop the replica. Deterministic:
+/// every replica makes the same calls in the same order, so drops the same instances.
+pub const POLICY_INSTANCES_PER_ENTRY_MAX: usize = 32;
+const _: () = assert!(POLICY_INSTANCES_PER_ENTRY_MAX < POLICY_POOL_INSTANCES as usize);
 
 /// Engine and compiled-module cache of the apply loop. Its own engine (and instance pool):
 /// deploy pre-checks on the API side use another, so they can never exhaust this pool.
@@ -66,6 +74,9 @@ impl PolicyHost for EntryHost<'_> {
             return &mut self.builtin;
         };
         let key = (*module.sha256, module.config.to_vec());
+        if !self.live.contains_key(&key) && self.live.len() >= POLICY_INSTANCES_PER_ENTRY_MAX {
+            self.live.pop_first();
+        }
         let (engine, cache) = (self.engine, &mut *self.cache);
         self.live.entry(key).or_insert_with(|| {
             // Looked up by the hash state already holds: hashing the module bytes for every

@@ -944,3 +944,47 @@ fn election_preference_elects_preempts_and_respects_tenure_through_apply() {
     assert_eq!(leader(&cluster), Some(in_c));
     assert_eq!(cluster.state.policy_fault_count(), 0);
 }
+
+#[test]
+fn one_entry_touching_more_bindings_than_the_pool_holds_does_not_exhaust_it() {
+    const PREFIXES: usize = super::engine::POLICY_POOL_INSTANCES as usize + 6;
+    let mut cluster = Applying::new();
+    cluster.apply(Command::DeployPolicy {
+        name: "priority".to_string(),
+        wasm: example_bytes("priority"),
+    });
+    // Distinct configs: one instance per binding in an entry that uses all of them.
+    for i in 0..PREFIXES {
+        cluster.bind(&format!("p{i}/"), "priority", &format!("aging_ms = {}\n", 1_000 + i));
+    }
+    let mut open = || {
+        let holdfast_core::Outcome::SessionOpened { session_id, .. } =
+            cluster.apply(Command::OpenSession {
+                ttl_ms: 3_600_000,
+                principal: "p".to_string(),
+                labels: BTreeMap::new(),
+            })
+        else {
+            panic!("open");
+        };
+        session_id
+    };
+    let (holder, waiter) = (open(), open());
+    for i in 0..PREFIXES {
+        let name = format!("p{i}/lock");
+        cluster.apply(Command::Acquire(AcquireRequest {
+            request_id: 0,
+            ..request(holder, &name, Mode::Exclusive, 0)
+        }));
+        cluster.apply(Command::Acquire(AcquireRequest {
+            request_id: 0,
+            wait_timeout_ms: 3_600_000,
+            ..request(waiter, &name, Mode::Exclusive, 0)
+        }));
+    }
+    // One entry, PREFIXES handoffs, each under its own binding.
+    cluster.apply(Command::CloseSession { session_id: holder });
+    let session = cluster.state.session(waiter).expect("waiter alive");
+    assert_eq!(session.holds.len(), PREFIXES);
+    assert_eq!(cluster.state.policy_fault_count(), 0);
+}
