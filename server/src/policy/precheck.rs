@@ -40,14 +40,14 @@ impl Precheck {
     /// Checks `wasm`; `Err` is a message for the operator. CPU-bound (compiling takes from
     /// tens of milliseconds to seconds): call it off the async runtime.
     pub fn check(&self, wasm: &[u8]) -> Result<Checked, String> {
-        let engine = {
-            let mut slot = self.engine.lock().expect("precheck engine lock");
-            if slot.is_none() {
-                *slot = Some(policy_engine().map_err(|error| format!("policy engine: {error:#}"))?);
-            }
-            slot.clone().expect("built above")
-        };
-        let module = Arc::new(PolicyModule::compile(&engine, wasm).map_err(|e| e.to_string())?);
+        // One check at a time (deploys are rare): concurrent checks could exhaust this
+        // engine's instance pool.
+        let mut slot = self.engine.lock().expect("precheck engine lock");
+        if slot.is_none() {
+            *slot = Some(policy_engine().map_err(|error| format!("policy engine: {error:#}"))?);
+        }
+        let engine = slot.as_ref().expect("built above");
+        let module = Arc::new(PolicyModule::compile(engine, wasm).map_err(|e| e.to_string())?);
         let mut policy = WasmPolicy::new(Arc::clone(&module), Arc::from(&b""[..]))
             .with_fuel_per_hook(PRECHECK_FUEL_PER_HOOK);
         let sampled = |policy: &WasmPolicy, hook: Hook| -> Result<(), String> {
