@@ -382,6 +382,19 @@ impl State {
             .map(|session| (session.principal.as_str(), &session.labels))
     }
 
+    /// (locks, holds, waiters) over the whole lock table. O(locks).
+    pub fn lock_counts(&self) -> (usize, usize, usize) {
+        self.locks
+            .values()
+            .fold((0, 0, 0), |(locks, holds, waits), lock| {
+                (
+                    locks + 1,
+                    holds + lock.holders.len(),
+                    waits + lock.waiters.len(),
+                )
+            })
+    }
+
     pub fn session_count(&self) -> usize {
         self.sessions.len()
     }

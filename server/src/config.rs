@@ -62,6 +62,10 @@ pub struct NodeConfig {
     /// (the determinism guard); 0 = off.
     #[serde(default = "default_checkpoint_every_entries")]
     pub checkpoint_every_entries: u64,
+    /// Where the process serves Prometheus `/metrics` (installed by the binary, once per
+    /// process; `None` = no metrics listener).
+    #[serde(default)]
+    pub metrics_listen: Option<String>,
 }
 
 /// Default checkpoint interval of the determinism guard.

@@ -6,6 +6,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod guard;
+pub mod metrics;
 pub mod node;
 pub mod policy;
 pub mod policy_cli;

@@ -104,6 +104,9 @@ struct ServeArgs {
     /// (0 = off; default 1000).
     #[arg(long, env = "HOLDFAST_CHECKPOINT_EVERY_ENTRIES")]
     checkpoint_every_entries: Option<u64>,
+    /// Serve Prometheus metrics on http://ADDR/metrics (off when not given).
+    #[arg(long, env = "HOLDFAST_METRICS_LISTEN")]
+    metrics_listen: Option<String>,
 }
 
 #[derive(Args)]
@@ -114,6 +117,14 @@ struct DevArgs {
     /// Where the three nodes keep their data (node-1, node-2, node-3 inside).
     #[arg(long, default_value = "./holdfast-data", env = "HOLDFAST_DATA_DIR")]
     data_dir: PathBuf,
+    /// Prometheus metrics of all three nodes (label `node`) on http://ADDR/metrics; "off" for
+    /// none.
+    #[arg(
+        long,
+        default_value = "127.0.0.1:9700",
+        env = "HOLDFAST_METRICS_LISTEN"
+    )]
+    metrics_listen: String,
 }
 
 #[derive(serde::Deserialize, Default)]
@@ -132,6 +143,7 @@ struct FileConfig {
     #[serde(default)]
     allow_policy_admin: bool,
     checkpoint_every_entries: Option<u64>,
+    metrics_listen: Option<String>,
 }
 
 fn parse_id_map(map: BTreeMap<String, String>) -> anyhow::Result<BTreeMap<u64, String>> {
@@ -192,6 +204,7 @@ fn node_config(args: ServeArgs) -> anyhow::Result<NodeConfig> {
             .checkpoint_every_entries
             .or(file.checkpoint_every_entries)
             .unwrap_or(holdfast_server::config::CHECKPOINT_EVERY_ENTRIES_DEFAULT),
+        metrics_listen: args.metrics_listen.or(file.metrics_listen),
     })
 }
 
@@ -207,6 +220,10 @@ async fn shutdown_signal() {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = node_config(args)?;
+    if let Some(addr) = &config.metrics_listen {
+        holdfast_server::metrics::install(holdfast_server::metrics::parse_listen(addr)?)?;
+        println!("metrics on http://{addr}/metrics");
+    }
     let running = server::start(config.clone()).await?;
     println!(
         "holdfast node {} serving on {} (data in {})",
@@ -221,6 +238,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
 async fn dev(args: DevArgs) -> anyhow::Result<()> {
     const DEV_NODES: u64 = 3;
+    if args.metrics_listen != "off" {
+        holdfast_server::metrics::install(holdfast_server::metrics::parse_listen(
+            &args.metrics_listen,
+        )?)?;
+    }
     let addr = |id: u64| format!("127.0.0.1:{}", u64::from(args.base_port) + id - 1);
     let peers: BTreeMap<u64, String> = (1..=DEV_NODES).map(|id| (id, addr(id))).collect();
     let mut nodes = Vec::new();
@@ -236,6 +258,8 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
             // The local tour deploys policies; `dev` listens on loopback only.
             allow_policy_admin: true,
             checkpoint_every_entries: holdfast_server::config::CHECKPOINT_EVERY_ENTRIES_DEFAULT,
+            // One listener for the whole process, installed above.
+            metrics_listen: None,
         };
         nodes.push(
             server::start(config)
@@ -249,6 +273,9 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
     );
     for (id, addr) in &peers {
         println!("  node {id}: http://{addr}");
+    }
+    if args.metrics_listen != "off" {
+        println!("  metrics: http://{}/metrics", args.metrics_listen);
     }
     println!("Ctrl-C stops all three; running `holdfast dev` again resumes the same cluster.");
     shutdown_signal().await;

@@ -155,7 +155,7 @@ impl Node {
             .then_some(metrics.current_term)
     }
 
-    fn quorum_is_stale(&self) -> bool {
+    pub(crate) fn quorum_is_stale(&self) -> bool {
         let metrics = self.raft.metrics();
         let metrics = metrics.borrow_watched();
         match &metrics.last_quorum_acked {

@@ -25,6 +25,7 @@ pub struct RunningNode {
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     ticker: JoinHandle<()>,
     guard: JoinHandle<()>,
+    sampler: JoinHandle<()>,
     shutdown: tokio::sync::oneshot::Sender<()>,
 }
 
@@ -33,6 +34,7 @@ impl RunningNode {
     pub async fn shutdown(self) -> anyhow::Result<()> {
         self.ticker.abort();
         self.guard.abort();
+        self.sampler.abort();
         let _ = self.shutdown.send(());
         let _ = tokio::time::timeout(Duration::from_secs(5), self.server).await;
         self.node
@@ -50,9 +52,10 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         .with_context(|| format!("creating {}", config.data_dir.display()))?;
     let db = open_db(&config.data_dir)
         .with_context(|| format!("opening rocksdb in {}", config.data_dir.display()))?;
-    let log_store = LogStore::new(Arc::clone(&db));
-    let state_machine = StateMachineStore::open(Arc::clone(&db), config.checkpoint_every_entries)
-        .context("loading the last snapshot")?;
+    let log_store = LogStore::new(Arc::clone(&db), config.id);
+    let state_machine =
+        StateMachineStore::open(Arc::clone(&db), config.checkpoint_every_entries, config.id)
+            .context("loading the last snapshot")?;
     let shared = state_machine.shared();
 
     let timing = &config.raft;
@@ -94,6 +97,17 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         .with_context(|| format!("binding {}", config.listen))?;
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let (shutdown, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
+    // grpc.health.v1 (status set by the metrics sampler) and server reflection, so grpcurl and
+    // load balancers work out of the box.
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_service_status("", tonic_health::ServingStatus::NotServing)
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(holdfast_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("building the reflection service")?;
     let router = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(1)))
@@ -119,6 +133,8 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         .add_service(v1::cluster_server::ClusterServer::new(ClusterApi {
             node: Arc::clone(&node),
         }))
+        .add_service(health_service)
+        .add_service(reflection)
         .add_service(
             v1::policies_server::PoliciesServer::new(PoliciesApi {
                 node: Arc::clone(&node),
@@ -170,6 +186,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
 
     let ticker = tokio::spawn(Arc::clone(&node).run_ticker());
     let guard = tokio::spawn(Arc::clone(&node).run_divergence_guard());
+    let sampler = tokio::spawn(crate::metrics::run_sampler(Arc::clone(&node), health));
     tracing::info!(
         node_id = config.id,
         listen = %config.listen,
@@ -183,6 +200,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         server,
         ticker,
         guard,
+        sampler,
         shutdown,
     })
 }

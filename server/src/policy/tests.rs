@@ -955,7 +955,11 @@ fn one_entry_touching_more_bindings_than_the_pool_holds_does_not_exhaust_it() {
     });
     // Distinct configs: one instance per binding in an entry that uses all of them.
     for i in 0..PREFIXES {
-        cluster.bind(&format!("p{i}/"), "priority", &format!("aging_ms = {}\n", 1_000 + i));
+        cluster.bind(
+            &format!("p{i}/"),
+            "priority",
+            &format!("aging_ms = {}\n", 1_000 + i),
+        );
     }
     let mut open = || {
         let holdfast_core::Outcome::SessionOpened { session_id, .. } =

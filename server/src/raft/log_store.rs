@@ -66,14 +66,14 @@ pub struct LogStore {
 }
 
 impl LogStore {
-    pub fn new(db: Arc<DB>) -> LogStore {
+    pub fn new(db: Arc<DB>, node_id: u64) -> LogStore {
         let (flusher, pending) = mpsc::channel::<IOFlushed<TypeConfig>>();
         // Weak: the flusher must not keep the database open after the stores are dropped (a
         // rocksdb DB still open when the process exits crashes in its static destructors).
         let flush_db = Arc::downgrade(&db);
         std::thread::Builder::new()
             .name("holdfast-log-flusher".into())
-            .spawn(move || run_flusher(&flush_db, &pending))
+            .spawn(move || run_flusher(&flush_db, &pending, node_id))
             .expect("spawning the log flusher thread");
         LogStore { db, flusher }
     }
@@ -106,14 +106,20 @@ impl LogStore {
 }
 
 /// Syncs the WAL once per batch of pending appends, then reports each append durable, in order.
-fn run_flusher(db: &std::sync::Weak<DB>, pending: &mpsc::Receiver<IOFlushed<TypeConfig>>) {
+fn run_flusher(
+    db: &std::sync::Weak<DB>,
+    pending: &mpsc::Receiver<IOFlushed<TypeConfig>>,
+    node_id: u64,
+) {
     while let Ok(first) = pending.recv() {
         let mut batch = vec![first];
         batch.extend(pending.try_iter());
+        let started = std::time::Instant::now();
         let synced: Result<(), String> = match db.upgrade() {
             Some(db) => db.flush_wal(true).map_err(|e| e.to_string()),
             None => Err("the database was closed before the log was synced".to_owned()),
         };
+        crate::metrics::record_fsync(node_id, started.elapsed(), batch.len());
         for callback in batch {
             let result = synced
                 .clone()

@@ -64,12 +64,14 @@ pub struct StateMachineStore {
     checkpoint_every: u64,
     /// TEST ONLY ([`TEST_DIVERGE_ENV`]): perturb the state after applying this entry.
     diverge_at: Option<u64>,
+    /// This node's id, for metrics labels.
+    node_id: u64,
 }
 
 impl StateMachineStore {
     /// Loads the last persisted snapshot, if any, as the starting state. Records a checkpoint
     /// digest every `checkpoint_every` entries (0 = never).
-    pub fn open(db: Arc<DB>, checkpoint_every: u64) -> io::Result<StateMachineStore> {
+    pub fn open(db: Arc<DB>, checkpoint_every: u64, node_id: u64) -> io::Result<StateMachineStore> {
         let mut applied = Applied::default();
         if let Some(stored) = load_snapshot(&db)? {
             applied.state = State::from_snapshot_bytes(&stored.data).map_err(io::Error::other)?;
@@ -101,6 +103,7 @@ impl StateMachineStore {
             policies,
             checkpoint_every,
             diverge_at,
+            node_id,
         })
     }
 
@@ -126,6 +129,7 @@ fn save_snapshot(db: &DB, snapshot: &StoredSnapshot) -> io::Result<()> {
 pub struct SnapshotBuilder {
     shared: Arc<Shared>,
     db: Arc<DB>,
+    node_id: u64,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
@@ -145,6 +149,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         // Pair check: what we persist must decode to a valid state.
         debug_assert!(State::from_snapshot_bytes(&stored.data).is_ok());
         save_snapshot(&self.db, &stored)?;
+        crate::metrics::record_snapshot(self.node_id, stored.data.len());
         tracing::info!(last_log_id = ?stored.meta.last_log_id, bytes = stored.data.len(), "snapshot built");
         Ok(Snapshot {
             meta: stored.meta,
@@ -195,7 +200,15 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 } else {
                     // A fresh policy host per entry: no instance outlives its entry.
                     let mut host = self.policies.for_entry();
-                    holdfast_core::apply(&mut applied.state, &core_entry, &mut host)
+                    let started = std::time::Instant::now();
+                    let result = holdfast_core::apply(&mut applied.state, &core_entry, &mut host);
+                    crate::metrics::record_apply(
+                        self.node_id,
+                        &core_entry.command,
+                        &result,
+                        started.elapsed(),
+                    );
+                    result
                 };
                 if cfg!(debug_assertions)
                     && let Err(broken) = applied.state.check_invariants()
@@ -237,6 +250,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         SnapshotBuilder {
             shared: Arc::clone(&self.shared),
             db: Arc::clone(&self.db),
+            node_id: self.node_id,
         }
     }
 
@@ -246,6 +260,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         snapshot: Vec<u8>,
     ) -> Result<(), io::Error> {
         let state = State::from_snapshot_bytes(&snapshot).map_err(io::Error::other)?;
+        crate::metrics::record_snapshot(self.node_id, snapshot.len());
         save_snapshot(
             &self.db,
             &StoredSnapshot {

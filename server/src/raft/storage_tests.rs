@@ -15,8 +15,8 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> fo
     ) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), StorageError<TypeConfig>> {
         let dir = tempfile::tempdir().expect("temp dir");
         let db = open_db(dir.path()).expect("open rocksdb");
-        let state_machine = StateMachineStore::open(db.clone(), 0).expect("state machine");
-        Ok((dir, LogStore::new(db), state_machine))
+        let state_machine = StateMachineStore::open(db.clone(), 0, 1).expect("state machine");
+        Ok((dir, LogStore::new(db, 1), state_machine))
     }
 }
 

@@ -6,6 +6,7 @@ mod client;
 mod divergence;
 mod elections;
 mod mutual_exclusion;
+mod observability;
 mod policies;
 mod python;
 mod quorum;

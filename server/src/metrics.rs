@@ -1,0 +1,205 @@
+//! Prometheus metrics (`--metrics-listen ADDR` serves `/metrics`) and the gRPC health status.
+//!
+//! Every series carries a `node` label (a `holdfast dev` process runs three nodes behind one
+//! listener). Counters and histograms are recorded where things happen (apply, the log's
+//! flusher); gauges are sampled once a second by [`run_sampler`], which also sets the
+//! `grpc.health.v1` status: SERVING only while the node knows a leader (and, as the leader,
+//! hears from a quorum) and has applied everything it knows to be committed. The names are listed in `docs/operations.md`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use holdfast_core::{Applied, Command, Event, LeaveReason, ReleaseReason};
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+use openraft::async_runtime::WatchReceiver as _;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use crate::node::Node;
+
+/// How often gauges are sampled and the health status refreshed.
+pub const SAMPLE_INTERVAL_MS: u64 = 1_000;
+
+/// Installs the process-wide Prometheus recorder and its HTTP listener on `addr` (`GET
+/// /metrics`). Call once per process, inside the tokio runtime.
+pub fn install(addr: SocketAddr) -> anyhow::Result<()> {
+    const SECONDS: &[f64] = &[
+        0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+        0.5, 1.0,
+    ];
+    const COUNTS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
+    PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".to_string()), SECONDS)?
+        .set_buckets_for_metric(Matcher::Suffix("_per_fsync".to_string()), COUNTS)?
+        .install()
+        .map_err(|error| anyhow::anyhow!("metrics listener on {addr}: {error}"))
+}
+
+/// Records what one applied entry did: its command, its events (grants, releases by reason,
+/// expiries, policy faults and disagreements) and how long apply took.
+pub fn record_apply(node: u64, command: &Command, applied: &Applied, took: Duration) {
+    let node = node.to_string();
+    counter!("holdfast_applied_entries_total", "node" => node.clone(), "command" => command_name(command))
+        .increment(1);
+    histogram!("holdfast_apply_seconds", "node" => node.clone()).record(took.as_secs_f64());
+    for event in &applied.events {
+        match event {
+            Event::Acquired { .. } => {
+                counter!("holdfast_lock_grants_total", "node" => node.clone()).increment(1)
+            }
+            Event::Released { reason, .. } => counter!(
+                "holdfast_lock_releases_total",
+                "node" => node.clone(),
+                "reason" => release_reason(*reason)
+            )
+            .increment(1),
+            Event::Queued { .. } => {
+                counter!("holdfast_lock_queued_total", "node" => node.clone()).increment(1)
+            }
+            Event::LeftQueue { reason, .. } => counter!(
+                "holdfast_lock_left_queue_total",
+                "node" => node.clone(),
+                "reason" => leave_reason(*reason)
+            )
+            .increment(1),
+            Event::SessionExpired { .. } => {
+                counter!("holdfast_session_expiries_total", "node" => node.clone()).increment(1)
+            }
+            Event::PolicyFault { hook, .. } => counter!(
+                "holdfast_policy_faults_total",
+                "node" => node.clone(),
+                "hook" => hook.clone()
+            )
+            .increment(1),
+            Event::PolicyDisagreement { hook, .. } => counter!(
+                "holdfast_policy_disagreements_total",
+                "node" => node.clone(),
+                "hook" => hook.clone()
+            )
+            .increment(1),
+            _ => {}
+        }
+    }
+}
+
+/// Records one group commit of the Raft log: its fsync time and how many appends it made
+/// durable.
+pub fn record_fsync(node: u64, took: Duration, appends: usize) {
+    let node = node.to_string();
+    histogram!("holdfast_wal_fsync_seconds", "node" => node.clone()).record(took.as_secs_f64());
+    histogram!("holdfast_raft_appends_per_fsync", "node" => node).record(appends as f64);
+}
+
+/// Records the size of the snapshot just built or installed.
+pub fn record_snapshot(node: u64, bytes: usize) {
+    gauge!("holdfast_snapshot_bytes", "node" => node.to_string()).set(bytes as f64);
+}
+
+/// Samples the gauges and refreshes the health status every [`SAMPLE_INTERVAL_MS`].
+pub async fn run_sampler(node: Arc<Node>, health: HealthReporter) {
+    let label = node.id.to_string();
+    let mut last_status = None;
+    loop {
+        let (term, leader, is_leader, last_log, committed, applied_raft) = {
+            let metrics = node.raft.metrics();
+            let metrics = metrics.borrow_watched();
+            (
+                metrics.current_term,
+                metrics.current_leader,
+                metrics.current_leader == Some(node.id),
+                metrics.last_log_index.unwrap_or(0),
+                metrics.local_committed.map_or(0, |log_id| log_id.index),
+                metrics.last_applied.map_or(0, |log_id| log_id.index),
+            )
+        };
+        let (sessions, counts, policy_faults, bindings) = node.shared.read(|state| {
+            (
+                state.session_count(),
+                state.lock_counts(),
+                state.policy_fault_count(),
+                state.bindings().len(),
+            )
+        });
+        let (checkpoint, mismatches) = {
+            let checkpoints = node.shared.checkpoints.lock().expect("checkpoints lock");
+            (
+                checkpoints.latest().map_or(0, |(index, _)| index),
+                checkpoints.mismatches(),
+            )
+        };
+        let set = |name: &'static str, value: f64| {
+            gauge!(name, "node" => label.clone()).set(value);
+        };
+        set("holdfast_raft_term", term as f64);
+        set("holdfast_raft_leader_id", leader.unwrap_or(0) as f64);
+        set("holdfast_raft_is_leader", f64::from(u8::from(is_leader)));
+        set("holdfast_raft_last_log_index", last_log as f64);
+        set("holdfast_raft_commit_index", committed as f64);
+        set("holdfast_raft_applied_index", applied_raft as f64);
+        set("holdfast_sessions", sessions as f64);
+        set("holdfast_locks", counts.0 as f64);
+        set("holdfast_lock_holders", counts.1 as f64);
+        set("holdfast_lock_waiters", counts.2 as f64);
+        set("holdfast_policy_faults", policy_faults as f64);
+        set("holdfast_policy_bindings", bindings as f64);
+        set("holdfast_checkpoint_index", checkpoint as f64);
+        set("holdfast_digest_mismatches", mismatches as f64);
+        // A leader cut off from its quorum keeps believing it leads; it answers writes with
+        // UNAVAILABLE after QUORUM_STALE_MS, and is not serving either.
+        let stale_leader = is_leader && node.quorum_is_stale();
+        let status = if leader.is_some() && !stale_leader && applied_raft >= committed {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        if last_status != Some(status) {
+            health.set_service_status("", status).await;
+            last_status = Some(status);
+        }
+        tokio::time::sleep(Duration::from_millis(SAMPLE_INTERVAL_MS)).await;
+    }
+}
+
+fn command_name(command: &Command) -> &'static str {
+    match command {
+        Command::Noop => "noop",
+        Command::OpenSession { .. } => "open_session",
+        Command::CloseSession { .. } => "close_session",
+        Command::Tick { .. } => "tick",
+        Command::Acquire(_) => "acquire",
+        Command::Release { .. } => "release",
+        Command::CancelWait { .. } => "cancel_wait",
+        Command::Proclaim { .. } => "proclaim",
+        Command::DeployPolicy { .. } => "deploy_policy",
+        Command::BindPolicy { .. } => "bind_policy",
+        Command::Unbind { .. } => "unbind",
+    }
+}
+
+fn release_reason(reason: ReleaseReason) -> &'static str {
+    match reason {
+        ReleaseReason::Released => "released",
+        ReleaseReason::SessionClosed => "session_closed",
+        ReleaseReason::SessionExpired => "session_expired",
+        ReleaseReason::LeaseExpired => "lease_expired",
+        ReleaseReason::Preempted => "preempted",
+    }
+}
+
+fn leave_reason(reason: LeaveReason) -> &'static str {
+    match reason {
+        LeaveReason::TimedOut => "timed_out",
+        LeaveReason::Cancelled => "cancelled",
+        LeaveReason::SessionClosed => "session_closed",
+        LeaveReason::SessionExpired => "session_expired",
+    }
+}
+
+/// Parses `--metrics-listen`.
+pub fn parse_listen(text: &str) -> anyhow::Result<SocketAddr> {
+    text.parse()
+        .map_err(|error| anyhow::anyhow!("--metrics-listen {text:?}: {error}"))
+}

@@ -1,0 +1,160 @@
+//! Operations surface: Prometheus `/metrics` with the lock, Raft, fsync and policy series;
+//! `grpc.health.v1` SERVING only while the node knows a leader and has applied what it knows
+//! committed; server reflection lists the services.
+
+use std::time::Duration;
+
+use holdfast_client::LockMode;
+use holdfast_tests::cluster::{Cluster, free_port};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::Instant;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+/// `GET /metrics` over a plain TCP connection (HTTP/1.1, connection closed by the server).
+async fn scrape(addr: &str) -> String {
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("metrics listener");
+    let request = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        stream.read_to_string(&mut response),
+    )
+    .await
+    .expect("metrics answer in time")
+    .unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    response
+}
+
+/// The value of the first sample of `series` (name with its labels, as rendered).
+fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|line| line.starts_with(series))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+}
+
+async fn health(addr: &str) -> Option<ServingStatus> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .ok()?;
+    let response = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .ok()?;
+    ServingStatus::try_from(response.into_inner().status).ok()
+}
+
+async fn wait_health(addr: &str, wanted: ServingStatus) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = health(addr).await;
+        if status == Some(wanted) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "health of {addr} stayed {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn metrics_health_and_reflection() {
+    let mut cluster = Cluster::start(3).await;
+    let metrics_addr = format!("127.0.0.1:{}", free_port());
+    cluster.set_env(1, "HOLDFAST_METRICS_LISTEN", &metrics_addr);
+    cluster.restart(1);
+    cluster.wait_leader(&cluster.ids()).await;
+    let client = cluster.client_of(1);
+    let session = client.open_session(30_000, "metrics").await.unwrap();
+    for _ in 0..5 {
+        let hold = session
+            .acquire("ops/lock", LockMode::Exclusive, 0)
+            .await
+            .unwrap()
+            .expect("free");
+        session.release(&hold).await.unwrap();
+    }
+    cluster.wait_converged(&cluster.ids()).await;
+    // Gauges are sampled once a second.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let metrics = scrape(&metrics_addr).await;
+    let grants = sample(&metrics, r#"holdfast_lock_grants_total{node="1"}"#);
+    assert!(grants.is_some_and(|n| n >= 5.0), "{grants:?}\n{metrics}");
+    let releases = sample(
+        &metrics,
+        r#"holdfast_lock_releases_total{node="1",reason="released"}"#,
+    );
+    assert!(releases.is_some_and(|n| n >= 5.0), "{metrics}");
+    assert!(sample(&metrics, r#"holdfast_raft_term{node="1"}"#).is_some_and(|t| t >= 1.0));
+    assert_eq!(
+        sample(&metrics, r#"holdfast_sessions{node="1"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&metrics, r#"holdfast_digest_mismatches{node="1"}"#),
+        Some(0.0)
+    );
+    assert!(
+        metrics.contains(r#"holdfast_wal_fsync_seconds_bucket{node="1""#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"holdfast_apply_seconds_bucket{node="1""#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"holdfast_applied_entries_total{node="1",command="acquire"}"#),
+        "{metrics}"
+    );
+
+    // Health: serving with a leader; not serving once node 1 is alone.
+    wait_health(cluster.addr(1), ServingStatus::Serving).await;
+    cluster.kill(2);
+    cluster.kill(3);
+    wait_health(cluster.addr(1), ServingStatus::NotServing).await;
+
+    // Reflection lists the API.
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", cluster.addr(1)))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = ServerReflectionClient::new(channel)
+        .server_reflection_info(tokio_stream::once(request))
+        .await
+        .unwrap()
+        .into_inner();
+    let response = responses.message().await.unwrap().expect("one answer");
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!("unexpected reflection answer {response:?}");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for service in [
+        "holdfast.v1.Locks",
+        "holdfast.v1.Policies",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(names.iter().any(|name| name == service), "{names:?}");
+    }
+}
