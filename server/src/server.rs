@@ -112,6 +112,9 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(1)))
         .http2_keepalive_timeout(Some(Duration::from_secs(2)))
+        // One span per RPC (fixed field: method) and per-method/code metrics.
+        .trace_fn(|request| tracing::info_span!("rpc", method = %request.uri().path()))
+        .layer(crate::api::rpc_metrics::RpcMetricsLayer { node: config.id })
         .add_service(
             v1::sessions_server::SessionsServer::new(SessionsApi {
                 node: Arc::clone(&node),

@@ -6,6 +6,7 @@ mod elections;
 mod locks;
 mod peer;
 mod policies;
+pub mod rpc_metrics;
 mod sessions;
 pub mod status;
 mod validate;

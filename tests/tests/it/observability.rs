@@ -75,6 +75,7 @@ async fn metrics_health_and_reflection() {
     let mut cluster = Cluster::start(3).await;
     let metrics_addr = format!("127.0.0.1:{}", free_port());
     cluster.set_env(1, "HOLDFAST_METRICS_LISTEN", &metrics_addr);
+    cluster.set_env(1, "HOLDFAST_LOG_FORMAT", "json");
     cluster.restart(1);
     cluster.wait_leader(&cluster.ids()).await;
     let client = cluster.client_of(1);
@@ -119,6 +120,24 @@ async fn metrics_health_and_reflection() {
         metrics.contains(r#"holdfast_applied_entries_total{node="1",command="acquire"}"#),
         "{metrics}"
     );
+    let acquires = sample(
+        &metrics,
+        r#"holdfast_grpc_requests_total{node="1",method="/holdfast.v1.Locks/Acquire",code="Ok"}"#,
+    );
+    assert!(acquires.is_some_and(|n| n >= 5.0), "{metrics}");
+    assert!(
+        metrics.contains(
+            r#"holdfast_grpc_seconds_bucket{node="1",method="/holdfast.v1.Locks/Acquire""#
+        ),
+        "{metrics}"
+    );
+    // Node 1 logs JSON lines.
+    let logs = cluster.logs_hint();
+    let node_1 = logs
+        .split("--- node 2 log")
+        .next()
+        .expect("node 1's section comes first");
+    assert!(node_1.contains(r#"{"timestamp":"#), "{node_1}");
 
     // Health: serving with a leader; not serving once node 1 is alone.
     wait_health(cluster.addr(1), ServingStatus::Serving).await;
