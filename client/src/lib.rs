@@ -243,6 +243,75 @@ impl Client {
         .await
     }
 
+    /// The cluster's voters and learners (from the node answering).
+    pub async fn members(&self) -> Result<pb::MembersResponse, Status> {
+        self.retry(|channel| async move {
+            let mut request = tonic::Request::new(pb::MembersRequest {});
+            request.set_timeout(Duration::from_millis(RPC_TIMEOUT_MS));
+            Ok(ClusterClient::new(channel)
+                .members(request)
+                .await?
+                .into_inner())
+        })
+        .await
+    }
+
+    /// Adds node `id` (serving at `addr`) as a learner and waits until it caught up (admin).
+    pub async fn add_learner(&self, id: u64, addr: &str) -> Result<pb::MembershipResponse, Status> {
+        self.retry(|channel| async move {
+            let mut request = tonic::Request::new(pb::AddLearnerRequest {
+                id,
+                addr: addr.to_owned(),
+            });
+            request.set_timeout(Duration::from_millis(DEPLOY_TIMEOUT_MS));
+            Ok(ClusterClient::new(channel)
+                .add_learner(request)
+                .await?
+                .into_inner())
+        })
+        .await
+    }
+
+    /// Makes learner `id` a voter (admin).
+    pub async fn promote(&self, id: u64) -> Result<pb::MembershipResponse, Status> {
+        self.retry(|channel| async move {
+            let mut request = tonic::Request::new(pb::PromoteRequest { id });
+            request.set_timeout(Duration::from_millis(RPC_TIMEOUT_MS));
+            Ok(ClusterClient::new(channel)
+                .promote(request)
+                .await?
+                .into_inner())
+        })
+        .await
+    }
+
+    /// Removes node `id` from the cluster (admin).
+    pub async fn remove_member(&self, id: u64) -> Result<pb::MembershipResponse, Status> {
+        self.retry(|channel| async move {
+            let mut request = tonic::Request::new(pb::RemoveRequest { id });
+            request.set_timeout(Duration::from_millis(RPC_TIMEOUT_MS));
+            Ok(ClusterClient::new(channel)
+                .remove(request)
+                .await?
+                .into_inner())
+        })
+        .await
+    }
+
+    /// Hands leadership to voter `to`; returns the new leader (admin).
+    pub async fn transfer_leader(&self, to: u64) -> Result<u64, Status> {
+        self.retry(|channel| async move {
+            let mut request = tonic::Request::new(pb::TransferLeaderRequest { to });
+            request.set_timeout(Duration::from_millis(2 * RPC_TIMEOUT_MS));
+            Ok(ClusterClient::new(channel)
+                .transfer_leader(request)
+                .await?
+                .into_inner()
+                .leader_id)
+        })
+        .await
+    }
+
     /// Deploys a policy module as the next version of `name` (admin; see holdfast.v1.Policies).
     pub async fn deploy_policy(
         &self,

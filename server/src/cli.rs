@@ -478,3 +478,81 @@ pub async fn elect(connection: &Connection, args: ElectArgs) -> anyhow::Result<E
         }
     }
 }
+
+#[derive(clap::Subcommand)]
+pub enum MemberCommand {
+    /// Voters and learners with their addresses.
+    List,
+    /// Add node ID serving at ADDR as a learner; waits until it has caught up.
+    Add { id: u64, addr: String },
+    /// Make learner ID a voter.
+    Promote { id: u64 },
+    /// Remove node ID from the cluster.
+    Remove { id: u64 },
+}
+
+#[derive(clap::Subcommand)]
+pub enum LeaderCommand {
+    /// Hand leadership to voter ID.
+    Transfer { id: u64 },
+}
+
+fn print_members(connection: &Connection, leader_id: u64, members: &[pb::Member]) {
+    match connection.output {
+        Output::Json => println!(
+            "{}",
+            json!({
+                "leader_id": leader_id,
+                "members": members.iter().map(|m| json!({
+                    "id": m.id, "addr": m.addr, "voter": m.voter,
+                })).collect::<Vec<_>>(),
+            })
+        ),
+        Output::Text => {
+            for member in members {
+                println!(
+                    "node {:<4} {:<22} {}{}",
+                    member.id,
+                    member.addr,
+                    if member.voter { "voter" } else { "learner" },
+                    if member.id == leader_id {
+                        " (leader)"
+                    } else {
+                        ""
+                    }
+                );
+            }
+        }
+    }
+}
+
+pub async fn member(connection: &Connection, command: MemberCommand) -> anyhow::Result<ExitCode> {
+    let client = connection.client()?;
+    let members = match command {
+        MemberCommand::List => {
+            let response = client.members().await?;
+            print_members(connection, response.leader_id, &response.members);
+            return Ok(ExitCode::SUCCESS);
+        }
+        MemberCommand::Add { id, addr } => client.add_learner(id, &addr).await?.members,
+        MemberCommand::Promote { id } => client.promote(id).await?.members,
+        MemberCommand::Remove { id } => client.remove_member(id).await?.members,
+    };
+    let leader_id = client.members().await.map_or(0, |r| r.leader_id);
+    print_members(connection, leader_id, &members);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn leader(connection: &Connection, command: LeaderCommand) -> anyhow::Result<ExitCode> {
+    let client = connection.client()?;
+    match command {
+        LeaderCommand::Transfer { id } => {
+            let leader = client.transfer_leader(id).await?;
+            match connection.output {
+                Output::Json => println!("{}", json!({ "leader_id": leader })),
+                Output::Text => println!("node {leader} leads"),
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -54,10 +54,11 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     #[serde(default)]
     pub raft: RaftTiming,
-    /// Accept policy administration (Deploy, Bind, Unbind) on this node. Off by default: until
-    /// authentication exists, whoever reaches the port could change lock semantics.
+    /// Accept admin calls on this node: policy Deploy/Bind/Unbind and membership changes
+    /// (AddLearner, Promote, Remove, TransferLeader). Off by default: until authentication
+    /// exists, whoever reaches the port could change lock semantics or the cluster.
     #[serde(default)]
-    pub allow_policy_admin: bool,
+    pub allow_admin: bool,
     /// Record a state digest every this many applied entries and compare it with the peers'
     /// (the determinism guard); 0 = off.
     #[serde(default = "default_checkpoint_every_entries")]

@@ -67,6 +67,16 @@ enum Command {
         #[command(subcommand)]
         command: holdfast_server::policy_cli::PolicyCommand,
     },
+    /// List the membership, or change it (admin): add a learner, promote, remove.
+    Member {
+        #[command(subcommand)]
+        command: cli::MemberCommand,
+    },
+    /// Leadership: `holdfast leader transfer ID` (admin).
+    Leader {
+        #[command(subcommand)]
+        command: cli::LeaderCommand,
+    },
 }
 
 #[derive(Args)]
@@ -105,10 +115,10 @@ struct ServeArgs {
     /// Log entries kept behind the last snapshot for lagging followers.
     #[arg(long, env = "HOLDFAST_SNAPSHOT_KEEP_ENTRIES")]
     snapshot_keep_entries: Option<u64>,
-    /// Accept policy Deploy/Bind/Unbind on this node (no authentication yet: anyone who can
-    /// reach the port could change lock semantics).
-    #[arg(long, env = "HOLDFAST_ALLOW_POLICY_ADMIN")]
-    allow_policy_admin: bool,
+    /// Accept admin calls on this node: policy Deploy/Bind/Unbind and membership changes (no
+    /// authentication yet: anyone who can reach the port could use them).
+    #[arg(long, env = "HOLDFAST_ALLOW_ADMIN")]
+    allow_admin: bool,
     /// Determinism guard: digest the state every N applied entries and compare with the peers
     /// (0 = off; default 1000).
     #[arg(long, env = "HOLDFAST_CHECKPOINT_EVERY_ENTRIES")]
@@ -150,7 +160,7 @@ struct FileConfig {
     #[serde(default)]
     raft: RaftTiming,
     #[serde(default)]
-    allow_policy_admin: bool,
+    allow_admin: bool,
     checkpoint_every_entries: Option<u64>,
     metrics_listen: Option<String>,
 }
@@ -208,7 +218,7 @@ fn node_config(args: ServeArgs) -> anyhow::Result<NodeConfig> {
         routes,
         data_dir,
         raft,
-        allow_policy_admin: args.allow_policy_admin || file.allow_policy_admin,
+        allow_admin: args.allow_admin || file.allow_admin,
         checkpoint_every_entries: args
             .checkpoint_every_entries
             .or(file.checkpoint_every_entries)
@@ -265,7 +275,7 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
             data_dir: args.data_dir.join(format!("node-{id}")),
             raft: RaftTiming::default(),
             // The local tour deploys policies; `dev` listens on loopback only.
-            allow_policy_admin: true,
+            allow_admin: true,
             checkpoint_every_entries: holdfast_server::config::CHECKPOINT_EVERY_ENTRIES_DEFAULT,
             // One listener for the whole process, installed above.
             metrics_listen: None,
@@ -289,8 +299,9 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
     println!("Ctrl-C stops all three; running `holdfast dev` again resumes the same cluster.");
     shutdown_signal().await;
     println!("stopping");
+    // All three stop together: no leadership hand-over between them.
     for running in nodes {
-        running.shutdown().await?;
+        running.stop().await?;
     }
     Ok(())
 }
@@ -330,6 +341,8 @@ fn main() -> std::process::ExitCode {
             Command::Policy { command } => {
                 holdfast_server::policy_cli::run(&connection, command).await
             }
+            Command::Member { command } => cli::member(&connection, command).await,
+            Command::Leader { command } => cli::leader(&connection, command).await,
         }
     });
     match result {

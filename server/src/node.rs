@@ -164,7 +164,39 @@ impl Node {
         }
     }
 
-    fn not_leader(&self) -> ServeError {
+    /// `Err(NotLeader)` (with the leader hint) unless this node is the leader.
+    pub(crate) fn ensure_leader(&self) -> Result<(), ServeError> {
+        match self.leader_term() {
+            Some(_) => Ok(()),
+            None => Err(self.not_leader()),
+        }
+    }
+
+    /// Asks openraft to hand leadership to `to` and waits up to `timeout` for a leader other
+    /// than this node; returns the leader then known.
+    pub async fn transfer_leadership(
+        &self,
+        to: NodeId,
+        timeout: Duration,
+    ) -> Result<Option<NodeId>, String> {
+        self.raft
+            .trigger()
+            .transfer_leader(to)
+            .await
+            .map_err(|error| error.to_string())?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let (leader, _) = self.leader();
+            if leader.is_some_and(|leader| leader != self.id)
+                || tokio::time::Instant::now() >= deadline
+            {
+                return Ok(leader);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub(crate) fn not_leader(&self) -> ServeError {
         let (leader_id, leader_addr) = self.leader();
         ServeError::NotLeader {
             leader_id,

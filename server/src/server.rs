@@ -17,6 +17,8 @@ use crate::raft::{NodeInfo, Raft};
 
 /// Largest client request or response message.
 pub const CLIENT_MESSAGE_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// How long a stopping leader waits for its successor to take over.
+pub const SHUTDOWN_TRANSFER_MS: u64 = 2_000;
 /// openraft's deadline for sending a whole snapshot to a follower.
 pub const SNAPSHOT_SEND_TIMEOUT_MS: u64 = 10_000;
 
@@ -30,8 +32,35 @@ pub struct RunningNode {
 }
 
 impl RunningNode {
-    /// Stops serving, stops Raft, and waits for both.
+    /// Stops serving, stops Raft, and waits for both. A leader first hands leadership to
+    /// another voter (waiting up to `SHUTDOWN_TRANSFER_MS`), so the cluster does not wait an
+    /// election timeout for a new one.
     pub async fn shutdown(self) -> anyhow::Result<()> {
+        let successor = {
+            let metrics = self.node.raft.metrics();
+            let metrics = openraft::async_runtime::WatchReceiver::borrow_watched(&metrics);
+            let leading = metrics.current_leader == Some(self.node.id);
+            let voters = metrics.membership_config.membership().voter_ids();
+            voters
+                .filter(|id| *id != self.node.id)
+                .min()
+                .filter(|_| leading)
+        };
+        if let Some(to) = successor {
+            let timeout = Duration::from_millis(SHUTDOWN_TRANSFER_MS);
+            match self.node.transfer_leadership(to, timeout).await {
+                Ok(leader) => tracing::info!(to, ?leader, "handed leadership over before stopping"),
+                Err(error) => {
+                    tracing::warn!(to, %error, "leadership transfer before stopping failed")
+                }
+            }
+        }
+        self.stop().await
+    }
+
+    /// Stops serving, stops Raft, and waits for both, without handing leadership over (for
+    /// stopping every node of a cluster at once).
+    pub async fn stop(self) -> anyhow::Result<()> {
         self.ticker.abort();
         self.guard.abort();
         self.sampler.abort();
@@ -135,13 +164,14 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         }))
         .add_service(v1::cluster_server::ClusterServer::new(ClusterApi {
             node: Arc::clone(&node),
+            allow_admin: config.allow_admin,
         }))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(
             v1::policies_server::PoliciesServer::new(PoliciesApi {
                 node: Arc::clone(&node),
-                allow_admin: config.allow_policy_admin,
+                allow_admin: config.allow_admin,
                 precheck: Arc::default(),
             })
             .max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX),

@@ -199,6 +199,50 @@ impl Cluster {
         }
     }
 
+    /// Starts a new node `id` (not yet a member: it waits to be added with AddLearner) and
+    /// returns its address. Later (re)starts of any node list it among the peers.
+    pub fn add_node(&mut self, id: u64) -> String {
+        assert!(!self.nodes.contains_key(&id), "node {id} exists");
+        let addr = format!("127.0.0.1:{}", free_port());
+        self.peers.insert(id, addr.clone());
+        let node = NodeProcess {
+            env: Vec::new(),
+            addr: addr.clone(),
+            data_dir: self.dir.path().join(format!("node-{id}")),
+            log_path: self.dir.path().join(format!("node-{id}.log")),
+            child: None,
+            starts: 0,
+        };
+        self.nodes.insert(id, node);
+        self.spawn(id);
+        addr
+    }
+
+    /// SIGTERM to node `id`'s pid (a graceful stop), then waits for it to exit; SIGKILL if it
+    /// has not exited after `GRACEFUL_STOP_MS`. Returns whether it exited by itself.
+    pub fn terminate(&mut self, id: u64) -> bool {
+        const GRACEFUL_STOP_MS: u64 = 15_000;
+        let node = self.nodes.get_mut(&id).expect("known node");
+        let Some(mut child) = node.child.take() else {
+            return true;
+        };
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+        let deadline =
+            std::time::Instant::now() + std::time::Duration::from_millis(GRACEFUL_STOP_MS);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        false
+    }
+
     /// Sets an environment variable for node `id`'s process from its next (re)start on.
     pub fn set_env(&mut self, id: u64, key: &str, value: &str) {
         let node = self.nodes.get_mut(&id).expect("known node");

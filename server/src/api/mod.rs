@@ -2,6 +2,7 @@
 //! v3rpc): validate the request's shape → write or read through [`Node`] → map rejections and
 //! errors through `status` → fill the response header.
 
+mod cluster;
 mod elections;
 mod locks;
 mod peer;
@@ -12,14 +13,12 @@ pub mod status;
 mod validate;
 mod watch;
 
-use std::sync::Arc;
-
 use holdfast_core::{Command, Outcome};
-use holdfast_proto::v1::{self as pb, ResponseHeader};
-use openraft::async_runtime::WatchReceiver as _;
+use holdfast_proto::v1::ResponseHeader;
 
 use crate::node::Node;
 
+pub use cluster::ClusterApi;
 pub use elections::ElectionsApi;
 pub use locks::LocksApi;
 pub use peer::PeerApi;
@@ -71,63 +70,4 @@ async fn read_state<T>(
         .shared
         .read(|s| (read(s), s.applied_index(), s.now_ms()));
     Ok((value, header(node, revision, now_ms)))
-}
-
-pub struct ClusterApi {
-    pub node: Arc<Node>,
-}
-
-#[tonic::async_trait]
-impl pb::cluster_server::Cluster for ClusterApi {
-    async fn status(
-        &self,
-        _request: tonic::Request<pb::StatusRequest>,
-    ) -> Result<tonic::Response<pb::StatusResponse>, tonic::Status> {
-        let node = &self.node;
-        let (leader_id, leader_addr) = node.leader();
-        let (term, last_log_index, voters) = {
-            let metrics = node.raft.metrics();
-            let metrics = metrics.borrow_watched();
-            let voters: Vec<u64> = metrics.membership_config.membership().voter_ids().collect();
-            (
-                metrics.current_term,
-                metrics.last_log_index.unwrap_or(0),
-                voters,
-            )
-        };
-        let (applied_index, now_ms, session_count, digest) = node
-            .shared
-            .read(|s| (s.applied_index(), s.now_ms(), s.session_count(), s.digest()));
-        let (checkpoint, digest_mismatches, divergence) = {
-            let checkpoints = node.shared.checkpoints.lock().expect("checkpoints lock");
-            let divergence = checkpoints.first_mismatch().map_or_else(String::new, |m| {
-                format!(
-                    "state digest at log index {} differs from node {}'s ({} here, {} there)",
-                    m.index,
-                    m.peer,
-                    crate::policy::module::hex(&m.ours),
-                    crate::policy::module::hex(&m.theirs)
-                )
-            });
-            (checkpoints.latest(), checkpoints.mismatches(), divergence)
-        };
-        Ok(tonic::Response::new(pb::StatusResponse {
-            node_id: node.id,
-            leader_id: leader_id.unwrap_or(0),
-            leader_addr: leader_addr.unwrap_or_default(),
-            term,
-            last_log_index,
-            applied_index,
-            now_ms,
-            voters,
-            session_count: session_count as u64,
-            state_digest: crate::policy::module::hex(&digest),
-            checkpoint_index: checkpoint.map_or(0, |(index, _)| index),
-            checkpoint_digest: checkpoint.map_or_else(String::new, |(_, digest)| {
-                crate::policy::module::hex(&digest)
-            }),
-            digest_mismatches,
-            divergence,
-        }))
-    }
 }

@@ -96,6 +96,20 @@ impl Peer for PeerApi {
         reply(&result)
     }
 
+    async fn transfer_leader(
+        &self,
+        request: Request<Payload>,
+    ) -> Result<Response<Payload>, Status> {
+        let rpc: openraft::raft::TransferLeaderRequest<TypeConfig> = decode(request)?;
+        let result = self
+            .node
+            .raft
+            .handle_transfer_leader(rpc)
+            .await
+            .map_err(|e| e.to_string());
+        reply(&result)
+    }
+
     async fn checkpoints(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
         let () = decode(request)?;
         let recent = self

@@ -1,6 +1,6 @@
 //! holdfast.v1.Policies: deploy policy modules, bind them to prefixes, list and describe.
 //! Deploy/Bind/Unbind are admin operations, refused unless the node allows them
-//! (`--allow-policy-admin`, on in `holdfast dev`).
+//! (`--allow-admin`, on in `holdfast dev`).
 
 use std::sync::Arc;
 
@@ -28,7 +28,7 @@ impl PoliciesApi {
         }
         Err(Status::permission_denied(format!(
             "{what} is a policy administration call and this node does not allow them \
-             (start it with --allow-policy-admin)"
+             (start it with --allow-admin)"
         )))
     }
 }

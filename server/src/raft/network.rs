@@ -37,6 +37,7 @@ pub enum PeerRpc {
     Renew,
     ReadIndex,
     Checkpoints,
+    TransferLeader,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -123,6 +124,7 @@ impl Peers {
                 PeerRpc::Renew => client.renew(message).await,
                 PeerRpc::ReadIndex => client.read_index(message).await,
                 PeerRpc::Checkpoints => client.checkpoints(message).await,
+                PeerRpc::TransferLeader => client.transfer_leader(message).await,
             }
         };
         let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
@@ -234,6 +236,14 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
         self.raft_rpc(PeerRpc::PreVote, &rpc, &option).await
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        rpc: openraft::raft::TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<openraft::raft::TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.raft_rpc(PeerRpc::TransferLeader, &rpc, &option).await
     }
 
     async fn full_snapshot(

@@ -5,6 +5,7 @@ mod cli;
 mod client;
 mod divergence;
 mod elections;
+mod membership;
 mod mutual_exclusion;
 mod observability;
 mod policies;

@@ -14,7 +14,7 @@ use tonic::Code;
 
 use crate::support::wait_for_lock;
 
-const ADMIN: &str = "--allow-policy-admin";
+const ADMIN: &str = "--allow-admin";
 
 async fn bind(
     client: &Client,
@@ -315,11 +315,11 @@ async fn policy_administration_needs_the_admin_flag() {
     let refused = client
         .deploy_policy("fifo", &policy_wasm("fifo"))
         .await
-        .expect_err("no --allow-policy-admin");
+        .expect_err("no --allow-admin");
     assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
     let refused = bind(&client, "", "builtin", "", pb::BindMode::Enforce)
         .await
-        .expect_err("no --allow-policy-admin");
+        .expect_err("no --allow-admin");
     assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
     // Reading is not administration.
     assert!(client.list_policies().await.unwrap().bindings.is_empty());
