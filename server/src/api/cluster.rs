@@ -200,6 +200,11 @@ impl pb::cluster_server::Cluster for ClusterApi {
             Some(leader) if leader == to => Ok(Response::new(pb::TransferLeaderResponse {
                 leader_id: leader,
             })),
+            // The election the transfer started can be won by another voter (e.g. when the
+            // target's log was behind): the transfer did not happen; it may be retried.
+            Some(leader) if leader != self.node.id => Err(Status::aborted(format!(
+                "node {leader} won the election instead of node {to}; retry the transfer"
+            ))),
             other => Err(Status::deadline_exceeded(format!(
                 "node {to} did not take over within {TRANSFER_LEADER_TIMEOUT_MS} ms (leader: {other:?})"
             ))),
