@@ -275,3 +275,28 @@ fn cluster_time_is_clamped() {
         "#,
     );
 }
+
+/// docs/operations.md lists every limit with its value (the table is generated from
+/// limits.rs; this keeps them in step).
+#[test]
+fn every_limit_is_documented_with_its_value() {
+    let source = include_str!("../limits.rs");
+    let docs = include_str!("../../../docs/operations.md");
+    let mut count = 0;
+    for line in source.lines().filter(|line| line.starts_with("pub const ")) {
+        let (name, rest) = line["pub const ".len()..]
+            .split_once(':')
+            .expect("pub const NAME: TYPE = VALUE;");
+        let value = rest
+            .split_once('=')
+            .map(|(_, value)| value.trim().trim_end_matches(';'))
+            .expect("a value");
+        let row = format!("| `{name}` | `{value}` |");
+        assert!(
+            docs.contains(&row),
+            "docs/operations.md lacks the row {row}"
+        );
+        count += 1;
+    }
+    assert!(count >= 20, "found only {count} limits");
+}
