@@ -6,12 +6,13 @@
 //! `grpc.health.v1` status: SERVING only while the node knows a leader (and, as the leader,
 //! hears from a quorum) and has applied everything it knows to be committed. The names are listed in `docs/operations.md`.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use holdfast_core::{Applied, Command, Event, LeaveReason, ReleaseReason};
-use metrics::{counter, gauge, histogram};
+use metrics::{Counter, Histogram, counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use openraft::async_runtime::WatchReceiver as _;
 use tonic_health::ServingStatus;
@@ -38,52 +39,121 @@ pub fn install(addr: SocketAddr) -> anyhow::Result<()> {
         .map_err(|error| anyhow::anyhow!("metrics listener on {addr}: {error}"))
 }
 
-/// Records what one applied entry did: its command, its events (grants, releases by reason,
-/// expiries, policy faults and disagreements) and how long apply took.
-pub fn record_apply(node: u64, command: &Command, applied: &Applied, took: Duration) {
-    let node = node.to_string();
-    counter!("holdfast_applied_entries_total", "node" => node.clone(), "command" => command_name(command))
-        .increment(1);
-    histogram!("holdfast_apply_seconds", "node" => node.clone()).record(took.as_secs_f64());
-    for event in &applied.events {
-        match event {
-            Event::Acquired { .. } => {
-                counter!("holdfast_lock_grants_total", "node" => node.clone()).increment(1)
+/// Metric handles of one node's apply loop, registered once (recording through a handle
+/// costs an atomic add; looking a series up by name and labels costs far more).
+pub struct ApplyMetrics {
+    node: String,
+    applied: BTreeMap<&'static str, Counter>,
+    apply_seconds: Histogram,
+    grants: Counter,
+    queued: Counter,
+    releases: BTreeMap<&'static str, Counter>,
+    left_queue: BTreeMap<&'static str, Counter>,
+    expiries: Counter,
+}
+
+impl ApplyMetrics {
+    pub fn new(node: u64) -> ApplyMetrics {
+        let node = node.to_string();
+        let label = || node.clone();
+        ApplyMetrics {
+            applied: COMMANDS
+                .iter()
+                .map(|command| {
+                    let counter = counter!(
+                        "holdfast_applied_entries_total",
+                        "node" => label(),
+                        "command" => *command
+                    );
+                    (*command, counter)
+                })
+                .collect(),
+            apply_seconds: histogram!("holdfast_apply_seconds", "node" => label()),
+            grants: counter!("holdfast_lock_grants_total", "node" => label()),
+            queued: counter!("holdfast_lock_queued_total", "node" => label()),
+            releases: RELEASE_REASONS
+                .iter()
+                .map(|reason| {
+                    let counter = counter!(
+                        "holdfast_lock_releases_total",
+                        "node" => label(),
+                        "reason" => *reason
+                    );
+                    (*reason, counter)
+                })
+                .collect(),
+            left_queue: LEAVE_REASONS
+                .iter()
+                .map(|reason| {
+                    let counter = counter!(
+                        "holdfast_lock_left_queue_total",
+                        "node" => label(),
+                        "reason" => *reason
+                    );
+                    (*reason, counter)
+                })
+                .collect(),
+            expiries: counter!("holdfast_session_expiries_total", "node" => label()),
+            node,
+        }
+    }
+
+    /// Records what one applied entry did: its command, its events (grants, releases by
+    /// reason, expiries, policy faults and disagreements) and how long apply took.
+    pub fn record(&self, command: &Command, applied: &Applied, took: Duration) {
+        self.applied[command_name(command)].increment(1);
+        self.apply_seconds.record(took.as_secs_f64());
+        for event in &applied.events {
+            match event {
+                Event::Acquired { .. } => self.grants.increment(1),
+                Event::Released { reason, .. } => {
+                    self.releases[release_reason(*reason)].increment(1)
+                }
+                Event::Queued { .. } => self.queued.increment(1),
+                Event::LeftQueue { reason, .. } => {
+                    self.left_queue[leave_reason(*reason)].increment(1)
+                }
+                Event::SessionExpired { .. } => self.expiries.increment(1),
+                // Rare: looked up by name.
+                Event::PolicyFault { hook, .. } => counter!(
+                    "holdfast_policy_faults_total",
+                    "node" => self.node.clone(),
+                    "hook" => hook.clone()
+                )
+                .increment(1),
+                Event::PolicyDisagreement { hook, .. } => counter!(
+                    "holdfast_policy_disagreements_total",
+                    "node" => self.node.clone(),
+                    "hook" => hook.clone()
+                )
+                .increment(1),
+                _ => {}
             }
-            Event::Released { reason, .. } => counter!(
-                "holdfast_lock_releases_total",
-                "node" => node.clone(),
-                "reason" => release_reason(*reason)
-            )
-            .increment(1),
-            Event::Queued { .. } => {
-                counter!("holdfast_lock_queued_total", "node" => node.clone()).increment(1)
-            }
-            Event::LeftQueue { reason, .. } => counter!(
-                "holdfast_lock_left_queue_total",
-                "node" => node.clone(),
-                "reason" => leave_reason(*reason)
-            )
-            .increment(1),
-            Event::SessionExpired { .. } => {
-                counter!("holdfast_session_expiries_total", "node" => node.clone()).increment(1)
-            }
-            Event::PolicyFault { hook, .. } => counter!(
-                "holdfast_policy_faults_total",
-                "node" => node.clone(),
-                "hook" => hook.clone()
-            )
-            .increment(1),
-            Event::PolicyDisagreement { hook, .. } => counter!(
-                "holdfast_policy_disagreements_total",
-                "node" => node.clone(),
-                "hook" => hook.clone()
-            )
-            .increment(1),
-            _ => {}
         }
     }
 }
+
+const COMMANDS: [&str; 11] = [
+    "noop",
+    "open_session",
+    "close_session",
+    "tick",
+    "acquire",
+    "release",
+    "cancel_wait",
+    "proclaim",
+    "deploy_policy",
+    "bind_policy",
+    "unbind",
+];
+const RELEASE_REASONS: [&str; 5] = [
+    "released",
+    "session_closed",
+    "session_expired",
+    "lease_expired",
+    "preempted",
+];
+const LEAVE_REASONS: [&str; 4] = ["timed_out", "cancelled", "session_closed", "session_expired"];
 
 /// Records one group commit of the Raft log: its fsync time and how many appends it made
 /// durable.

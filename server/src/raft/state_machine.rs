@@ -66,6 +66,7 @@ pub struct StateMachineStore {
     diverge_at: Option<u64>,
     /// This node's id, for metrics labels.
     node_id: u64,
+    metrics: crate::metrics::ApplyMetrics,
 }
 
 impl StateMachineStore {
@@ -104,6 +105,7 @@ impl StateMachineStore {
             checkpoint_every,
             diverge_at,
             node_id,
+            metrics: crate::metrics::ApplyMetrics::new(node_id),
         })
     }
 
@@ -202,12 +204,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     let mut host = self.policies.for_entry();
                     let started = std::time::Instant::now();
                     let result = holdfast_core::apply(&mut applied.state, &core_entry, &mut host);
-                    crate::metrics::record_apply(
-                        self.node_id,
-                        &core_entry.command,
-                        &result,
-                        started.elapsed(),
-                    );
+                    self.metrics
+                        .record(&core_entry.command, &result, started.elapsed());
                     result
                 };
                 if cfg!(debug_assertions)
