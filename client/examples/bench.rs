@@ -9,7 +9,10 @@
 //! - `--scenario keepalive` (S3): N sessions each sending keepalives back to back on one
 //!   stream; prints keepalives/s and the answer latency.
 //!
-//!     cargo run --release -p holdfast-client --example bench -- --clients 64 --seconds 10
+//! ```text
+//! cargo run --release -p holdfast-client --example bench -- --clients 64 --seconds 10
+//! ```
+//!
 //! Flags: --scenario, --clients N, --seconds S (default 10), --endpoints a:1,b:2 (default dev).
 
 use std::time::{Duration, Instant};

@@ -116,6 +116,9 @@ pub struct Node {
     pub peers: Arc<Peers>,
     clock: Mutex<LeaderClock>,
     renewals: Mutex<Renewals>,
+    /// Wakes the ticker when a keepalive arrives, so renewals are carried by the next `Tick`
+    /// at once rather than at the next interval (keepalive latency ≈ one commit).
+    renewal_arrived: tokio::sync::Notify,
     /// One past the generation of the newest `Tick` that committed (0 = none yet).
     ticks_committed: watch::Sender<u64>,
 }
@@ -129,6 +132,7 @@ impl Node {
             peers,
             clock: Mutex::new(LeaderClock::default()),
             renewals: Mutex::new(Renewals::default()),
+            renewal_arrived: tokio::sync::Notify::new(),
             ticks_committed: watch::channel(0).0,
         })
     }
@@ -345,6 +349,7 @@ impl Node {
             );
             renewals.generation
         };
+        self.renewal_arrived.notify_one();
         if alive.iter().any(|a| *a) {
             let mut committed = self.ticks_committed.subscribe();
             let wait = committed.wait_for(|count| *count > generation);
@@ -484,7 +489,13 @@ impl Node {
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_tick = tokio::time::Instant::now();
         loop {
-            interval.tick().await;
+            // The interval drives deadlines and idle ticks; a keepalive wakes the ticker at
+            // once (ticks then follow each other as fast as they commit, each carrying every
+            // renewal that arrived meanwhile).
+            tokio::select! {
+                _ = interval.tick() => {}
+                () = self.renewal_arrived.notified() => {}
+            }
             let Some(term) = self.leader_term() else {
                 continue;
             };
