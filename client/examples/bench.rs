@@ -93,7 +93,9 @@ where
     F: Fn(usize) -> Fut,
     Fut: std::future::Future<Output = Result<Vec<u64>, BoxError>> + Send + 'static,
 {
-    let tasks: Vec<_> = (0..clients).map(|index| tokio::spawn(task(index))).collect();
+    let tasks: Vec<_> = (0..clients)
+        .map(|index| tokio::spawn(task(index)))
+        .collect();
     let mut results = Vec::new();
     for task in tasks {
         results.push(task.await?.map_err(|e| e.to_string())?);

@@ -1266,12 +1266,9 @@ impl<H: PolicyHost + ?Sized> Applier<'_, H> {
             (ElectDecision::Elect { winner, .. }, None) => {
                 self.grant_candidate(name, candidates[winner].session_id);
             }
-            (ElectDecision::Elect { winner, .. }, Some(incumbent))
-                if incumbent.token == self.log_index =>
-            {
+            (ElectDecision::Elect { .. }, Some(incumbent)) if incumbent.token == self.log_index => {
                 // The leader was elected by this very entry: a hold never ends in the entry
                 // that granted it. Decide again at the next tick.
-                let _ = winner;
                 self.set_reevaluate(name, now_ms + 1);
             }
             (

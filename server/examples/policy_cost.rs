@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use holdfast_core::{
-    AcquireRequest, AdmitInput, BindMode, BuiltinFifo, Command, Counters, Entry, HolderView, Mode,
+    AcquireRequest, AdmitInput, BindMode, BuiltinFifo, Command, Counters, HolderView, Mode,
     NextInput, Outcome, PolicyRuntime, State, WaiterView,
 };
 use holdfast_server::policy::{ApplyPolicies, PolicyModule, WasmPolicy, policy_engine};
@@ -136,16 +136,8 @@ fn main() -> anyhow::Result<()> {
     for bound in [false, true] {
         let mut state = State::default();
         let mut policies = ApplyPolicies::new()?;
-        let mut index = 0;
-        let mut apply = |state: &mut State, command: Command| {
-            index += 1;
-            let entry = Entry {
-                log_index: index,
-                now_ms: 1_000,
-                command,
-            };
-            holdfast_core::apply(state, &entry, &mut policies.for_entry())
-        };
+        let mut apply =
+            |state: &mut State, command: Command| policies.apply_next(state, 1_000, command);
         if bound {
             let deploy = Command::DeployPolicy {
                 name: "bench".into(),

@@ -153,14 +153,34 @@ const RELEASE_REASONS: [&str; 5] = [
     "lease_expired",
     "preempted",
 ];
-const LEAVE_REASONS: [&str; 4] = ["timed_out", "cancelled", "session_closed", "session_expired"];
+const LEAVE_REASONS: [&str; 4] = [
+    "timed_out",
+    "cancelled",
+    "session_closed",
+    "session_expired",
+];
 
-/// Records one group commit of the Raft log: its fsync time and how many appends it made
-/// durable.
-pub fn record_fsync(node: u64, took: Duration, appends: usize) {
-    let node = node.to_string();
-    histogram!("holdfast_wal_fsync_seconds", "node" => node.clone()).record(took.as_secs_f64());
-    histogram!("holdfast_raft_appends_per_fsync", "node" => node).record(appends as f64);
+/// Metric handles of one node's log flusher.
+pub struct FsyncMetrics {
+    seconds: Histogram,
+    appends: Histogram,
+}
+
+impl FsyncMetrics {
+    pub fn new(node: u64) -> FsyncMetrics {
+        let node = node.to_string();
+        FsyncMetrics {
+            seconds: histogram!("holdfast_wal_fsync_seconds", "node" => node.clone()),
+            appends: histogram!("holdfast_raft_appends_per_fsync", "node" => node),
+        }
+    }
+
+    /// Records one group commit of the Raft log: its fsync time and how many appends it made
+    /// durable.
+    pub fn record(&self, took: Duration, appends: usize) {
+        self.seconds.record(took.as_secs_f64());
+        self.appends.record(appends as f64);
+    }
 }
 
 /// Records the size of the snapshot just built or installed.

@@ -28,6 +28,8 @@ pub const PEER_CALL_TIMEOUT_MS: u64 = 2_000;
 /// A leader that has not heard from a quorum for this long refuses writes at once instead of
 /// letting them time out: it is probably on the minority side of a partition.
 pub const QUORUM_STALE_MS: u64 = 1_500;
+/// How often a leadership transfer checks whether another node leads yet.
+pub const LEADER_POLL_MS: u64 = 20;
 /// How often the leader considers proposing a `Tick`.
 pub const TICK_INTERVAL_MS: u64 = 50;
 /// While sessions exist, the leader ticks at least this often, so that little cluster time is
@@ -196,7 +198,7 @@ impl Node {
             {
                 return Ok(leader);
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(Duration::from_millis(LEADER_POLL_MS)).await;
         }
     }
 

@@ -23,7 +23,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
 use holdfast_core::{
-    AcquireRequest, Applied, BindMode, Command, Entry, Event, Mode, Outcome, Rejection, State,
+    AcquireRequest, Applied, BindMode, Command, Event, Mode, Outcome, Rejection, State,
 };
 
 use crate::policy::ApplyPolicies;
@@ -42,13 +42,8 @@ struct Scenario {
 
 impl Scenario {
     fn apply(&mut self, command: Command) -> Applied {
-        let entry = Entry {
-            log_index: self.state.applied_index() + 1,
-            now_ms: self.now_ms,
-            command,
-        };
-        let mut host = self.policies.for_entry();
-        holdfast_core::apply(&mut self.state, &entry, &mut host)
+        self.policies
+            .apply_next(&mut self.state, self.now_ms, command)
     }
 
     fn session(&self, name: &str) -> anyhow::Result<u64> {

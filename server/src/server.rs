@@ -49,7 +49,16 @@ impl RunningNode {
         if let Some(to) = successor {
             let timeout = Duration::from_millis(SHUTDOWN_TRANSFER_MS);
             match self.node.transfer_leadership(to, timeout).await {
-                Ok(leader) => tracing::info!(to, ?leader, "handed leadership over before stopping"),
+                Ok(Some(leader)) if leader == to => {
+                    tracing::info!(to, "handed leadership over before stopping")
+                }
+                Ok(leader) => {
+                    tracing::warn!(
+                        to,
+                        ?leader,
+                        "leadership was not handed over before stopping"
+                    )
+                }
                 Err(error) => {
                     tracing::warn!(to, %error, "leadership transfer before stopping failed")
                 }

@@ -95,13 +95,13 @@ impl Policies for PoliciesApi {
         // Checks before proposing (compile + sample hook runs), off the async runtime.
         let precheck = Arc::clone(&self.precheck);
         let wasm = Arc::new(request.wasm);
-        let checked = {
+        {
             let wasm = Arc::clone(&wasm);
             tokio::task::spawn_blocking(move || precheck.check(&wasm))
                 .await
                 .map_err(|error| Status::internal(format!("deploy pre-check: {error}")))?
-        };
-        checked.map_err(|message| Status::invalid_argument(format!("wasm: {message}")))?;
+                .map_err(|message| Status::invalid_argument(format!("wasm: {message}")))?;
+        }
         let wasm = Arc::try_unwrap(wasm).unwrap_or_else(|shared| (*shared).clone());
         let command = Command::DeployPolicy {
             name: request.name,

@@ -6,7 +6,9 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use holdfast_core::{BoundModule, BuiltinFifo, PolicyHost, PolicyRuntime};
+use holdfast_core::{
+    Applied, BoundModule, BuiltinFifo, Command, Entry, PolicyHost, PolicyRuntime, State,
+};
 use wasmtime::Engine;
 
 use super::cache::ModuleCache;
@@ -37,6 +39,17 @@ impl ApplyPolicies {
             engine,
             cache: ModuleCache::new(),
         })
+    }
+
+    /// Applies `command` to `state` as the next log entry at cluster time `now_ms`, with a
+    /// fresh host: the apply path without Raft, for tools, examples and tests.
+    pub fn apply_next(&mut self, state: &mut State, now_ms: u64, command: Command) -> Applied {
+        let entry = Entry {
+            log_index: state.applied_index() + 1,
+            now_ms,
+            command,
+        };
+        holdfast_core::apply(state, &entry, &mut self.for_entry())
     }
 
     /// The host for one entry.

@@ -28,18 +28,10 @@ pub struct Precheck {
     engine: Mutex<Option<Engine>>,
 }
 
-/// What a module that passed looks like.
-#[derive(Clone, Debug)]
-pub struct Checked {
-    pub hooks: Vec<Hook>,
-    pub meta_name: String,
-    pub meta_version: String,
-}
-
 impl Precheck {
     /// Checks `wasm`; `Err` is a message for the operator. CPU-bound (compiling takes from
     /// tens of milliseconds to seconds): call it off the async runtime.
-    pub fn check(&self, wasm: &[u8]) -> Result<Checked, String> {
+    pub fn check(&self, wasm: &[u8]) -> Result<(), String> {
         // One check at a time (deploys are rare): concurrent checks could exhaust this
         // engine's instance pool.
         let mut slot = self.engine.lock().expect("precheck engine lock");
@@ -128,10 +120,6 @@ impl Precheck {
             });
             sampled(&policy, Hook::ChooseNext)?;
         }
-        Ok(Checked {
-            hooks: module.hooks().iter().copied().collect(),
-            meta_name: module.name().to_string(),
-            meta_version: module.version().to_string(),
-        })
+        Ok(())
     }
 }

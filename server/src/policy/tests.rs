@@ -784,12 +784,9 @@ impl Applying {
     }
 
     fn apply(&mut self, command: Command) -> holdfast_core::Outcome {
-        let entry = Entry {
-            log_index: self.state.applied_index() + 1,
-            now_ms: self.now_ms,
-            command,
-        };
-        apply(&mut self.state, &entry, &mut self.policies.for_entry()).outcome
+        self.policies
+            .apply_next(&mut self.state, self.now_ms, command)
+            .outcome
     }
 
     fn bind(&mut self, prefix: &str, policy: &str, config: &str) {

@@ -111,6 +111,7 @@ fn run_flusher(
     pending: &mpsc::Receiver<IOFlushed<TypeConfig>>,
     node_id: u64,
 ) {
+    let metrics = crate::metrics::FsyncMetrics::new(node_id);
     while let Ok(first) = pending.recv() {
         let mut batch = vec![first];
         batch.extend(pending.try_iter());
@@ -119,7 +120,7 @@ fn run_flusher(
             Some(db) => db.flush_wal(true).map_err(|e| e.to_string()),
             None => Err("the database was closed before the log was synced".to_owned()),
         };
-        crate::metrics::record_fsync(node_id, started.elapsed(), batch.len());
+        metrics.record(started.elapsed(), batch.len());
         for callback in batch {
             let result = synced
                 .clone()

@@ -132,6 +132,10 @@ async fn a_stopping_leader_hands_over_and_admin_calls_need_the_flag() {
     let started = Instant::now();
     let new_leader = cluster.wait_leader(&others).await;
     assert_ne!(new_leader, leader);
+    assert_eq!(
+        new_leader, others[0],
+        "the successor is the lowest other voter"
+    );
     assert!(started.elapsed() < Duration::from_secs(5));
     let log = cluster.logs_hint();
     assert!(

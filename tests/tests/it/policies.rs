@@ -379,14 +379,6 @@ async fn a_node_restarted_from_a_snapshot_after_deploy_decides_like_the_others()
     assert_eq!(restarted.bindings[0].policy, "priority");
 }
 
-fn repo_file(path: &str) -> std::path::PathBuf {
-    let manifest_dir = std::env::var("CARGO_MANIFEST_DIR").expect("run by cargo test");
-    std::path::Path::new(&manifest_dir)
-        .parent()
-        .expect("repository root")
-        .join(path)
-}
-
 async fn run_cli(args: &[&str], endpoints: Option<String>) -> std::process::Output {
     let mut command = tokio::process::Command::new(holdfast_tests::cluster::holdfast_bin());
     command
@@ -404,8 +396,12 @@ async fn run_cli(args: &[&str], endpoints: Option<String>) -> std::process::Outp
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn policy_test_runs_scenarios_locally_and_fails_on_a_broken_expectation() {
-    let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".to_owned());
-    let module = |name: &str| format!("{target}/wasm32v1-none/release/holdfast_policy_{name}.wasm");
+    let module = |name: &str| {
+        holdfast_tests::policy_wasm_path(name)
+            .to_str()
+            .expect("UTF-8 path")
+            .to_owned()
+    };
     for (policy, scenario, decision) in [
         ("priority", "priority", "jobs/q granted to high"),
         (
@@ -414,7 +410,8 @@ async fn policy_test_runs_scenarios_locally_and_fails_on_a_broken_expectation() 
             "tenant acme holds 1 locks, its limit is 1",
         ),
     ] {
-        let scenario = repo_file(&format!("examples/scenarios/{scenario}.scenario"));
+        let scenario =
+            holdfast_tests::repo_root().join(format!("examples/scenarios/{scenario}.scenario"));
         let output = run_cli(
             &[
                 "policy",
@@ -470,8 +467,10 @@ async fn policy_cli_deploys_binds_and_lists() {
             .collect::<Vec<_>>()
             .join(","),
     );
-    let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".to_owned());
-    let module = format!("{target}/wasm32v1-none/release/holdfast_policy_lease_rules.wasm");
+    let module = holdfast_tests::policy_wasm_path("lease_rules")
+        .to_str()
+        .expect("UTF-8 path")
+        .to_owned();
     let config = cluster.dir().join("lease.conf");
     std::fs::write(&config, "lease_ms.batch/ = 30000\n").unwrap();
     for args in [

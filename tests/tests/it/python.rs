@@ -1,7 +1,6 @@
 //! Any language: the Python example (stubs generated from proto/ with grpcio-tools) takes and
 //! releases a lock on a live cluster.
 
-use std::path::Path;
 
 use holdfast_tests::cluster::Cluster;
 
@@ -10,10 +9,7 @@ async fn python_example_takes_and_releases_a_lock() {
     let cluster = Cluster::start(3).await;
     // scripts/test provides a venv with grpcio (scripts/python-env); plain python3 otherwise.
     let python = std::env::var("HOLDFAST_PYTHON").unwrap_or_else(|_| "python3".to_owned());
-    // At run time (cargo test sets it): a binary reused from a shared target directory may
-    // have been built in another checkout.
-    let manifest_dir = std::env::var("CARGO_MANIFEST_DIR").expect("run by cargo test");
-    let repo = Path::new(&manifest_dir).parent().expect("repository root");
+    let repo = holdfast_tests::repo_root();
     let stubs = cluster.dir().join("python-stubs");
     std::fs::create_dir_all(&stubs).unwrap();
     let protos: Vec<String> = [
