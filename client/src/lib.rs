@@ -82,6 +82,13 @@ pub struct Client {
 fn retryable(status: &Status) -> bool {
     matches!(status.code(), Code::Unavailable | Code::Unknown)
         || status.message().contains("transport error")
+        || transport_failure(status)
+}
+
+/// The connection failed under the call (e.g. its node was killed: hyper reports the request
+/// as cancelled). Every retried request is idempotent (request ids), so another node may take it.
+fn transport_failure(status: &Status) -> bool {
+    std::error::Error::source(status).is_some_and(|source| source.is::<tonic::transport::Error>())
 }
 
 impl Client {

@@ -1,7 +1,6 @@
 //! Any language: the Python example (stubs generated from proto/ with grpcio-tools) takes and
 //! releases a lock on a live cluster.
 
-
 use holdfast_tests::cluster::Cluster;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
