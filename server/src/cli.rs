@@ -16,6 +16,10 @@ pub const EXIT_ERROR: u8 = 125;
 /// Exit code of `holdfast lock` when the session was lost while the command ran (the command got
 /// SIGTERM, then SIGKILL after the grace period).
 pub const EXIT_SESSION_LOST: u8 = 75;
+/// `holdfast serve` stopped itself because Raft hit a fatal storage error (e.g. the disk is
+/// full): it acknowledged nothing it had not persisted, and restarting it once the disk is
+/// fixed recovers it from its data dir (EX_IOERR).
+pub const EXIT_FAIL_STOP: u8 = 74;
 /// How long a command gets between SIGTERM and SIGKILL.
 pub const KILL_GRACE_MS: u64 = 5_000;
 

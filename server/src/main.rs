@@ -237,7 +237,7 @@ async fn shutdown_signal() {
     }
 }
 
-async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+async fn serve(args: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
     let config = node_config(args)?;
     if let Some(addr) = &config.metrics_listen {
         holdfast_server::metrics::install(holdfast_server::metrics::parse_listen(addr)?)?;
@@ -250,9 +250,21 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         config.listen,
         config.data_dir.display()
     );
-    shutdown_signal().await;
+    tokio::select! {
+        () = shutdown_signal() => {}
+        fatal = running.failed() => {
+            tracing::error!(
+                error = %fatal,
+                "raft stopped on a fatal error (storage failure?): fail-stop; restart this node \
+                 once the disk is fixed and it recovers from its data dir"
+            );
+            let _ = running.stop().await;
+            return Ok(std::process::ExitCode::from(cli::EXIT_FAIL_STOP));
+        }
+    }
     tracing::info!("shutting down");
-    running.shutdown().await
+    running.shutdown().await?;
+    Ok(std::process::ExitCode::SUCCESS)
 }
 
 async fn dev(args: DevArgs) -> anyhow::Result<()> {
@@ -327,7 +339,7 @@ fn main() -> std::process::ExitCode {
     let connection = cli.connection;
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Serve(args) => serve(*args).await.map(|()| std::process::ExitCode::SUCCESS),
+            Command::Serve(args) => serve(*args).await,
             Command::Dev(args) => dev(args).await.map(|()| std::process::ExitCode::SUCCESS),
             Command::Status => cli::status(&connection).await,
             Command::Describe { name } => cli::describe(&connection, &name).await,

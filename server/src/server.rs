@@ -69,6 +69,29 @@ impl RunningNode {
 
     /// Stops serving, stops Raft, and waits for both, without handing leadership over (for
     /// stopping every node of a cluster at once).
+    /// Resolves when Raft has stopped on a fatal error — in practice a storage failure (a
+    /// failed write or fsync of the log, e.g. a full disk) — with its description. The node
+    /// then serves nothing that needs the log: `holdfast serve` fail-stops (see
+    /// `cli::EXIT_FAIL_STOP`) and recovers from its data dir on restart.
+    pub async fn failed(&self) -> String {
+        let mut metrics = self.node.raft.metrics();
+        loop {
+            let fatal = {
+                let current = openraft::async_runtime::WatchReceiver::borrow_watched(&metrics);
+                current.running_state.as_ref().err().map(|e| e.to_string())
+            };
+            if let Some(fatal) = fatal {
+                return fatal;
+            }
+            if openraft::async_runtime::WatchReceiver::changed(&mut metrics)
+                .await
+                .is_err()
+            {
+                return "raft stopped".to_owned();
+            }
+        }
+    }
+
     pub async fn stop(self) -> anyhow::Result<()> {
         self.ticker.abort();
         self.guard.abort();

@@ -30,11 +30,11 @@ pub fn holdfast_bin() -> PathBuf {
         return PathBuf::from(path);
     }
     let exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/it-<hash> -> target/<profile>/holdfast
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile> directory");
+    // A test: target/<profile>/deps/it-<hash>; a binary (torture): target/<profile>/torture.
+    let mut profile_dir = exe.parent().expect("executable directory");
+    if profile_dir.file_name().is_some_and(|name| name == "deps") {
+        profile_dir = profile_dir.parent().expect("target/<profile> directory");
+    }
     let bin = profile_dir.join("holdfast");
     assert!(
         bin.exists(),
@@ -49,9 +49,74 @@ pub fn free_port() -> u16 {
     listener.local_addr().expect("local addr").port()
 }
 
+/// libfaketime (Debian package `faketime`; `scripts/fault-tools` installs it), preloaded into
+/// nodes started with `ClusterOptions::faketime` so a test can move their wall clocks.
+pub const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
+
+/// How a cluster is started.
+#[derive(Clone, Debug, Default)]
+pub struct ClusterOptions {
+    pub size: u64,
+    pub extra_args: Vec<String>,
+    /// Every peer link `(from, to)` through its own fault proxy.
+    pub partitionable: bool,
+    /// Preload libfaketime (wall clock only, `FAKETIME_DONT_FAKE_MONOTONIC=1`) with a per-node
+    /// offset file, so `set_clock_offset` moves a running node's wall clock.
+    pub faketime: bool,
+    /// Put each node's data dir on its own tmpfs of this many MiB (needs root), so a test can
+    /// fill a node's disk.
+    pub tmpfs_mb: Option<u64>,
+}
+
+/// A tmpfs mounted for one node's data; unmounted on drop.
+struct TmpfsMount {
+    path: PathBuf,
+}
+
+impl TmpfsMount {
+    fn mount(path: &Path, size_mb: u64) -> std::io::Result<TmpfsMount> {
+        std::fs::create_dir_all(path)?;
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size_mb}m"), "tmpfs"])
+            .arg(path)
+            .stderr(Stdio::null())
+            .status()?;
+        if !status.success() {
+            return Err(std::io::Error::other(format!(
+                "mount -t tmpfs on {} failed ({status}); root is needed",
+                path.display()
+            )));
+        }
+        Ok(TmpfsMount {
+            path: path.to_path_buf(),
+        })
+    }
+}
+
+impl Drop for TmpfsMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(&self.path)
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// Whether this machine can mount a tmpfs (the disk-full fault needs it).
+pub fn can_mount_tmpfs() -> Result<(), String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    TmpfsMount::mount(&dir.path().join("probe"), 1)
+        .map(drop)
+        .map_err(|e| e.to_string())
+}
+
 struct NodeProcess {
     addr: String,
     data_dir: PathBuf,
+    /// The tmpfs under `data_dir`, when started with `tmpfs_mb`.
+    disk: Option<TmpfsMount>,
+    faketime_file: Option<PathBuf>,
     log_path: PathBuf,
     child: Option<Child>,
     starts: u32,
@@ -67,6 +132,7 @@ pub struct Cluster {
     extra_args: Vec<String>,
     bin: PathBuf,
     dir: tempfile::TempDir,
+    keep: bool,
 }
 
 impl Cluster {
@@ -86,6 +152,23 @@ impl Cluster {
     }
 
     async fn start_inner(size: u64, extra_args: &[&str], partitionable: bool) -> Cluster {
+        Cluster::start_opts(ClusterOptions {
+            size,
+            extra_args: extra_args.iter().map(|s| (*s).to_owned()).collect(),
+            partitionable,
+            ..ClusterOptions::default()
+        })
+        .await
+    }
+
+    pub async fn start_opts(options: ClusterOptions) -> Cluster {
+        let ClusterOptions {
+            size,
+            extra_args,
+            partitionable,
+            faketime,
+            tmpfs_mb,
+        } = options;
         let dir = tempfile::Builder::new()
             .prefix("holdfast-it-")
             .tempdir()
@@ -96,10 +179,25 @@ impl Cluster {
         let nodes = peers
             .iter()
             .map(|(id, addr)| {
+                let disk = tmpfs_mb.map(|mb| {
+                    TmpfsMount::mount(&dir.path().join(format!("disk-{id}")), mb)
+                        .unwrap_or_else(|e| panic!("tmpfs for node {id}: {e}"))
+                });
+                let data_dir = match &disk {
+                    Some(disk) => disk.path.join("data"),
+                    None => dir.path().join(format!("node-{id}")),
+                };
+                let faketime_file = faketime.then(|| {
+                    let path = dir.path().join(format!("node-{id}.faketime"));
+                    std::fs::write(&path, "+0\n").expect("faketime file");
+                    path
+                });
                 let node = NodeProcess {
                     env: Vec::new(),
                     addr: addr.clone(),
-                    data_dir: dir.path().join(format!("node-{id}")),
+                    disk,
+                    faketime_file,
+                    data_dir,
                     log_path: dir.path().join(format!("node-{id}.log")),
                     child: None,
                     starts: 0,
@@ -121,9 +219,10 @@ impl Cluster {
             nodes,
             peers,
             proxies,
-            extra_args: extra_args.iter().map(|s| (*s).to_owned()).collect(),
+            extra_args,
             bin: holdfast_bin(),
             dir,
+            keep: false,
         };
         for id in 1..=size {
             cluster.spawn(id);
@@ -162,7 +261,15 @@ impl Cluster {
             .append(true)
             .open(&node.log_path)
             .expect("node log file");
-        let child = Command::new(&self.bin)
+        let mut command = Command::new(&self.bin);
+        if let Some(file) = &node.faketime_file {
+            command
+                .env("LD_PRELOAD", LIBFAKETIME)
+                .env("FAKETIME_TIMESTAMP_FILE", file)
+                .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+                .env("FAKETIME_CACHE_DURATION", "1");
+        }
+        let child = command
             .arg("serve")
             .arg(format!("--id={id}"))
             .arg(format!("--listen={}", node.addr))
@@ -209,6 +316,8 @@ impl Cluster {
             env: Vec::new(),
             addr: addr.clone(),
             data_dir: self.dir.path().join(format!("node-{id}")),
+            disk: None,
+            faketime_file: None,
             log_path: self.dir.path().join(format!("node-{id}.log")),
             child: None,
             starts: 0,
@@ -249,6 +358,64 @@ impl Cluster {
         node.env.push((key.to_owned(), value.to_owned()));
     }
 
+    /// Starts node `id` again if it is not running (after `kill` or after it exited).
+    pub fn start_node(&mut self, id: u64) {
+        if self.nodes[&id].child.is_none() {
+            self.spawn(id);
+        }
+    }
+
+    pub fn is_running(&self, id: u64) -> bool {
+        self.nodes[&id].child.is_some()
+    }
+
+    /// If node `id` exited by itself, reaps it and returns its exit code (None = killed by a
+    /// signal); `start_node` then starts it again.
+    pub fn exited(&mut self, id: u64) -> Option<Option<i32>> {
+        let node = self.nodes.get_mut(&id).expect("known node");
+        let child = node.child.as_mut()?;
+        match child.try_wait() {
+            Ok(Some(status)) => {
+                node.child = None;
+                Some(status.code())
+            }
+            _ => None,
+        }
+    }
+
+    /// Sends `signal` (e.g. "STOP", "CONT") to node `id`'s pid.
+    pub fn signal(&self, id: u64, signal: &str) {
+        if let Some(child) = &self.nodes[&id].child {
+            let _ = Command::new("kill")
+                .arg(format!("-{signal}"))
+                .arg(child.id().to_string())
+                .status();
+        }
+    }
+
+    /// Moves node `id`'s wall clock by `offset` (a libfaketime spec such as "+5m", "-300",
+    /// "+0"); takes effect within about a second. Needs `ClusterOptions::faketime`.
+    pub fn set_clock_offset(&self, id: u64, offset: &str) {
+        let file = self.nodes[&id]
+            .faketime_file
+            .as_ref()
+            .expect("cluster started with faketime");
+        std::fs::write(file, format!("{offset}\n")).expect("writing the faketime file");
+    }
+
+    /// The directory the node's disk (tmpfs) is mounted on, when started with `tmpfs_mb`.
+    pub fn disk_path(&self, id: u64) -> Option<&Path> {
+        self.nodes[&id]
+            .disk
+            .as_ref()
+            .map(|disk| disk.path.as_path())
+    }
+
+    /// Sets the mode of the peer link `from → to` (needs `partitionable`).
+    pub fn set_link(&self, from: u64, to: u64, mode: crate::proxy::LinkMode) {
+        self.proxies[&(from, to)].set_mode(mode);
+    }
+
     pub fn restart(&mut self, id: u64) {
         self.kill(id);
         self.spawn(id);
@@ -270,7 +437,7 @@ impl Cluster {
     /// Restores every peer link.
     pub fn heal(&self) {
         for proxy in self.proxies.values() {
-            proxy.set_cut(false);
+            proxy.set_mode(crate::proxy::LinkMode::Pass);
         }
     }
 
@@ -334,6 +501,11 @@ impl Cluster {
         }
     }
 
+    /// Keeps the cluster's temp dir (data and node logs) after the cluster is dropped.
+    pub fn keep_dir(&mut self) {
+        self.keep = true;
+    }
+
     pub fn logs_hint(&self) -> String {
         let mut text = String::new();
         for (id, node) in &self.nodes {
@@ -355,8 +527,13 @@ impl Drop for Cluster {
                 let _ = child.kill();
                 let _ = child.wait();
             }
+            // Unmount before the temp dir goes (or is kept).
+            node.disk.take();
         }
-        if std::thread::panicking() || std::env::var_os("HOLDFAST_KEEP_TEST_DIRS").is_some() {
+        if self.keep
+            || std::thread::panicking()
+            || std::env::var_os("HOLDFAST_KEEP_TEST_DIRS").is_some()
+        {
             let kept =
                 std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir")).keep();
             eprintln!("cluster data and node logs kept in {}", kept.display());

@@ -3,8 +3,10 @@
 
 pub mod checkers;
 pub mod cluster;
+pub mod history;
 pub mod hostile;
 pub mod proxy;
+pub mod torture;
 
 /// Where `scripts/build-policies` puts example policy `name` (e.g. "tenant_quota"):
 /// `$CARGO_TARGET_DIR/wasm32v1-none/release/`.

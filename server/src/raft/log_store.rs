@@ -105,6 +105,11 @@ impl LogStore {
     }
 }
 
+/// Test-only failpoint (like etcd's gofail `raftBeforeSave`): while the file this names
+/// exists, every fsync of the log fails as if the disk returned EIO, so a test can make one
+/// node's storage fail at a moment it chooses.
+pub const TEST_FSYNC_FAIL_FILE_ENV: &str = "HOLDFAST_TEST_ONLY_FSYNC_FAIL_FILE";
+
 /// Syncs the WAL once per batch of pending appends, then reports each append durable, in order.
 fn run_flusher(
     db: &std::sync::Weak<DB>,
@@ -112,11 +117,15 @@ fn run_flusher(
     node_id: u64,
 ) {
     let metrics = crate::metrics::FsyncMetrics::new(node_id);
+    let fail_file = std::env::var_os(TEST_FSYNC_FAIL_FILE_ENV).map(std::path::PathBuf::from);
     while let Ok(first) = pending.recv() {
         let mut batch = vec![first];
         batch.extend(pending.try_iter());
         let started = std::time::Instant::now();
         let synced: Result<(), String> = match db.upgrade() {
+            _ if fail_file.as_ref().is_some_and(|file| file.exists()) => {
+                Err(format!("injected by {TEST_FSYNC_FAIL_FILE_ENV}"))
+            }
             Some(db) => db.flush_wal(true).map_err(|e| e.to_string()),
             None => Err("the database was closed before the log was synced".to_owned()),
         };

@@ -3,6 +3,7 @@
 mod bad_input;
 mod cli;
 mod client;
+mod disk_full;
 mod divergence;
 mod elections;
 mod membership;
@@ -14,5 +15,6 @@ mod quorum;
 mod restart;
 mod sessions;
 mod support;
+mod torture;
 mod waiting;
 mod watch;

@@ -84,3 +84,25 @@ async fn renewing_session_survives_a_leader_kill() {
     cluster.restart(leader);
     cluster.wait_converged(&cluster.ids()).await;
 }
+
+/// Regression: a one-node cluster went "stale" 1.5 s after its election (nobody acknowledged
+/// its leadership) and refused every write with UNAVAILABLE. Found by hand while building the
+/// disk-full test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_node_cluster_keeps_serving_writes() {
+    let cluster = Cluster::start(1).await;
+    // Well past the quorum staleness bound (QUORUM_STALE_MS = 1.5 s).
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let session = cluster
+        .client()
+        .open_session(5_000, "alone")
+        .await
+        .expect("a single voter commits on its own");
+    let guard = session
+        .try_lock("alone/x")
+        .await
+        .expect("acquire")
+        .expect("free lock");
+    assert!(guard.token() > 0);
+    guard.release().await.expect("release");
+}

@@ -1,5 +1,43 @@
-//! Safety checkers over what clients observed. Each returns the violations it found (empty =
-//! safe), so a test can print all of them at once.
+//! Safety checkers. Each returns the violations it found (empty = safe), so a run can print
+//! all of them at once.
+//!
+//! The fault-injection checkers (one per file, each with unit tests that feed it a known-bad
+//! history) read a `History`; the two functions here check the simpler `HoldRecord`s of the
+//! cluster tests' workload.
+
+pub mod availability;
+pub mod disk_full;
+pub mod expired_sessions;
+pub mod linearizable;
+pub mod lost_acks;
+pub mod mutual_exclusion;
+pub mod replay;
+pub mod tokens;
+pub mod watch_streams;
+
+/// Every fault-injection checker's violations, by name, in the order.
+pub fn check_history(history: &crate::history::History) -> Vec<(&'static str, Vec<String>)> {
+    let replay = replay::Replay::of(history);
+    vec![
+        (
+            "mutual exclusion",
+            mutual_exclusion::check(history, &replay),
+        ),
+        ("tokens increase", tokens::check(history, &replay)),
+        (
+            "no lost acknowledgement",
+            lost_acks::check(history, &replay),
+        ),
+        (
+            "no grant to an expired session",
+            expired_sessions::check(history, &replay),
+        ),
+        ("linearizability", linearizable::check(history, &replay)),
+        ("watch streams", watch_streams::check(history)),
+        ("availability", availability::check(history)),
+        ("disk full", disk_full::check(history)),
+    ]
+}
 
 use std::collections::BTreeMap;
 use std::time::Instant;

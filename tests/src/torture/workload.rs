@@ -1,0 +1,253 @@
+//! The clients: each has its own proxies to every node (so the nemesis can freeze it), one
+//! session, and loops acquire → write to the fenced resource → release over a handful of
+//! locks, with try-locks, waits, shared holds and linearizable reads mixed in. Every operation
+//! is recorded with its invocation and completion on the run's clock.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use holdfast_client::{Client, LockMode, Session};
+use tokio::time::Instant;
+use tonic::{Code, Status};
+
+use super::rng::Rng;
+use crate::history::{Append, Fault, FaultKind, Micros, Mode, Op, OpKind, Outcome};
+use crate::proxy::{LinkMode, Proxy};
+
+/// Lock names the workload uses: `torture/0` …
+pub const LOCK_PREFIX: &str = "torture/";
+/// Longest a client waits in a queued acquire.
+const WAIT_MS_MAX: u64 = 2_000;
+/// Longest a client holds a lock before releasing it.
+const HOLD_MS_MAX: u64 = 20;
+/// Pause after a failed session open before trying again.
+const REOPEN_BACKOFF_MS: u64 = 100;
+
+/// What the clients share with the run.
+pub struct Shared {
+    pub start: Instant,
+    pub ops: Mutex<Vec<Op>>,
+    pub faults: Mutex<Vec<Fault>>,
+    pub resource: super::resource::FencedResource,
+    pub stop: AtomicBool,
+    pub session_ttl_ms: u64,
+    pub locks: usize,
+}
+
+impl Shared {
+    pub fn now(&self) -> Micros {
+        u64::try_from(self.start.elapsed().as_micros()).unwrap_or(u64::MAX)
+    }
+}
+
+/// One client's handle for the nemesis.
+pub struct ClientHandle {
+    pub proxies: Vec<Proxy>,
+    /// A requested pause (ms); the client takes it right after its next exclusive grant.
+    pub pause_ms: AtomicU64,
+    pub paused: AtomicBool,
+}
+
+impl ClientHandle {
+    pub async fn start(node_addrs: &[String], index: usize) -> ClientHandle {
+        let mut proxies = Vec::new();
+        // Each client prefers a different node first.
+        for offset in 0..node_addrs.len() {
+            let addr = &node_addrs[(index + offset) % node_addrs.len()];
+            proxies.push(Proxy::start(addr.clone()).await);
+        }
+        ClientHandle {
+            proxies,
+            pause_ms: AtomicU64::new(0),
+            paused: AtomicBool::new(false),
+        }
+    }
+
+    fn set_links(&self, mode: LinkMode) {
+        for proxy in &self.proxies {
+            proxy.set_mode(mode);
+        }
+    }
+}
+
+/// How a failed call is recorded: `Fail` only where the server certainly did not apply it.
+fn classify(status: &Status) -> Outcome {
+    let text = format!("{:?}: {}", status.code(), status.message());
+    match status.code() {
+        // Refused at the edge or by apply, deterministically.
+        Code::InvalidArgument
+        | Code::FailedPrecondition
+        | Code::PermissionDenied
+        | Code::ResourceExhausted
+        | Code::OutOfRange
+        | Code::AlreadyExists => Outcome::Fail(text),
+        // NotFound (unknown session) is not certain either: an earlier attempt of this call may
+        // have been applied before the session ended and its answer lost.
+        _ => Outcome::Unknown(text),
+    }
+}
+
+pub async fn run_client(shared: Arc<Shared>, handle: Arc<ClientHandle>, index: usize, seed: u64) {
+    let addrs: Vec<&str> = handle.proxies.iter().map(|p| p.addr.as_str()).collect();
+    let client = Client::connect(&addrs).expect("client");
+    let mut rng = Rng::new(seed);
+    let mut session: Option<Session> = None;
+    let mut seq = 0u64;
+    let record = |session: u64, lock: &str, kind: OpKind, invoke: Micros, outcome: Outcome| {
+        shared.ops.lock().expect("ops").push(Op {
+            client: index,
+            session,
+            lock: lock.to_owned(),
+            kind,
+            invoke,
+            complete: shared.now(),
+            outcome,
+        });
+    };
+    while !shared.stop.load(Ordering::Relaxed) {
+        let current = match &session {
+            Some(current) if current.is_alive() => current,
+            _ => {
+                if let Some(old) = session.take() {
+                    let _ = tokio::time::timeout(Duration::from_secs(1), old.close()).await;
+                }
+                let invoke = shared.now();
+                match client
+                    .open_session(shared.session_ttl_ms, &format!("torture-{index}"))
+                    .await
+                {
+                    Ok(opened) => {
+                        record(
+                            opened.id,
+                            "",
+                            OpKind::OpenSession,
+                            invoke,
+                            Outcome::Opened { session: opened.id },
+                        );
+                        session = Some(opened);
+                    }
+                    Err(status) => {
+                        record(0, "", OpKind::OpenSession, invoke, classify(&status));
+                        tokio::time::sleep(Duration::from_millis(REOPEN_BACKOFF_MS)).await;
+                    }
+                }
+                continue;
+            }
+        };
+        let sid = current.id;
+        let lock = format!("{LOCK_PREFIX}{}", rng.below(shared.locks));
+        let roll = rng.below(100);
+        if roll < 10 {
+            let invoke = shared.now();
+            let outcome = match client.describe(&lock).await {
+                Ok(response) => {
+                    let mut holders: Vec<u64> = response
+                        .lock
+                        .map(|info| info.holders.iter().map(|h| h.token).collect())
+                        .unwrap_or_default();
+                    holders.sort_unstable();
+                    Outcome::Described {
+                        revision: response.header.map_or(0, |h| h.revision),
+                        holders,
+                    }
+                }
+                Err(status) => classify(&status),
+            };
+            record(sid, &lock, OpKind::Describe, invoke, outcome);
+            continue;
+        }
+        let (mode, wire_mode) = if roll < 25 {
+            (Mode::Shared, LockMode::Shared)
+        } else {
+            (Mode::Exclusive, LockMode::Exclusive)
+        };
+        let wait_ms = if roll < 40 {
+            0
+        } else {
+            rng.between(100, WAIT_MS_MAX)
+        };
+        let invoke = shared.now();
+        let result = current.acquire(&lock, wire_mode, wait_ms).await;
+        let kind = OpKind::Acquire { mode, wait_ms };
+        let hold = match result {
+            Ok(Some(hold)) => {
+                record(
+                    sid,
+                    &lock,
+                    kind,
+                    invoke,
+                    Outcome::Acquired { token: hold.token },
+                );
+                hold
+            }
+            Ok(None) => {
+                record(sid, &lock, kind, invoke, Outcome::NotAcquired);
+                continue;
+            }
+            Err(status) => {
+                record(sid, &lock, kind, invoke, classify(&status));
+                continue;
+            }
+        };
+        if mode == Mode::Exclusive {
+            let pause_ms = handle.pause_ms.swap(0, Ordering::Relaxed);
+            if pause_ms > 0 {
+                // As if the process were stopped: nothing of ours reaches any node (keepalives
+                // included) and we do nothing, past the session's TTL; then we carry on with
+                // the token we hold.
+                let start = shared.now();
+                handle.paused.store(true, Ordering::Relaxed);
+                handle.set_links(LinkMode::Pause);
+                tokio::time::sleep(Duration::from_millis(pause_ms)).await;
+                handle.set_links(LinkMode::Pass);
+                handle.paused.store(false, Ordering::Relaxed);
+                shared.faults.lock().expect("faults").push(Fault {
+                    kind: FaultKind::PauseClient,
+                    detail: format!(
+                        "client {index} holding {lock} (token {}) for {pause_ms} ms",
+                        hold.token
+                    ),
+                    start,
+                    end: Some(shared.now()),
+                });
+            }
+            seq += 1;
+            let invoke = shared.now();
+            let accepted = shared.resource.append(
+                &lock,
+                Append {
+                    token: hold.token,
+                    client: index,
+                    seq,
+                },
+            );
+            record(
+                sid,
+                &lock,
+                OpKind::Write {
+                    token: hold.token,
+                    seq,
+                },
+                invoke,
+                Outcome::Written { accepted },
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(rng.between(0, HOLD_MS_MAX))).await;
+        let invoke = shared.now();
+        let outcome = match current.release(&hold).await {
+            Ok(at) => Outcome::Released { at },
+            Err(status) => classify(&status),
+        };
+        record(
+            sid,
+            &lock,
+            OpKind::Release { token: hold.token },
+            invoke,
+            outcome,
+        );
+    }
+    if let Some(session) = session {
+        let _ = tokio::time::timeout(Duration::from_secs(2), session.close()).await;
+    }
+}
