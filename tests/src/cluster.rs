@@ -44,6 +44,23 @@ pub fn holdfast_bin() -> PathBuf {
     bin
 }
 
+/// Makes the kernel SIGKILL the child if the thread that started it dies, so nodes do not
+/// outlive a harness that was itself killed (SIGKILL, a CI timeout) before `Drop` could run.
+/// (The nodes are started from the test's runtime threads, which live as long as the test.)
+#[allow(unsafe_code)] // pre_exec is unsafe; this closure only calls prctl.
+pub fn die_with_parent(command: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe and touches only the calling (child) process.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 pub fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("binding an ephemeral port");
     listener.local_addr().expect("local addr").port()
@@ -262,6 +279,7 @@ impl Cluster {
             .open(&node.log_path)
             .expect("node log file");
         let mut command = Command::new(&self.bin);
+        die_with_parent(&mut command);
         if let Some(file) = &node.faketime_file {
             command
                 .env("LD_PRELOAD", LIBFAKETIME)

@@ -97,6 +97,8 @@ pub enum StreamItem {
 #[derive(Clone, Debug)]
 pub struct WatchStream {
     pub node: u64,
+    /// The revision the watcher first asked for.
+    pub from: u64,
     pub items: Vec<StreamItem>,
 }
 
@@ -169,8 +171,8 @@ pub fn uncovered(history: &History) -> Vec<(u64, u64)> {
     let mut coverage: Vec<Coverage> = Vec::new();
     for stream in &history.streams {
         let mut holes = Vec::new();
-        let mut first = None;
-        let mut last = 0;
+        let mut first = Some(stream.from);
+        let mut last = stream.from.saturating_sub(1);
         for item in &stream.items {
             match item {
                 StreamItem::Revision(revision, _) => {
@@ -265,6 +267,7 @@ pub fn history_with_record(record: Vec<(u64, Vec<pb::WatchEvent>)>) -> History {
     History {
         streams: vec![WatchStream {
             node: 1,
+            from: 1,
             items: record
                 .into_iter()
                 .map(|(revision, events)| StreamItem::Revision(revision, events))

@@ -31,6 +31,9 @@ fn parse(args: &[String]) -> Result<Config, String> {
         .map_or(1, |d| d.as_secs());
     let mut config = Config::new(seed, Duration::from_secs(600));
     config.quiet = Duration::from_secs(20);
+    // More clients and locks than the smoke run: more operations per second.
+    config.clients = 16;
+    config.locks = 6;
     let mut args = args.iter();
     while let Some(flag) = args.next() {
         let mut value = || args.next().ok_or(format!("{flag} needs a value"));

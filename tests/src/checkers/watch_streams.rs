@@ -56,10 +56,10 @@ pub fn check(history: &History) -> Vec<String> {
                 StreamItem::Compacted { requested, oldest } => holes.push((*requested, *oldest)),
             }
         }
-        let (Some(first), Some(last)) = (revisions.first(), revisions.last()) else {
+        let Some(last) = revisions.last() else {
             continue;
         };
-        for revision in seen.range(first..=last).map(|(r, _)| *r) {
+        for revision in seen.range(stream.from..=*last).map(|(r, _)| *r) {
             let missing = revisions.binary_search(&revision).is_err();
             let explained = holes
                 .iter()
@@ -83,7 +83,11 @@ mod tests {
     use crate::history::{WatchStream, event};
 
     fn stream(node: u64, items: Vec<StreamItem>) -> WatchStream {
-        WatchStream { node, items }
+        WatchStream {
+            node,
+            from: 1,
+            items,
+        }
     }
 
     fn at(revision: u64, token: u64) -> StreamItem {

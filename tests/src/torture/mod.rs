@@ -136,6 +136,24 @@ impl fmt::Display for Report {
             "operations: {} ({outcomes:?}); stale writes the fenced resource rejected: {rejected}",
             self.history.ops.len()
         )?;
+        // The commonest reasons for operations that did not succeed (message digits dropped so
+        // that indexes and durations do not split them).
+        let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
+        for op in &self.history.ops {
+            if let Outcome::Fail(reason) | Outcome::Unknown(reason) = &op.outcome {
+                let reason: String = reason
+                    .chars()
+                    .filter(|c| !c.is_ascii_digit())
+                    .take(90)
+                    .collect();
+                *reasons.entry(reason).or_default() += 1;
+            }
+        }
+        let mut reasons: Vec<(String, usize)> = reasons.into_iter().collect();
+        reasons.sort_by_key(|(_, count)| std::cmp::Reverse(*count));
+        for (reason, count) in reasons.iter().take(5) {
+            writeln!(f, "  {count:>6} × {reason}")?;
+        }
         writeln!(
             f,
             "faults: {} {:?}",

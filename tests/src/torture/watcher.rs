@@ -66,5 +66,9 @@ pub async fn watch_node(node: u64, addr: String, stop: Arc<AtomicBool>) -> Watch
             }
         }
     }
-    WatchStream { node, items }
+    WatchStream {
+        node,
+        from: 1,
+        items,
+    }
 }
