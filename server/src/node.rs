@@ -429,9 +429,19 @@ impl Node {
         let read = self.raft.get_read_log_id(ReadPolicy::ReadIndex);
         match tokio::time::timeout(Duration::from_millis(PEER_CALL_TIMEOUT_MS), read).await {
             Ok(Ok((read_log_id, _applied))) => Ok(read_log_id.index()),
-            Ok(Err(e)) => match e.forward_to_leader() {
-                Some(_) => Err(self.not_leader()),
-                None => Err(ServeError::Fatal(e.to_string())),
+            Ok(Err(e)) => match (e.forward_to_leader(), e.api_error()) {
+                (Some(_), _) => Err(self.not_leader()),
+                // The quorum round did not reach a majority (a partition, a paused peer): the
+                // read is retryable, not an internal error. Found by the fault-injection suite
+                // (a 5-node run saw INTERNAL "not enough for a quorum" on Describe).
+                (None, Some(openraft::errors::LinearizableReadError::QuorumNotEnough(_))) => {
+                    Err(ServeError::NoQuorum {
+                        timeout_ms: PEER_CALL_TIMEOUT_MS,
+                        leader_id: Some(self.id),
+                        leader_addr: None,
+                    })
+                }
+                (None, _) => Err(ServeError::Fatal(e.to_string())),
             },
             Err(_) => Err(ServeError::NoQuorum {
                 timeout_ms: PEER_CALL_TIMEOUT_MS,

@@ -71,6 +71,11 @@ impl ClientHandle {
     }
 }
 
+/// The server no longer knows the session (it expired or was closed).
+fn session_gone(status: &Status) -> bool {
+    status.code() == Code::NotFound && status.message().contains("session")
+}
+
 /// How a failed call is recorded: `Fail` only where the server certainly did not apply it.
 fn classify(status: &Status) -> Outcome {
     let text = format!("{:?}: {}", status.code(), status.message());
@@ -94,6 +99,7 @@ pub async fn run_client(shared: Arc<Shared>, handle: Arc<ClientHandle>, index: u
     let mut rng = Rng::new(seed);
     let mut session: Option<Session> = None;
     let mut seq = 0u64;
+    let mut lost = false;
     let record = |session: u64, lock: &str, kind: OpKind, invoke: Micros, outcome: Outcome| {
         shared.ops.lock().expect("ops").push(Op {
             client: index,
@@ -106,6 +112,11 @@ pub async fn run_client(shared: Arc<Shared>, handle: Arc<ClientHandle>, index: u
         });
     };
     while !shared.stop.load(Ordering::Relaxed) {
+        // The server said our session is gone: open a new one at once (the keepalive task
+        // would notice within TTL/3, but a real client stops using a dead session now).
+        if std::mem::take(&mut lost) {
+            session = None;
+        }
         let current = match &session {
             Some(current) if current.is_alive() => current,
             _ => {
@@ -152,7 +163,10 @@ pub async fn run_client(shared: Arc<Shared>, handle: Arc<ClientHandle>, index: u
                         holders,
                     }
                 }
-                Err(status) => classify(&status),
+                Err(status) => {
+                    lost |= session_gone(&status);
+                    classify(&status)
+                }
             };
             record(sid, &lock, OpKind::Describe, invoke, outcome);
             continue;
@@ -186,6 +200,7 @@ pub async fn run_client(shared: Arc<Shared>, handle: Arc<ClientHandle>, index: u
                 continue;
             }
             Err(status) => {
+                lost |= session_gone(&status);
                 record(sid, &lock, kind, invoke, classify(&status));
                 continue;
             }
@@ -237,7 +252,10 @@ pub async fn run_client(shared: Arc<Shared>, handle: Arc<ClientHandle>, index: u
         let invoke = shared.now();
         let outcome = match current.release(&hold).await {
             Ok(at) => Outcome::Released { at },
-            Err(status) => classify(&status),
+            Err(status) => {
+                lost |= session_gone(&status);
+                classify(&status)
+            }
         };
         record(
             sid,

@@ -71,6 +71,18 @@ async fn isolated_leader_answers_unavailable_and_the_majority_moves_on() {
     // The isolated leader cannot commit: it answers UNAVAILABLE (at once once it notices it has
     // lost its quorum, else when the write times out), never a grant.
     let mut minority = raw_locks(cluster.addr(old_leader)).await;
+    // A linearizable read there cannot confirm its read index with a quorum: UNAVAILABLE, not
+    // INTERNAL (regression: the fault-injection suite saw INTERNAL "not enough for a quorum").
+    let read = minority
+        .describe(holdfast_proto::v1::DescribeRequest {
+            name: "partition/minority".into(),
+            serializable: false,
+        })
+        .await;
+    match read {
+        Err(status) => assert_eq!(status.code(), Code::Unavailable, "{status:?}"),
+        Ok(response) => panic!("an isolated leader answered a linearizable read: {response:?}"),
+    }
     for attempt in 0..2 {
         match minority
             .acquire(acquire_request(
