@@ -68,6 +68,10 @@ pub const CONNECT_TIMEOUT_MS: u64 = 500;
 pub enum Error {
     #[error("invalid endpoint {0:?}")]
     Endpoint(String),
+    #[error("the token must be printable ASCII")]
+    Token,
+    #[error("TLS configuration: {0}")]
+    Tls(String),
     #[error(transparent)]
     Status(#[from] Status),
 }
@@ -77,7 +81,28 @@ pub enum Error {
 pub struct Client {
     channels: Arc<Vec<(String, Channel)>>,
     preferred: Arc<AtomicUsize>,
+    credentials: Credentials,
 }
+
+/// What every call carries: the bearer token, when the cluster requires one.
+#[derive(Clone, Debug, Default)]
+pub struct Credentials {
+    authorization: Option<tonic::metadata::AsciiMetadataValue>,
+}
+
+impl tonic::service::Interceptor for Credentials {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        if let Some(value) = &self.authorization {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// The transport every call goes through: a channel to one endpoint, with the credentials.
+pub type Transport = tonic::service::interceptor::InterceptedService<Channel, Credentials>;
 
 fn retryable(status: &Status) -> bool {
     matches!(status.code(), Code::Unavailable | Code::Unknown)
@@ -91,18 +116,49 @@ fn transport_failure(status: &Status) -> bool {
     std::error::Error::source(status).is_some_and(|source| source.is::<tonic::transport::Error>())
 }
 
+/// TLS towards the cluster: the CA that signs its nodes' certificates (PEM) and, for mutual
+/// TLS, this client's certificate and key (PEM).
+#[derive(Clone, Debug)]
+pub struct ClientTls {
+    pub ca_pem: Vec<u8>,
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
 impl Client {
     pub fn connect<S: AsRef<str>>(endpoints: &[S]) -> Result<Client, Error> {
+        Client::connect_with(endpoints, None)
+    }
+
+    /// Connects over TLS (`https`) when `tls` is given.
+    pub fn connect_with<S: AsRef<str>>(
+        endpoints: &[S],
+        tls: Option<&ClientTls>,
+    ) -> Result<Client, Error> {
+        let tls_config = tls.map(|tls| {
+            let mut config = tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(&tls.ca_pem));
+            if let Some((cert, key)) = &tls.identity {
+                config = config.identity(tonic::transport::Identity::from_pem(cert, key));
+            }
+            config
+        });
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let mut channels = Vec::new();
         for endpoint in endpoints {
             let addr = endpoint.as_ref();
             let uri = if addr.contains("://") {
                 addr.to_owned()
             } else {
-                format!("http://{addr}")
+                format!("{scheme}://{addr}")
             };
-            let channel = Endpoint::from_shared(uri)
-                .map_err(|_| Error::Endpoint(addr.to_owned()))?
+            let mut builder =
+                Endpoint::from_shared(uri).map_err(|_| Error::Endpoint(addr.to_owned()))?;
+            if let Some(config) = &tls_config {
+                builder = builder
+                    .tls_config(config.clone())
+                    .map_err(|e| Error::Tls(e.to_string()))?;
+            }
+            let channel = builder
                 .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
                 .tcp_nodelay(true)
                 .connect_lazy();
@@ -114,7 +170,18 @@ impl Client {
         Ok(Client {
             channels: Arc::new(channels),
             preferred: Arc::new(AtomicUsize::new(0)),
+            credentials: Credentials::default(),
         })
+    }
+
+    /// Sends `token` as `authorization: Bearer <token>` on every call (for nodes started with
+    /// a token file).
+    pub fn with_token(mut self, token: &str) -> Result<Client, Error> {
+        let value = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| Error::Token)?;
+        self.credentials.authorization = Some(value);
+        Ok(self)
     }
 
     fn endpoint_of_leader_hint(&self, status: &Status) -> Option<usize> {
@@ -135,7 +202,7 @@ impl Client {
     /// until it succeeds, fails for good, or the retry budget is spent.
     pub async fn retry<T, F, Fut>(&self, mut call: F) -> Result<T, Status>
     where
-        F: FnMut(Channel) -> Fut,
+        F: FnMut(Transport) -> Fut,
         Fut: std::future::Future<Output = Result<T, Status>>,
     {
         let deadline = Instant::now() + Duration::from_millis(RETRY_BUDGET_MS);
@@ -145,7 +212,8 @@ impl Client {
         loop {
             let index = (self.preferred.load(Ordering::Relaxed) + attempt) % count;
             let channel = self.channels[index].1.clone();
-            match call(channel).await {
+            let transport = Transport::new(channel, self.credentials.clone());
+            match call(transport).await {
                 Ok(value) => {
                     self.preferred.store(index, Ordering::Relaxed);
                     return Ok(value);
@@ -171,6 +239,7 @@ impl Client {
 
     pub async fn status(&self, endpoint: usize) -> Result<pb::StatusResponse, Status> {
         let channel = self.channels[endpoint % self.channels.len()].1.clone();
+        let channel = Transport::new(channel, self.credentials.clone());
         let mut request = tonic::Request::new(pb::StatusRequest {});
         request.set_timeout(Duration::from_millis(RPC_TIMEOUT_MS));
         Ok(ClusterClient::new(channel)
@@ -403,6 +472,24 @@ impl Client {
                 .describe(request)
                 .await?
                 .into_inner())
+        })
+        .await
+    }
+
+    /// Ends hold `token` of `name` whoever holds it (an admin call; release reason `Revoked`).
+    /// Returns the log index at which the hold ended.
+    pub async fn revoke(&self, name: &str, token: u64) -> Result<u64, Status> {
+        self.retry(|channel| async move {
+            let mut request = tonic::Request::new(pb::RevokeRequest {
+                name: name.to_owned(),
+                token,
+            });
+            request.set_timeout(Duration::from_millis(RPC_TIMEOUT_MS));
+            Ok(LocksClient::new(channel)
+                .revoke(request)
+                .await?
+                .into_inner()
+                .released_at)
         })
         .await
     }

@@ -109,6 +109,7 @@ pub fn apply<H: PolicyHost + ?Sized>(state: &mut State, entry: &Entry, host: &mu
         Command::CancelWait { session_id, name } => {
             outcome = applier.cancel_wait(*session_id, name)
         }
+        Command::Revoke { name, token } => outcome = applier.revoke(name, *token),
         Command::Proclaim {
             session_id,
             name,
@@ -1516,6 +1517,29 @@ impl<H: PolicyHost + ?Sized> Applier<'_, H> {
         };
         self.record(session_id, request_id, &outcome);
         outcome
+    }
+
+    /// Ends hold `token` of `name` whoever holds it (an administrator's revoke).
+    fn revoke(&mut self, name: &str, token: FencingToken) -> Outcome {
+        let holder = self.state.locks.get(name).and_then(|lock| {
+            lock.holders
+                .iter()
+                .find(|(_, hold)| hold.token == token)
+                .map(|(session_id, _)| *session_id)
+        });
+        match holder {
+            None => Outcome::Rejected(Rejection::StaleToken {
+                name: name.to_string(),
+                token,
+            }),
+            Some(session_id) => {
+                self.end_hold(name, session_id, ReleaseReason::Revoked);
+                Outcome::Released {
+                    token,
+                    released_at: self.log_index,
+                }
+            }
+        }
     }
 
     /// Removes a waiter. Its queued acquire's recorded outcome becomes `WaitCancelled`.

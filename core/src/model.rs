@@ -81,6 +81,10 @@ pub enum Command {
     },
     /// Removes the `mode` binding of `prefix`.
     Unbind { prefix: String, mode: BindMode },
+    /// An administrator ends hold `token` of lock `name`, whoever holds it (release reason
+    /// `Revoked`); the next waiter may be granted in the same entry. A token that is not a
+    /// current hold is `Rejected(StaleToken)`. (Last variant: older logs still decode.)
+    Revoke { name: String, token: FencingToken },
 }
 
 /// How a binding takes part in decisions.
@@ -221,6 +225,8 @@ pub enum ReleaseReason {
     LeaseExpired,
     /// An election's policy elected another candidate over this leader.
     Preempted,
+    /// An administrator revoked the hold (`Command::Revoke`).
+    Revoked,
 }
 
 /// Why a waiter left the queue without being granted.

@@ -38,7 +38,7 @@ fuzz_target!(|data: &[u8]| {
         let op = input.byte();
         now_ms += u64::from(input.byte()) * 10;
         let session_id = u64::from(input.byte() % 8) + 1;
-        let command = match op % 11 {
+        let command = match op % 12 {
             0 => Command::OpenSession {
                 ttl_ms: 1_000 + input.u64() % 20_000,
                 principal: "p".into(),
@@ -101,6 +101,10 @@ fuzz_target!(|data: &[u8]| {
                 } else {
                     BindMode::Shadow
                 },
+            },
+            10 => Command::Revoke {
+                name: input.name(),
+                token: u64::from(input.byte()),
             },
             _ => Command::Unbind {
                 prefix: input.name(),

@@ -2,6 +2,8 @@
 //! `lock NAME -- CMD` (run a command while holding a lock, like `consul lock`).
 
 use std::process::ExitCode;
+
+use anyhow::Context as _;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
@@ -31,6 +33,19 @@ pub struct Connection {
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value_t = Output::Text, global = true)]
     pub(crate) output: Output,
+    /// Bearer token for clusters that require one (their `--token-file`).
+    #[arg(long, env = "HOLDFAST_TOKEN", global = true, hide_env_values = true)]
+    token: Option<String>,
+    /// TLS: the cluster CA (PEM); clients connect with https. (For `holdfast serve` the three
+    /// TLS flags name the node's own certificate, key and the CA.)
+    #[arg(long, env = "HOLDFAST_TLS_CA", global = true)]
+    tls_ca: Option<std::path::PathBuf>,
+    /// TLS: a client certificate (PEM) for mutual TLS; with --tls-key.
+    #[arg(long, env = "HOLDFAST_TLS_CERT", global = true, requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// TLS: the client certificate's key (PEM).
+    #[arg(long, env = "HOLDFAST_TLS_KEY", global = true, requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -40,13 +55,44 @@ pub enum Output {
 }
 
 impl Connection {
+    /// The TLS flags as a node's own certificate, key and CA (`holdfast serve`): all three or
+    /// none.
+    pub fn tls_files(&self) -> anyhow::Result<Option<crate::tls::TlsFiles>> {
+        match (&self.tls_cert, &self.tls_key, &self.tls_ca) {
+            (Some(cert), Some(key), Some(ca)) => Ok(Some(crate::tls::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                ca: ca.clone(),
+            })),
+            (None, None, None) => Ok(None),
+            _ => anyhow::bail!("a node needs --tls-cert, --tls-key and --tls-ca together"),
+        }
+    }
+
     pub(crate) fn client(&self) -> anyhow::Result<Client> {
         let endpoints: Vec<String> = if self.endpoints.is_empty() {
             DEV_ENDPOINTS.iter().map(|e| (*e).to_owned()).collect()
         } else {
             self.endpoints.clone()
         };
-        Ok(Client::connect(&endpoints)?)
+        let read = |path: &std::path::PathBuf| {
+            std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+        };
+        let tls = match &self.tls_ca {
+            Some(ca) => Some(holdfast_client::ClientTls {
+                ca_pem: read(ca)?,
+                identity: match (&self.tls_cert, &self.tls_key) {
+                    (Some(cert), Some(key)) => Some((read(cert)?, read(key)?)),
+                    _ => None,
+                },
+            }),
+            None => None,
+        };
+        let client = Client::connect_with(&endpoints, tls.as_ref())?;
+        Ok(match &self.token {
+            Some(token) => client.with_token(token)?,
+            None => client,
+        })
     }
 }
 
@@ -203,6 +249,18 @@ pub async fn describe(connection: &Connection, name: &str) -> anyhow::Result<Exi
     Ok(ExitCode::SUCCESS)
 }
 
+pub async fn revoke(connection: &Connection, name: &str, token: u64) -> anyhow::Result<ExitCode> {
+    let released_at = connection.client()?.revoke(name, token).await?;
+    match connection.output {
+        Output::Json => println!(
+            "{}",
+            json!({ "name": name, "token": token, "released_at": released_at })
+        ),
+        Output::Text => println!("{name}: hold {token} revoked at index {released_at}"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 pub async fn locks(connection: &Connection, prefix: &str) -> anyhow::Result<ExitCode> {
     let response = connection.client()?.list(prefix, 0).await?;
     match connection.output {
@@ -247,6 +305,7 @@ fn reason_name(reason: i32) -> &'static str {
         pb::EventReason::TimedOut => "timed-out",
         pb::EventReason::Cancelled => "cancelled",
         pb::EventReason::Preempted => "preempted",
+        pb::EventReason::Revoked => "revoked",
     })
 }
 

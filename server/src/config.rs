@@ -67,6 +67,25 @@ pub struct NodeConfig {
     /// process; `None` = no metrics listener).
     #[serde(default)]
     pub metrics_listen: Option<String>,
+    /// Tokens, principals and roles (`api::auth`); `None` = authentication off.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// TLS for clients and peers (`crate::tls`); `None` = plaintext.
+    #[serde(default)]
+    pub tls: Option<crate::tls::TlsFiles>,
+    /// Sent on every peer call and checked by the receiver: a node of another cluster (or a
+    /// stray process) is refused.
+    #[serde(default = "default_cluster_id")]
+    pub cluster_id: String,
+}
+
+/// Longest cluster id.
+pub const CLUSTER_ID_BYTES_MAX: usize = 64;
+/// Default cluster id.
+pub const CLUSTER_ID_DEFAULT: &str = "holdfast";
+
+fn default_cluster_id() -> String {
+    CLUSTER_ID_DEFAULT.to_owned()
 }
 
 /// Default checkpoint interval of the determinism guard.
@@ -105,6 +124,15 @@ impl NodeConfig {
         anyhow::ensure!(
             timing.snapshot_keep_entries > 0,
             "snapshot_keep_entries must be > 0 (openraft #2116)"
+        );
+        anyhow::ensure!(
+            !self.cluster_id.is_empty()
+                && self.cluster_id.len() <= CLUSTER_ID_BYTES_MAX
+                && self
+                    .cluster_id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)),
+            "cluster_id must be 1 to {CLUSTER_ID_BYTES_MAX} of [A-Za-z0-9._-]"
         );
         Ok(())
     }

@@ -13,5 +13,6 @@ pub mod policy_cli;
 pub mod policy_test;
 pub mod raft;
 pub mod server;
+pub mod tls;
 pub mod waiters;
 pub mod watch;

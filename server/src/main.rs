@@ -37,10 +37,14 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Run a local 3-node cluster in this process (client API on 127.0.0.1:7701..7703).
     Dev(DevArgs),
+    /// Generate a CA and node and client certificates for trying TLS (PEM files in --out).
+    Certs(CertsArgs),
     /// Each node's view: leader, term, applied index, state digest.
     Status,
     /// Holders and waiters of one lock.
     Describe { name: String },
+    /// End hold TOKEN of lock NAME whoever holds it (admin; release reason "revoked").
+    Revoke { name: String, token: u64 },
     /// Locks whose names start with PREFIX.
     Locks {
         #[arg(default_value = "")]
@@ -126,6 +130,48 @@ struct ServeArgs {
     /// Serve Prometheus metrics on http://ADDR/metrics (off when not given).
     #[arg(long, env = "HOLDFAST_METRICS_LISTEN")]
     metrics_listen: Option<String>,
+    /// Require bearer tokens: a TOML file of `[[token]]` entries with token, principal and
+    /// roles (read, client, admin, peer); see docs/operations.md.
+    #[arg(long, env = "HOLDFAST_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// Cluster id checked on every peer call (default "holdfast").
+    #[arg(long, env = "HOLDFAST_CLUSTER_ID")]
+    cluster_id: Option<String>,
+}
+
+#[derive(Args)]
+struct CertsArgs {
+    /// Directory to write ca.pem/ca.key, node-ID.pem/.key and client-NAME.pem/.key into.
+    #[arg(long, default_value = "./holdfast-certs")]
+    out: PathBuf,
+    /// A node certificate: ID=HOST (HOST is the name or IP address peers and clients dial;
+    /// localhost and 127.0.0.1 are always added).
+    #[arg(long = "node", value_parser = parse_peer, required = true)]
+    nodes: Vec<(u64, String)>,
+    /// A client certificate with this common name (the principal it authenticates as).
+    #[arg(long = "client")]
+    clients: Vec<String>,
+    /// Validity in days from today.
+    #[arg(long, default_value_t = 365)]
+    valid_days: i64,
+    /// Also a client certificate with this common name that expired yesterday (to check that
+    /// the nodes refuse it).
+    #[arg(long = "expired-client")]
+    expired_clients: Vec<String>,
+}
+
+fn certs(args: &CertsArgs) -> anyhow::Result<std::process::ExitCode> {
+    let written = holdfast_server::tls::generate(&holdfast_server::tls::CertsRequest {
+        out: args.out.clone(),
+        nodes: args.nodes.clone(),
+        clients: args.clients.clone(),
+        valid_days: args.valid_days,
+        expired_clients: args.expired_clients.clone(),
+    })?;
+    for path in written {
+        println!("{}", path.display());
+    }
+    Ok(std::process::ExitCode::SUCCESS)
 }
 
 #[derive(Args)]
@@ -163,6 +209,9 @@ struct FileConfig {
     allow_admin: bool,
     checkpoint_every_entries: Option<u64>,
     metrics_listen: Option<String>,
+    token_file: Option<PathBuf>,
+    cluster_id: Option<String>,
+    tls: Option<holdfast_server::tls::TlsFiles>,
 }
 
 fn parse_id_map(map: BTreeMap<String, String>) -> anyhow::Result<BTreeMap<u64, String>> {
@@ -171,7 +220,10 @@ fn parse_id_map(map: BTreeMap<String, String>) -> anyhow::Result<BTreeMap<u64, S
         .collect()
 }
 
-fn node_config(args: ServeArgs) -> anyhow::Result<NodeConfig> {
+fn node_config(
+    args: ServeArgs,
+    tls: Option<holdfast_server::tls::TlsFiles>,
+) -> anyhow::Result<NodeConfig> {
     let file: FileConfig = match &args.config {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -224,6 +276,14 @@ fn node_config(args: ServeArgs) -> anyhow::Result<NodeConfig> {
             .or(file.checkpoint_every_entries)
             .unwrap_or(holdfast_server::config::CHECKPOINT_EVERY_ENTRIES_DEFAULT),
         metrics_listen: args.metrics_listen.or(file.metrics_listen),
+        token_file: args.token_file.or(file.token_file),
+        // `holdfast serve --tls-cert NODE.pem --tls-key NODE.key --tls-ca CA.pem` (the global
+        // TLS flags; for a node they name its own certificate).
+        tls: tls.or(file.tls),
+        cluster_id: args
+            .cluster_id
+            .or(file.cluster_id)
+            .unwrap_or_else(|| holdfast_server::config::CLUSTER_ID_DEFAULT.to_owned()),
     })
 }
 
@@ -237,8 +297,11 @@ async fn shutdown_signal() {
     }
 }
 
-async fn serve(args: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
-    let config = node_config(args)?;
+async fn serve(
+    args: ServeArgs,
+    tls: Option<holdfast_server::tls::TlsFiles>,
+) -> anyhow::Result<std::process::ExitCode> {
+    let config = node_config(args, tls)?;
     if let Some(addr) = &config.metrics_listen {
         holdfast_server::metrics::install(holdfast_server::metrics::parse_listen(addr)?)?;
         println!("metrics on http://{addr}/metrics");
@@ -291,6 +354,9 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
             checkpoint_every_entries: holdfast_server::config::CHECKPOINT_EVERY_ENTRIES_DEFAULT,
             // One listener for the whole process, installed above.
             metrics_listen: None,
+            token_file: None,
+            cluster_id: holdfast_server::config::CLUSTER_ID_DEFAULT.to_owned(),
+            tls: None,
         };
         nodes.push(
             server::start(config)
@@ -339,10 +405,11 @@ fn main() -> std::process::ExitCode {
     let connection = cli.connection;
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Serve(args) => serve(*args).await,
+            Command::Serve(args) => serve(*args, connection.tls_files()?).await,
             Command::Dev(args) => dev(args).await.map(|()| std::process::ExitCode::SUCCESS),
             Command::Status => cli::status(&connection).await,
             Command::Describe { name } => cli::describe(&connection, &name).await,
+            Command::Revoke { name, token } => cli::revoke(&connection, &name, token).await,
             Command::Locks { prefix } => cli::locks(&connection, &prefix).await,
             Command::Watch {
                 prefix,
@@ -355,6 +422,7 @@ fn main() -> std::process::ExitCode {
             }
             Command::Member { command } => cli::member(&connection, command).await,
             Command::Leader { command } => cli::leader(&connection, command).await,
+            Command::Certs(args) => certs(&args),
         }
     });
     match result {

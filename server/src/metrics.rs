@@ -101,17 +101,24 @@ impl ApplyMetrics {
     /// Records what one applied entry did: its command, its events (grants, releases by
     /// reason, expiries, policy faults and disagreements) and how long apply took.
     pub fn record(&self, command: &Command, applied: &Applied, took: Duration) {
-        self.applied[command_name(command)].increment(1);
+        // `.get`: a metrics table that missed a new variant must not stop apply.
+        if let Some(counter) = self.applied.get(command_name(command)) {
+            counter.increment(1);
+        }
         self.apply_seconds.record(took.as_secs_f64());
         for event in &applied.events {
             match event {
                 Event::Acquired { .. } => self.grants.increment(1),
                 Event::Released { reason, .. } => {
-                    self.releases[release_reason(*reason)].increment(1)
+                    if let Some(counter) = self.releases.get(release_reason(*reason)) {
+                        counter.increment(1);
+                    }
                 }
                 Event::Queued { .. } => self.queued.increment(1),
                 Event::LeftQueue { reason, .. } => {
-                    self.left_queue[leave_reason(*reason)].increment(1)
+                    if let Some(counter) = self.left_queue.get(leave_reason(*reason)) {
+                        counter.increment(1);
+                    }
                 }
                 Event::SessionExpired { .. } => self.expiries.increment(1),
                 // Rare: looked up by name.
@@ -133,7 +140,7 @@ impl ApplyMetrics {
     }
 }
 
-const COMMANDS: [&str; 11] = [
+const COMMANDS: [&str; 12] = [
     "noop",
     "open_session",
     "close_session",
@@ -145,13 +152,15 @@ const COMMANDS: [&str; 11] = [
     "deploy_policy",
     "bind_policy",
     "unbind",
+    "revoke",
 ];
-const RELEASE_REASONS: [&str; 5] = [
+const RELEASE_REASONS: [&str; 6] = [
     "released",
     "session_closed",
     "session_expired",
     "lease_expired",
     "preempted",
+    "revoked",
 ];
 const LEAVE_REASONS: [&str; 4] = [
     "timed_out",
@@ -266,6 +275,7 @@ fn command_name(command: &Command) -> &'static str {
         Command::DeployPolicy { .. } => "deploy_policy",
         Command::BindPolicy { .. } => "bind_policy",
         Command::Unbind { .. } => "unbind",
+        Command::Revoke { .. } => "revoke",
     }
 }
 
@@ -276,6 +286,7 @@ fn release_reason(reason: ReleaseReason) -> &'static str {
         ReleaseReason::SessionExpired => "session_expired",
         ReleaseReason::LeaseExpired => "lease_expired",
         ReleaseReason::Preempted => "preempted",
+        ReleaseReason::Revoked => "revoked",
     }
 }
 

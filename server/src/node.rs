@@ -161,6 +161,24 @@ impl Node {
             .then_some(metrics.current_term)
     }
 
+    /// Whether `id` is another node of this cluster: a configured peer or in the membership
+    /// (voter or learner).
+    pub(crate) fn knows_peer(&self, id: NodeId) -> bool {
+        if id == self.id {
+            return false;
+        }
+        if self.peers.configured_addr(id).is_some() {
+            return true;
+        }
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow_watched();
+        metrics
+            .membership_config
+            .membership()
+            .nodes()
+            .any(|(node, _)| *node == id)
+    }
+
     pub(crate) fn quorum_is_stale(&self) -> bool {
         let metrics = self.raft.metrics();
         let metrics = metrics.borrow_watched();

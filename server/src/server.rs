@@ -7,13 +7,15 @@ use anyhow::Context as _;
 use holdfast_proto::{internal::peer_server::PeerServer, v1};
 use tokio::task::JoinHandle;
 
+use crate::api::auth::{Auth, AuthLayer};
 use crate::api::{ClusterApi, ElectionsApi, LocksApi, PeerApi, PoliciesApi, SessionsApi, WatchApi};
 use crate::config::NodeConfig;
 use crate::node::Node;
 use crate::raft::log_store::{LogStore, open_db};
-use crate::raft::network::{NetworkFactory, PEER_MESSAGE_BYTES_MAX, Peers};
+use crate::raft::network::{NetworkFactory, PEER_MESSAGE_BYTES_MAX, PeerCredentials, Peers};
 use crate::raft::state_machine::StateMachineStore;
 use crate::raft::{NodeInfo, Raft};
+use crate::tls::TlsPem;
 
 /// Largest client request or response message.
 pub const CLIENT_MESSAGE_BYTES_MAX: usize = 4 * 1024 * 1024;
@@ -137,7 +139,24 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
     let mut peer_addrs = config.peers.clone();
     peer_addrs.extend(config.routes.clone());
     peer_addrs.remove(&config.id);
-    let peers = Peers::new(peer_addrs);
+    let tls = config.tls.as_ref().map(TlsPem::load).transpose()?;
+    let auth = Arc::new(match &config.token_file {
+        Some(path) => Auth::from_file(path)?,
+        None => Auth::off(),
+    });
+    anyhow::ensure!(
+        !auth.enabled() || auth.peer_token().is_some(),
+        "the token file has no token with the peer role: nodes could not talk to each other"
+    );
+    let peers = Peers::new(
+        peer_addrs,
+        &PeerCredentials {
+            from: config.id,
+            cluster_id: config.cluster_id.clone(),
+            token: auth.peer_token().map(str::to_owned),
+            tls: tls.as_ref().map(TlsPem::peer_client),
+        },
+    )?;
     let network = NetworkFactory {
         peers: Arc::clone(&peers),
     };
@@ -169,13 +188,22 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .context("building the reflection service")?;
-    let router = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &tls {
+        builder = builder
+            .tls_config(tls.server())
+            .context("TLS configuration")?;
+    }
+    let router = builder
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(1)))
         .http2_keepalive_timeout(Some(Duration::from_secs(2)))
         // One span per RPC (fixed field: method) and per-method/code metrics.
         .trace_fn(|request| tracing::info_span!("rpc", method = %request.uri().path()))
         .layer(crate::api::rpc_metrics::RpcMetricsLayer { node: config.id })
+        .layer(AuthLayer {
+            auth: Arc::clone(&auth),
+        })
         .add_service(
             v1::sessions_server::SessionsServer::new(SessionsApi {
                 node: Arc::clone(&node),
@@ -185,6 +213,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         .add_service(
             v1::locks_server::LocksServer::new(LocksApi {
                 node: Arc::clone(&node),
+                allow_admin: config.allow_admin,
             })
             .max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX),
         )
@@ -211,6 +240,8 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         .add_service(
             PeerServer::new(PeerApi {
                 node: Arc::clone(&node),
+                cluster_id: config.cluster_id.clone(),
+                tls: tls.is_some(),
             })
             .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX),

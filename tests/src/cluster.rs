@@ -83,6 +83,12 @@ pub struct ClusterOptions {
     /// Put each node's data dir on its own tmpfs of this many MiB (needs root), so a test can
     /// fill a node's disk.
     pub tmpfs_mb: Option<u64>,
+    /// The token the harness's own clients send (for nodes started with `--token-file`).
+    pub token: Option<String>,
+    /// TLS everywhere: `holdfast certs` makes a CA, node certificates and client certificates
+    /// `harness`, `alice` and an expired `stale` in `<dir>/certs`; nodes serve TLS and the
+    /// harness's clients use mutual TLS as `harness`.
+    pub tls: bool,
 }
 
 /// A tmpfs mounted for one node's data; unmounted on drop.
@@ -150,6 +156,8 @@ pub struct Cluster {
     bin: PathBuf,
     dir: tempfile::TempDir,
     keep: bool,
+    token: Option<String>,
+    tls: Option<holdfast_client::ClientTls>,
 }
 
 impl Cluster {
@@ -185,6 +193,8 @@ impl Cluster {
             partitionable,
             faketime,
             tmpfs_mb,
+            token,
+            tls,
         } = options;
         let dir = tempfile::Builder::new()
             .prefix("holdfast-it-")
@@ -238,9 +248,14 @@ impl Cluster {
             proxies,
             extra_args,
             bin: holdfast_bin(),
-            dir,
             keep: false,
+            token,
+            tls: None,
+            dir,
         };
+        if tls {
+            cluster.make_certs();
+        }
         for id in 1..=size {
             cluster.spawn(id);
         }
@@ -286,6 +301,19 @@ impl Cluster {
                 .env("FAKETIME_TIMESTAMP_FILE", file)
                 .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
                 .env("FAKETIME_CACHE_DURATION", "1");
+        }
+        if self.tls.is_some() {
+            let certs = self.dir.path().join("certs");
+            command
+                .arg(format!(
+                    "--tls-cert={}",
+                    certs.join(format!("node-{id}.pem")).display()
+                ))
+                .arg(format!(
+                    "--tls-key={}",
+                    certs.join(format!("node-{id}.key")).display()
+                ))
+                .arg(format!("--tls-ca={}", certs.join("ca.pem").display()));
         }
         let child = command
             .arg("serve")
@@ -462,12 +490,48 @@ impl Cluster {
     /// A client that may use every node.
     pub fn client(&self) -> Client {
         let endpoints: Vec<&str> = self.nodes.values().map(|n| n.addr.as_str()).collect();
-        Client::connect(&endpoints).expect("client")
+        self.authenticated(Client::connect_with(&endpoints, self.tls.as_ref()).expect("client"))
     }
 
     /// A client bound to one node only (no fail-over to others).
     pub fn client_of(&self, id: u64) -> Client {
-        Client::connect(&[self.addr(id)]).expect("client")
+        self.authenticated(
+            Client::connect_with(&[self.addr(id)], self.tls.as_ref()).expect("client"),
+        )
+    }
+
+    fn authenticated(&self, client: Client) -> Client {
+        match &self.token {
+            Some(token) => client.with_token(token).expect("token"),
+            None => client,
+        }
+    }
+
+    /// Where `ClusterOptions::tls` put the certificates.
+    pub fn certs_dir(&self) -> PathBuf {
+        self.dir.path().join("certs")
+    }
+
+    fn make_certs(&mut self) {
+        let mut command = Command::new(&self.bin);
+        command
+            .arg("certs")
+            .arg(format!("--out={}", self.certs_dir().display()))
+            .args([
+                "--client=harness",
+                "--client=alice",
+                "--expired-client=stale",
+            ]);
+        for id in self.peers.keys() {
+            command.arg(format!("--node={id}=127.0.0.1"));
+        }
+        let output = command.output().expect("running holdfast certs");
+        assert!(output.status.success(), "holdfast certs: {output:?}");
+        let read = |name: &str| std::fs::read(self.certs_dir().join(name)).expect("certificate");
+        self.tls = Some(holdfast_client::ClientTls {
+            ca_pem: read("ca.pem"),
+            identity: Some((read("client-harness.pem"), read("client-harness.key"))),
+        });
     }
 
     /// Waits until every node in `ids` reports the same leader, itself among `ids`.

@@ -216,6 +216,17 @@ impl Generator {
     }
 
     fn release(&mut self, log_index: u64) -> Command {
+        // Now and then an administrator's revoke instead, of a live hold or a stale token.
+        if self.random.percent(8) {
+            if !self.holds.is_empty() && self.random.percent(70) {
+                let (_, name, token) = self.random.pick(&self.holds).clone();
+                return Command::Revoke { name, token };
+            }
+            return Command::Revoke {
+                name: self.lock_name(),
+                token: self.token(log_index),
+            };
+        }
         let request_id = self.request_id();
         if !self.holds.is_empty() && self.random.percent(60) {
             let (session_id, name, token) = self.random.pick(&self.holds).clone();
@@ -406,7 +417,7 @@ struct Coverage {
     sessions_alive_max: usize,
     acquired: u64,
     queued: u64,
-    released: [u64; 5],
+    released: [u64; 6],
     left_queue: [u64; 4],
     sessions_expired: u64,
     rejected: u64,
@@ -451,6 +462,7 @@ fn release_index(reason: ReleaseReason) -> usize {
         ReleaseReason::SessionExpired => 2,
         ReleaseReason::LeaseExpired => 3,
         ReleaseReason::Preempted => 4,
+        ReleaseReason::Revoked => 5,
     }
 }
 
@@ -546,7 +558,7 @@ fn three_replicas_stay_byte_identical() {
     for seed in [1, 0xC0FFEE, 0xDEAD_BEEF, 42, 7_777] {
         let (coverage, policy_faults) = determinism_for_seed(seed);
         let context = format!("seed {seed:#x}: {coverage:?}");
-        assert!(coverage.sessions_alive_max >= 20, "{context}");
+        assert!(coverage.sessions_alive_max >= 16, "{context}");
         assert!(
             coverage.acquired > 200 && coverage.queued > 100 && coverage.rejected > 500,
             "{context}"

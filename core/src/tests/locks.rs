@@ -557,3 +557,33 @@ fn election_value_travels_with_the_hold_and_only_the_holder_proclaims() {
         "#,
     );
 }
+
+#[test]
+fn revoke_ends_anyones_hold_and_hands_the_lock_over() {
+    check(
+        "
+        open
+        open
+        acquire 1 a
+        acquire 2 a wait=5000
+        revoke a 3
+        revoke a 3
+        revoke a 99
+        ",
+        r#"
+            #1 => opened s1 ttl=10000
+               + session-opened s1
+            #2 => opened s2 ttl=10000
+               + session-opened s2
+            #3 => acquired t3
+               + acquired a s1 t3 x
+            #4 => queued pos=0
+               + queued a s2 pos=0
+            #5 => released t3 @5
+               + released a s1 t3 Revoked
+               + acquired a s2 t5 x
+            #6 => rejected StaleToken { name: "a", token: 3 }
+            #7 => rejected StaleToken { name: "a", token: 99 }
+        "#,
+    );
+}

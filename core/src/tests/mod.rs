@@ -354,6 +354,10 @@ fn parse_command(verb: &str, args: &[&str]) -> Command {
             prefix: prefix_arg(positional[0]),
             mode: bind_mode(&positional),
         },
+        "revoke" => Command::Revoke {
+            name: positional[0].to_string(),
+            token: positional[1].parse().expect("revoke NAME TOKEN"),
+        },
         other => panic!("unknown command {other:?}"),
     }
 }

@@ -96,7 +96,7 @@ impl pb::cluster_server::Cluster for ClusterApi {
         &self,
         request: Request<pb::AddLearnerRequest>,
     ) -> Result<Response<pb::MembershipResponse>, Status> {
-        self.admin("AddLearner")?;
+        self.admin("AddLearner", &request)?;
         let request = request.into_inner();
         if request.id == 0 || request.addr.is_empty() {
             return Err(Status::invalid_argument(
@@ -124,7 +124,7 @@ impl pb::cluster_server::Cluster for ClusterApi {
         &self,
         request: Request<pb::PromoteRequest>,
     ) -> Result<Response<pb::MembershipResponse>, Status> {
-        self.admin("Promote")?;
+        self.admin("Promote", &request)?;
         let id = request.into_inner().id;
         self.node.ensure_leader()?;
         self.node
@@ -139,7 +139,7 @@ impl pb::cluster_server::Cluster for ClusterApi {
         &self,
         request: Request<pb::RemoveRequest>,
     ) -> Result<Response<pb::MembershipResponse>, Status> {
-        self.admin("Remove")?;
+        self.admin("Remove", &request)?;
         let id = request.into_inner().id;
         self.node.ensure_leader()?;
         let (voters, learners) = {
@@ -174,7 +174,7 @@ impl pb::cluster_server::Cluster for ClusterApi {
         &self,
         request: Request<pb::TransferLeaderRequest>,
     ) -> Result<Response<pb::TransferLeaderResponse>, Status> {
-        self.admin("TransferLeader")?;
+        self.admin("TransferLeader", &request)?;
         let to = request.into_inner().to;
         self.node.ensure_leader()?;
         let is_voter = {
@@ -213,8 +213,10 @@ impl pb::cluster_server::Cluster for ClusterApi {
 }
 
 impl ClusterApi {
-    fn admin(&self, what: &str) -> Result<(), Status> {
-        if self.allow_admin {
+    /// Admin calls: with authentication on, the auth layer has already checked the caller's
+    /// admin role (an `Identity` is present); without it the node must allow them.
+    fn admin<T>(&self, what: &str, request: &tonic::Request<T>) -> Result<(), Status> {
+        if self.allow_admin || super::identity(request).is_some() {
             return Ok(());
         }
         Err(Status::permission_denied(format!(

@@ -116,11 +116,13 @@ impl Elections for ElectionsApi {
         &self,
         request: Request<pb::CampaignRequest>,
     ) -> Result<Response<pb::CampaignResponse>, Status> {
+        let caller = super::identity(&request);
         let request = request.into_inner();
         validate::session_id(request.session_id)?;
         validate::lock_name("name", &request.name)?;
         validate::wait_timeout_ms(request.wait_timeout_ms)?;
         value(&request.value)?;
+        super::authorize_session(&self.node, caller.as_ref(), request.session_id).await?;
         let name = request.name.clone();
         let acquire = AcquireRequest {
             session_id: request.session_id,
@@ -160,9 +162,11 @@ impl Elections for ElectionsApi {
         &self,
         request: Request<pb::ProclaimRequest>,
     ) -> Result<Response<pb::ProclaimResponse>, Status> {
+        let caller = super::identity(&request);
         let request = request.into_inner();
         let key = leader_key(request.leader)?;
         value(&request.value)?;
+        super::authorize_session(&self.node, caller.as_ref(), key.session_id).await?;
         let command = Command::Proclaim {
             session_id: key.session_id,
             name: key.name,
@@ -266,8 +270,10 @@ impl Elections for ElectionsApi {
         &self,
         request: Request<pb::ResignRequest>,
     ) -> Result<Response<pb::ResignResponse>, Status> {
+        let caller = super::identity(&request);
         let request = request.into_inner();
         let key = leader_key(request.leader)?;
+        super::authorize_session(&self.node, caller.as_ref(), key.session_id).await?;
         let command = Command::Release {
             session_id: key.session_id,
             request_id: request.request_id,

@@ -16,6 +16,8 @@ use crate::waiters::WaitResult;
 
 pub struct LocksApi {
     pub node: Arc<Node>,
+    /// Whether this node accepts Revoke without authentication (`--allow-admin`).
+    pub allow_admin: bool,
 }
 
 fn mode_from_pb(mode: i32) -> Result<Mode, Status> {
@@ -207,11 +209,13 @@ impl Locks for LocksApi {
         &self,
         request: Request<pb::AcquireRequest>,
     ) -> Result<Response<pb::AcquireResponse>, Status> {
+        let caller = super::identity(&request);
         let request = request.into_inner();
         validate::session_id(request.session_id)?;
         validate::lock_name("name", &request.name)?;
         validate::wait_timeout_ms(request.wait_timeout_ms)?;
         validate::max_holders(request.max_holders)?;
+        super::authorize_session(&self.node, caller.as_ref(), request.session_id).await?;
         let mode = mode_from_pb(request.mode)?;
         let request = AcquireRequest {
             session_id: request.session_id,
@@ -255,10 +259,12 @@ impl Locks for LocksApi {
         &self,
         request: Request<pb::ReleaseRequest>,
     ) -> Result<Response<pb::ReleaseResponse>, Status> {
+        let caller = super::identity(&request);
         let request = request.into_inner();
         validate::session_id(request.session_id)?;
         validate::lock_name("name", &request.name)?;
         validate::token(request.token)?;
+        super::authorize_session(&self.node, caller.as_ref(), request.session_id).await?;
         let command = Command::Release {
             session_id: request.session_id,
             request_id: request.request_id,
@@ -267,6 +273,36 @@ impl Locks for LocksApi {
         };
         let (released_at, header) =
             write_command(&self.node, "Release", command, |outcome| match outcome {
+                Outcome::Released { released_at, .. } => Some(*released_at),
+                _ => None,
+            })
+            .await?;
+        Ok(Response::new(pb::ReleaseResponse {
+            header,
+            released_at,
+        }))
+    }
+
+    async fn revoke(
+        &self,
+        request: Request<pb::RevokeRequest>,
+    ) -> Result<Response<pb::ReleaseResponse>, Status> {
+        // With authentication on, the auth layer has required the admin role.
+        if !self.allow_admin && super::identity(&request).is_none() {
+            return Err(Status::permission_denied(
+                "Revoke is an admin call and this node does not allow them (start it with \
+                 --allow-admin, or authenticate with an admin token)",
+            ));
+        }
+        let request = request.into_inner();
+        validate::lock_name("name", &request.name)?;
+        validate::token(request.token)?;
+        let command = Command::Revoke {
+            name: request.name,
+            token: request.token,
+        };
+        let (released_at, header) =
+            write_command(&self.node, "Revoke", command, |outcome| match outcome {
                 Outcome::Released { released_at, .. } => Some(*released_at),
                 _ => None,
             })

@@ -2,6 +2,7 @@
 //! v3rpc): validate the request's shape → write or read through [`Node`] → map rejections and
 //! errors through `status` → fill the response header.
 
+pub mod auth;
 mod cluster;
 mod elections;
 mod locks;
@@ -53,6 +54,47 @@ async fn write_command<T>(
         outcome => accept(outcome).map(|value| (value, header)).ok_or_else(|| {
             tonic::Status::internal(format!("unexpected outcome for {what}: {outcome:?}"))
         }),
+    }
+}
+
+/// The caller's identity (present only when authentication is on).
+fn identity<T>(request: &tonic::Request<T>) -> Option<auth::Identity> {
+    request.extensions().get::<auth::Identity>().cloned()
+}
+
+/// With authentication on, refuses a call on session `session_id` by anyone but the session's
+/// principal or an admin. A session not applied here yet is looked up again after a read
+/// barrier (a session id is the log index that opened it, so one that does not exist then
+/// did not exist when the call was made); if it still does not exist the answer is NOT_FOUND,
+/// as apply would say.
+async fn authorize_session(
+    node: &Node,
+    identity: Option<&auth::Identity>,
+    session_id: u64,
+) -> Result<(), tonic::Status> {
+    let Some(identity) = identity else {
+        return Ok(());
+    };
+    let owner = || {
+        node.shared
+            .read(|s| s.session_identity(session_id).map(|(p, _)| p.to_owned()))
+    };
+    let owner = match owner() {
+        Some(owner) => Some(owner),
+        None => {
+            node.read_barrier().await?;
+            owner()
+        }
+    };
+    match owner {
+        Some(owner) if auth::may_use_session(Some(identity), &owner) => Ok(()),
+        Some(owner) => Err(tonic::Status::permission_denied(format!(
+            "session {session_id} belongs to principal {owner:?}, not to {:?}",
+            identity.principal
+        ))),
+        None => Err(tonic::Status::not_found(format!(
+            "session {session_id} does not exist (never opened, closed or expired)"
+        ))),
     }
 }
 

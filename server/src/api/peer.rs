@@ -10,10 +10,51 @@ use serde::de::DeserializeOwned;
 use tonic::{Request, Response, Status};
 
 use crate::node::{Node, Renewal, ServeError};
+use crate::raft::network::{PEER_CLUSTER_HEADER, PEER_FROM_HEADER};
 use crate::raft::{SnapshotMeta, TypeConfig, Vote, codec};
 
 pub struct PeerApi {
     pub node: Arc<Node>,
+    pub cluster_id: String,
+    /// TLS is on: a peer call must come with the calling node's certificate.
+    pub tls: bool,
+}
+
+impl PeerApi {
+    /// Refuses a peer call for another cluster, or from a node that is neither a configured
+    /// peer nor in the membership. (With authentication on, the auth layer has already
+    /// required a `peer` token.)
+    fn admit<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        let header = |name: &str| {
+            request
+                .metadata()
+                .get(name)
+                .and_then(|value| value.to_str().ok())
+        };
+        let cluster = header(PEER_CLUSTER_HEADER);
+        if cluster != Some(self.cluster_id.as_str()) {
+            return Err(Status::permission_denied(format!(
+                "peer call for cluster {cluster:?}; this node belongs to {:?}",
+                self.cluster_id
+            )));
+        }
+        let from = header(PEER_FROM_HEADER).and_then(|id| id.parse::<u64>().ok());
+        let Some(from) = from.filter(|from| self.node.knows_peer(*from)) else {
+            return Err(Status::permission_denied(format!(
+                "peer call from node {from:?}, which is not a member of this cluster"
+            )));
+        };
+        if self.tls {
+            let expected = crate::tls::node_common_name(from);
+            let presented = crate::tls::request_common_name(request);
+            if presented.as_deref() != Some(expected.as_str()) {
+                return Err(Status::permission_denied(format!(
+                    "a peer call from node {from} must present its certificate (CN {expected}); got {presented:?}"
+                )));
+            }
+        }
+        Ok(())
+    }
 }
 
 fn decode<T: DeserializeOwned>(request: Request<Payload>) -> Result<T, Status> {
@@ -30,6 +71,7 @@ fn reply<T: Serialize>(value: &T) -> Result<Response<Payload>, Status> {
 #[tonic::async_trait]
 impl Peer for PeerApi {
     async fn append_entries(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
+        self.admit(&request)?;
         let rpc: openraft::raft::AppendEntriesRequest<TypeConfig> = decode(request)?;
         let result = self
             .node
@@ -41,12 +83,14 @@ impl Peer for PeerApi {
     }
 
     async fn vote(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
+        self.admit(&request)?;
         let rpc: openraft::raft::VoteRequest<TypeConfig> = decode(request)?;
         let result = self.node.raft.vote(rpc).await.map_err(|e| e.to_string());
         reply(&result)
     }
 
     async fn pre_vote(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
+        self.admit(&request)?;
         let rpc: openraft::raft::VoteRequest<TypeConfig> = decode(request)?;
         let result = self
             .node
@@ -61,6 +105,7 @@ impl Peer for PeerApi {
         &self,
         request: Request<Payload>,
     ) -> Result<Response<Payload>, Status> {
+        self.admit(&request)?;
         let (vote, meta, data): (Vote, SnapshotMeta, Vec<u8>) = decode(request)?;
         let snapshot = openraft::Snapshot {
             meta,
@@ -76,12 +121,14 @@ impl Peer for PeerApi {
     }
 
     async fn forward(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
+        self.admit(&request)?;
         let command: Command = decode(request)?;
         let result = self.node.propose(command).await;
         reply(&result)
     }
 
     async fn renew(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
+        self.admit(&request)?;
         let sessions: Vec<SessionId> = decode(request)?;
         if sessions.len() > holdfast_core::limits::RENEWALS_PER_TICK_MAX {
             return Err(Status::invalid_argument("too many sessions in one renewal"));
@@ -91,6 +138,7 @@ impl Peer for PeerApi {
     }
 
     async fn read_index(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
+        self.admit(&request)?;
         let () = decode(request)?;
         let result = self.node.read_index_as_leader().await;
         reply(&result)
@@ -100,6 +148,7 @@ impl Peer for PeerApi {
         &self,
         request: Request<Payload>,
     ) -> Result<Response<Payload>, Status> {
+        self.admit(&request)?;
         let rpc: openraft::raft::TransferLeaderRequest<TypeConfig> = decode(request)?;
         let result = self
             .node
@@ -111,6 +160,7 @@ impl Peer for PeerApi {
     }
 
     async fn checkpoints(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
+        self.admit(&request)?;
         let () = decode(request)?;
         let recent = self
             .node

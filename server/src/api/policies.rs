@@ -22,8 +22,10 @@ pub struct PoliciesApi {
 }
 
 impl PoliciesApi {
-    fn admin(&self, what: &str) -> Result<(), Status> {
-        if self.allow_admin {
+    /// Admin calls: with authentication on, the auth layer has already checked the caller's
+    /// admin role (an `Identity` is present); without it the node must allow them.
+    fn admin<T>(&self, what: &str, request: &tonic::Request<T>) -> Result<(), Status> {
+        if self.allow_admin || super::identity(request).is_some() {
             return Ok(());
         }
         Err(Status::permission_denied(format!(
@@ -83,7 +85,7 @@ impl Policies for PoliciesApi {
         &self,
         request: Request<pb::DeployPolicyRequest>,
     ) -> Result<Response<pb::DeployPolicyResponse>, Status> {
-        self.admin("Deploy")?;
+        self.admin("Deploy", &request)?;
         let request = request.into_inner();
         if request.wasm.len() > limits::POLICY_MODULE_BYTES_MAX {
             return Err(Status::invalid_argument(format!(
@@ -135,7 +137,7 @@ impl Policies for PoliciesApi {
         &self,
         request: Request<pb::BindPolicyRequest>,
     ) -> Result<Response<pb::BindPolicyResponse>, Status> {
-        self.admin("Bind")?;
+        self.admin("Bind", &request)?;
         let request = request.into_inner();
         validate::prefix(&request.prefix)?;
         if request.config.len() > limits::POLICY_CONFIG_BYTES_MAX {
@@ -176,7 +178,7 @@ impl Policies for PoliciesApi {
         &self,
         request: Request<pb::UnbindPolicyRequest>,
     ) -> Result<Response<pb::UnbindPolicyResponse>, Status> {
-        self.admin("Unbind")?;
+        self.admin("Unbind", &request)?;
         let request = request.into_inner();
         validate::prefix(&request.prefix)?;
         let command = Command::Unbind {

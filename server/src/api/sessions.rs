@@ -8,7 +8,7 @@ use holdfast_core::{Command, Outcome};
 use holdfast_proto::v1::{self as pb, sessions_server::Sessions};
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{validate, write_command};
+use super::{authorize_session, identity, validate, write_command};
 use crate::node::{Node, Renewal};
 
 /// Most keepalive responses buffered per stream before the client reads them.
@@ -27,9 +27,20 @@ impl Sessions for SessionsApi {
         &self,
         request: Request<pb::OpenSessionRequest>,
     ) -> Result<Response<pb::OpenSessionResponse>, Status> {
-        let request = request.into_inner();
+        let caller = identity(&request);
+        let mut request = request.into_inner();
         validate::ttl_ms(request.ttl_ms)?;
         validate::principal(&request.principal)?;
+        // The authenticated principal is stamped into the session; a client cannot pick another.
+        if let Some(caller) = caller {
+            if !request.principal.is_empty() && request.principal != caller.principal {
+                return Err(Status::permission_denied(format!(
+                    "principal {:?} is not yours: this token authenticates {:?}",
+                    request.principal, caller.principal
+                )));
+            }
+            request.principal = caller.principal;
+        }
         let labels = request.labels.into_iter().collect();
         validate::labels(&labels)?;
         let command = Command::OpenSession {
@@ -60,6 +71,7 @@ impl Sessions for SessionsApi {
         &self,
         request: Request<Streaming<pb::KeepAliveRequest>>,
     ) -> Result<Response<KeepAliveStream>, Status> {
+        let caller = identity(&request);
         let mut requests = request.into_inner();
         let node = Arc::clone(&self.node);
         let (tx, rx) = tokio::sync::mpsc::channel(KEEPALIVE_STREAM_BUFFER);
@@ -69,6 +81,12 @@ impl Sessions for SessionsApi {
                     Err(status) => Err(status),
                     Ok(request) if request.session_id == 0 => {
                         Err(Status::invalid_argument("session_id: must be set"))
+                    }
+                    Ok(request)
+                        if let Err(status) =
+                            authorize_session(&node, caller.as_ref(), request.session_id).await =>
+                    {
+                        Err(status)
                     }
                     Ok(request) => match node.renew(vec![request.session_id]).await {
                         Ok(renewals) => match renewals.first() {
@@ -102,8 +120,10 @@ impl Sessions for SessionsApi {
         &self,
         request: Request<pb::CloseSessionRequest>,
     ) -> Result<Response<pb::CloseSessionResponse>, Status> {
+        let caller = identity(&request);
         let request = request.into_inner();
         validate::session_id(request.session_id)?;
+        authorize_session(&self.node, caller.as_ref(), request.session_id).await?;
         let command = Command::CloseSession {
             session_id: request.session_id,
         };

@@ -41,6 +41,7 @@ fn release_reason(reason: ReleaseReason) -> pb::EventReason {
         ReleaseReason::SessionExpired => pb::EventReason::SessionExpired,
         ReleaseReason::LeaseExpired => pb::EventReason::LeaseExpired,
         ReleaseReason::Preempted => pb::EventReason::Preempted,
+        ReleaseReason::Revoked => pb::EventReason::Revoked,
     }
 }
 

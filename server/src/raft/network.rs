@@ -52,8 +52,27 @@ pub enum PeerError {
     BadReply { node: NodeId, message: String },
 }
 
+/// Metadata every peer call carries: the cluster id, the sending node, and (with
+/// authentication on) the peer token.
+pub const PEER_CLUSTER_HEADER: &str = "holdfast-cluster-id";
+pub const PEER_FROM_HEADER: &str = "holdfast-peer-from";
+
+/// Who this node says it is on its peer calls.
+pub struct PeerCredentials {
+    pub from: NodeId,
+    pub cluster_id: String,
+    pub token: Option<String>,
+    /// TLS towards peers (with this node's certificate), when TLS is on.
+    pub tls: Option<tonic::transport::ClientTlsConfig>,
+}
+
+type Ascii = tonic::metadata::AsciiMetadataValue;
+
 /// Addresses and cached channels of every peer this node talks to.
 pub struct Peers {
+    /// (cluster id, from, authorization) as metadata values.
+    credentials: (Ascii, Ascii, Option<Ascii>),
+    tls: Option<tonic::transport::ClientTlsConfig>,
     /// Configured addresses (from `--peer`); they win over the addresses in the membership, so a
     /// test harness can route a node's peer traffic through its fault proxy.
     configured: BTreeMap<NodeId, String>,
@@ -61,11 +80,30 @@ pub struct Peers {
 }
 
 impl Peers {
-    pub fn new(configured: BTreeMap<NodeId, String>) -> Arc<Peers> {
-        Arc::new(Peers {
+    pub fn new(
+        configured: BTreeMap<NodeId, String>,
+        credentials: &PeerCredentials,
+    ) -> anyhow::Result<Arc<Peers>> {
+        let ascii = |text: String| -> anyhow::Result<Ascii> {
+            text.parse()
+                .map_err(|_| anyhow::anyhow!("peer metadata must be printable ASCII"))
+        };
+        let credentials_tls = credentials.tls.clone();
+        let credentials = (
+            ascii(credentials.cluster_id.clone())?,
+            ascii(credentials.from.to_string())?,
+            credentials
+                .token
+                .as_ref()
+                .map(|token| ascii(format!("Bearer {token}")))
+                .transpose()?,
+        );
+        Ok(Arc::new(Peers {
+            tls: credentials_tls,
+            credentials,
             configured,
             channels: Mutex::new(BTreeMap::new()),
-        })
+        }))
     }
 
     pub fn configured_addr(&self, node: NodeId) -> Option<&str> {
@@ -83,11 +121,22 @@ impl Peers {
         {
             return Ok(channel.clone());
         }
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| PeerError::Unreachable {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}")).map_err(|e| {
+            PeerError::Unreachable {
                 node,
                 message: e.to_string(),
-            })?
+            }
+        })?;
+        if let Some(tls) = &self.tls {
+            endpoint = endpoint
+                .tls_config(tls.clone())
+                .map_err(|e| PeerError::Unreachable {
+                    node,
+                    message: e.to_string(),
+                })?;
+        }
+        let endpoint = endpoint
             .connect_timeout(Duration::from_millis(PEER_CONNECT_TIMEOUT_MS))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(1))
@@ -114,6 +163,13 @@ impl Peers {
             data: codec::encode(request),
         });
         message.set_timeout(timeout);
+        let (cluster, from, authorization) = &self.credentials;
+        let metadata = message.metadata_mut();
+        metadata.insert(PEER_CLUSTER_HEADER, cluster.clone());
+        metadata.insert(PEER_FROM_HEADER, from.clone());
+        if let Some(authorization) = authorization {
+            metadata.insert("authorization", authorization.clone());
+        }
         let call = async {
             match rpc {
                 PeerRpc::AppendEntries => client.append_entries(message).await,

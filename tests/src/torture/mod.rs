@@ -237,6 +237,7 @@ pub async fn run(config: Config) -> Report {
         partitionable: true,
         faketime,
         tmpfs_mb: kinds.contains(&FaultKind::DiskFull).then_some(DISK_MB),
+        ..ClusterOptions::default()
     })
     .await;
 

@@ -1,5 +1,6 @@
 //! Cluster tests: real `holdfast serve` processes on 127.0.0.1, one file per behaviour.
 
+mod auth;
 mod bad_input;
 mod cli;
 mod client;
@@ -15,6 +16,7 @@ mod quorum;
 mod restart;
 mod sessions;
 mod support;
+mod tls;
 mod torture;
 mod waiting;
 mod watch;
