@@ -114,6 +114,23 @@ pub(super) enum Acquisition {
 
 /// Proposes an Acquire and, when it queues, waits for this node's own apply to grant it (or to
 /// drop it from the queue). Cancelling the caller's future removes the queue entry.
+/// Writes a Release or Revoke and answers with the index at which the hold ended.
+async fn release_command(
+    node: &Node,
+    what: &str,
+    command: Command,
+) -> Result<Response<pb::ReleaseResponse>, Status> {
+    let (released_at, header) = write_command(node, what, command, |outcome| match outcome {
+        Outcome::Released { released_at, .. } => Some(*released_at),
+        _ => None,
+    })
+    .await?;
+    Ok(Response::new(pb::ReleaseResponse {
+        header,
+        released_at,
+    }))
+}
+
 pub(super) async fn acquire_and_wait(
     node: &Arc<Node>,
     request: AcquireRequest,
@@ -271,16 +288,7 @@ impl Locks for LocksApi {
             name: request.name,
             token: request.token,
         };
-        let (released_at, header) =
-            write_command(&self.node, "Release", command, |outcome| match outcome {
-                Outcome::Released { released_at, .. } => Some(*released_at),
-                _ => None,
-            })
-            .await?;
-        Ok(Response::new(pb::ReleaseResponse {
-            header,
-            released_at,
-        }))
+        release_command(&self.node, "Release", command).await
     }
 
     async fn revoke(
@@ -301,16 +309,7 @@ impl Locks for LocksApi {
             name: request.name,
             token: request.token,
         };
-        let (released_at, header) =
-            write_command(&self.node, "Revoke", command, |outcome| match outcome {
-                Outcome::Released { released_at, .. } => Some(*released_at),
-                _ => None,
-            })
-            .await?;
-        Ok(Response::new(pb::ReleaseResponse {
-            header,
-            released_at,
-        }))
+        release_command(&self.node, "Revoke", command).await
     }
 
     async fn check_token(

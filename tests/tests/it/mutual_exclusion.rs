@@ -13,6 +13,45 @@ const CLIENTS: usize = 16;
 const LOCKS: usize = 4;
 const LOAD_SECS: u64 = 10;
 
+/// Every acknowledged acquire of the ledger session is still held with its token; every
+/// acknowledged release is no longer current; and the ledger made progress.
+async fn assert_ledger(
+    client: &holdfast_client::Client,
+    session_id: u64,
+    acquired: &[holdfast_client::Hold],
+    released: &[holdfast_client::Hold],
+) {
+    for hold in acquired {
+        let described = client.describe(&hold.name).await.expect("describe");
+        let holders = described.lock.map(|l| l.holders).unwrap_or_default();
+        assert!(
+            holders
+                .iter()
+                .any(|h| h.session_id == session_id && h.token == hold.token),
+            "acknowledged acquire of {} (token {}) is lost: holders {holders:?}",
+            hold.name,
+            hold.token
+        );
+    }
+    for hold in released {
+        let check = client
+            .check_token(&hold.name, hold.token)
+            .await
+            .expect("check token");
+        assert!(
+            !check.current,
+            "acknowledged release of {} (token {}) is lost",
+            hold.name, hold.token
+        );
+    }
+    assert!(
+        acquired.len() >= 10 && !released.is_empty(),
+        "ledger made too little progress: {} / {}",
+        acquired.len(),
+        released.len()
+    );
+}
+
 fn assert_safe(result: &WorkloadResult, resource: &Resource) {
     let mut violations = exclusive_holds_do_not_overlap(&result.records);
     violations.extend(tokens_increase_in_real_time(&result.records));
@@ -109,35 +148,7 @@ async fn leader_kill_loses_no_acknowledged_operation() {
         .collect();
     cluster.wait_leader(&others).await;
 
-    for hold in &acquired {
-        let described = client.describe(&hold.name).await.expect("describe");
-        let holders = described.lock.map(|l| l.holders).unwrap_or_default();
-        assert!(
-            holders
-                .iter()
-                .any(|h| h.session_id == ledger.id && h.token == hold.token),
-            "acknowledged acquire of {} (token {}) is lost: holders {holders:?}",
-            hold.name,
-            hold.token
-        );
-    }
-    for hold in &released {
-        let check = client
-            .check_token(&hold.name, hold.token)
-            .await
-            .expect("check token");
-        assert!(
-            !check.current,
-            "acknowledged release of {} (token {}) is lost",
-            hold.name, hold.token
-        );
-    }
-    assert!(
-        acquired.len() >= 10 && !released.is_empty(),
-        "ledger made too little progress: {} / {}",
-        acquired.len(),
-        released.len()
-    );
+    assert_ledger(&client, ledger.id, &acquired, &released).await;
     assert_safe(&result, &resource);
 
     cluster.restart(killed);
@@ -205,40 +216,7 @@ async fn rolling_restart_under_load_loses_nothing() {
 
     let (session, acquired, released) = ledger.await.expect("ledger");
     let result = load.await.expect("workload");
-    for hold in &acquired {
-        let holders = client
-            .describe(&hold.name)
-            .await
-            .expect("describe")
-            .lock
-            .map(|l| l.holders)
-            .unwrap_or_default();
-        assert!(
-            holders
-                .iter()
-                .any(|h| h.session_id == session.id && h.token == hold.token),
-            "acknowledged acquire of {} (token {}) is lost: holders {holders:?}",
-            hold.name,
-            hold.token
-        );
-    }
-    for hold in &released {
-        let check = client
-            .check_token(&hold.name, hold.token)
-            .await
-            .expect("check");
-        assert!(
-            !check.current,
-            "acknowledged release of {} is lost",
-            hold.name
-        );
-    }
-    assert!(
-        acquired.len() >= 10 && !released.is_empty(),
-        "too little progress: {} / {}",
-        acquired.len(),
-        released.len()
-    );
+    assert_ledger(&client, session.id, &acquired, &released).await;
     assert_safe(&result, &resource);
     cluster.wait_converged(&cluster.ids()).await;
 }
