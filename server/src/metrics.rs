@@ -192,6 +192,36 @@ impl FsyncMetrics {
     }
 }
 
+/// Policy decision latency per hook (`holdfast_policy_decision_seconds{node,hook}`): a fresh
+/// instance on the entry's first call, the wasm call, and decoding its reply.
+pub struct PolicyMetrics {
+    by_hook: Vec<Histogram>,
+}
+
+impl PolicyMetrics {
+    pub fn new(node: u64) -> PolicyMetrics {
+        let node = node.to_string();
+        PolicyMetrics {
+            by_hook: holdfast_policy_abi::Hook::ALL
+                .iter()
+                .map(|hook| {
+                    histogram!(
+                        "holdfast_policy_decision_seconds",
+                        "node" => node.clone(),
+                        "hook" => hook.name()
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    pub fn record(&self, hook: holdfast_policy_abi::Hook, took: Duration) {
+        if let Some(histogram) = self.by_hook.get(hook as usize) {
+            histogram.record(took.as_secs_f64());
+        }
+    }
+}
+
 /// Records the size of the snapshot just built or installed.
 pub fn record_snapshot(node: u64, bytes: usize) {
     gauge!("holdfast_snapshot_bytes", "node" => node.to_string()).set(bytes as f64);

@@ -29,6 +29,7 @@ const _: () = assert!(POLICY_INSTANCES_PER_ENTRY_MAX < POLICY_POOL_INSTANCES as 
 pub struct ApplyPolicies {
     engine: Engine,
     cache: ModuleCache,
+    metrics: Option<Arc<crate::metrics::PolicyMetrics>>,
 }
 
 impl ApplyPolicies {
@@ -38,7 +39,14 @@ impl ApplyPolicies {
         Ok(ApplyPolicies {
             engine,
             cache: ModuleCache::new(),
+            metrics: None,
         })
+    }
+
+    /// Records decision latency per hook under node `node`'s label.
+    pub fn with_metrics(mut self, node: u64) -> ApplyPolicies {
+        self.metrics = Some(Arc::new(crate::metrics::PolicyMetrics::new(node)));
+        self
     }
 
     /// Applies `command` to `state` as the next log entry at cluster time `now_ms`, with a
@@ -59,6 +67,7 @@ impl ApplyPolicies {
             cache: &mut self.cache,
             builtin: BuiltinFifo,
             live: BTreeMap::new(),
+            metrics: self.metrics.clone(),
         }
     }
 }
@@ -70,6 +79,7 @@ pub struct EntryHost<'a> {
     builtin: BuiltinFifo,
     /// One runtime per (module, config) used by this entry.
     live: BTreeMap<([u8; 32], Vec<u8>), WasmPolicy>,
+    metrics: Option<Arc<crate::metrics::PolicyMetrics>>,
 }
 
 impl PolicyHost for EntryHost<'_> {
@@ -90,7 +100,7 @@ impl PolicyHost for EntryHost<'_> {
         if !self.live.contains_key(&key) && self.live.len() >= POLICY_INSTANCES_PER_ENTRY_MAX {
             self.live.pop_first();
         }
-        let (engine, cache) = (self.engine, &mut *self.cache);
+        let (engine, cache, metrics) = (self.engine, &mut *self.cache, &self.metrics);
         self.live.entry(key).or_insert_with(|| {
             // Looked up by the hash state already holds: hashing the module bytes for every
             // entry would cost more than the policy call. It compiled when it was deployed,
@@ -110,7 +120,7 @@ impl PolicyHost for EntryHost<'_> {
                         )
                     }),
             };
-            WasmPolicy::new(compiled, Arc::from(module.config))
+            WasmPolicy::new(compiled, Arc::from(module.config)).with_metrics(metrics.clone())
         })
     }
 }

@@ -180,6 +180,7 @@ pub struct WasmPolicy {
     live: Option<Live>,
     faults: BTreeMap<Hook, u64>,
     last_fault: Option<(Hook, GuestFault)>,
+    metrics: Option<Arc<crate::metrics::PolicyMetrics>>,
 }
 
 impl WasmPolicy {
@@ -192,7 +193,14 @@ impl WasmPolicy {
             live: None,
             faults: BTreeMap::new(),
             last_fault: None,
+            metrics: None,
         }
+    }
+
+    /// Records every hook's decision latency (not a replicated value: metrics only).
+    pub fn with_metrics(mut self, metrics: Option<Arc<crate::metrics::PolicyMetrics>>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Runs every hook with `fuel` instead of `POLICY_FUEL_PER_HOOK` (deploy pre-checks use
@@ -240,13 +248,19 @@ impl WasmPolicy {
         hook: Hook,
         request: &impl Message,
     ) -> Result<R, GuestFault> {
+        let started = std::time::Instant::now();
         let input = request.encode_to_vec();
         let fuel = self.fuel_per_hook;
         let module = Arc::clone(&self.module);
         let reply = self
             .live()
-            .and_then(|live| call_raw(&module, live, hook, &input, fuel))?;
-        R::decode(reply.as_slice()).map_err(|_| GuestFault::Undecodable)
+            .and_then(|live| call_raw(&module, live, hook, &input, fuel));
+        let decoded = reply
+            .and_then(|reply| R::decode(reply.as_slice()).map_err(|_| GuestFault::Undecodable));
+        if let Some(metrics) = &self.metrics {
+            metrics.record(hook, started.elapsed());
+        }
+        decoded
     }
 
     fn init_wasm(&mut self, prefix: &str) -> Result<Result<(), String>, GuestFault> {

@@ -97,7 +97,9 @@ impl StateMachineStore {
                 "{TEST_DIVERGE_ENV} is set: this replica will diverge on purpose"
             );
         }
-        let policies = ApplyPolicies::new().map_err(io::Error::other)?;
+        let policies = ApplyPolicies::new()
+            .map_err(io::Error::other)?
+            .with_metrics(node_id);
         Ok(StateMachineStore {
             shared,
             db,

@@ -72,13 +72,28 @@ async fn wait_health(addr: &str, wanted: ServingStatus) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn metrics_health_and_reflection() {
-    let mut cluster = Cluster::start(3).await;
+    let mut cluster = Cluster::start_with(3, &["--allow-admin"]).await;
     let metrics_addr = format!("127.0.0.1:{}", free_port());
     cluster.set_env(1, "HOLDFAST_METRICS_LISTEN", &metrics_addr);
     cluster.set_env(1, "HOLDFAST_LOG_FORMAT", "json");
     cluster.restart(1);
     cluster.wait_leader(&cluster.ids()).await;
     let client = cluster.client_of(1);
+    // A wasm policy decides for ops/ locks, so the decision-latency histogram fills.
+    client
+        .deploy_policy("fifo", &holdfast_tests::policy_wasm("fifo"))
+        .await
+        .expect("deploy");
+    client
+        .bind_policy(holdfast_proto::v1::BindPolicyRequest {
+            prefix: "ops/".into(),
+            policy: "fifo".into(),
+            version: 0,
+            config: Vec::new(),
+            mode: holdfast_proto::v1::BindMode::Enforce as i32,
+        })
+        .await
+        .expect("bind");
     let session = client.open_session(30_000, "metrics").await.unwrap();
     for _ in 0..5 {
         let hold = session
@@ -129,6 +144,10 @@ async fn metrics_health_and_reflection() {
         metrics.contains(
             r#"holdfast_grpc_seconds_bucket{node="1",method="/holdfast.v1.Locks/Acquire""#
         ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"holdfast_policy_decision_seconds_bucket{node="1",hook="admit""#),
         "{metrics}"
     );
     // Node 1 logs JSON lines.
