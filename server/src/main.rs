@@ -44,7 +44,12 @@ enum Command {
     /// Holders and waiters of one lock.
     Describe { name: String },
     /// End hold TOKEN of lock NAME whoever holds it (admin; release reason "revoked").
-    Revoke { name: String, token: u64 },
+    Revoke {
+        name: String,
+        /// The hold's fencing token (its own arg id: `token` is the global `--token`).
+        #[arg(id = "hold_token", value_name = "TOKEN")]
+        token: u64,
+    },
     /// Locks whose names start with PREFIX.
     Locks {
         #[arg(default_value = "")]

@@ -166,3 +166,35 @@ async fn elect_command_leads_until_interrupted_then_resigns() {
         "resigned on Ctrl-C"
     );
 }
+
+/// `holdfast revoke NAME TOKEN` (an admin call): ends another session's hold; without the
+/// admin permission it is refused. (Regression: its TOKEN argument once collided with the
+/// global `--token` flag and the command panicked.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn revoke_command_ends_a_hold() {
+    let cluster = Cluster::start_with(3, &["--allow-admin"]).await;
+    let client = cluster.client();
+    let session = client.open_session(30_000, "holder").await.unwrap();
+    let hold = session
+        .acquire("cli/revoked", LockMode::Exclusive, 0)
+        .await
+        .unwrap()
+        .expect("free");
+    let output = holdfast(&cluster)
+        .args(["revoke", "cli/revoked", &hold.token.to_string()])
+        .output()
+        .await
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(text.contains("revoked"), "{text}");
+    let lock = client.describe("cli/revoked").await.unwrap().lock;
+    assert!(lock.is_none(), "still held: {lock:?}");
+    // The same token again: no longer a hold.
+    let again = holdfast(&cluster)
+        .args(["revoke", "cli/revoked", &hold.token.to_string()])
+        .output()
+        .await
+        .unwrap();
+    assert!(!again.status.success(), "{again:?}");
+}
