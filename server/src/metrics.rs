@@ -279,11 +279,14 @@ pub async fn run_sampler(node: Arc<Node>, health: HealthReporter) {
         // A leader cut off from its quorum keeps believing it leads; it answers writes with
         // UNAVAILABLE after QUORUM_STALE_MS, and is not serving either.
         let stale_leader = is_leader && node.quorum_is_stale();
-        let status = if leader.is_some() && !stale_leader && applied_raft >= committed {
-            ServingStatus::Serving
-        } else {
-            ServingStatus::NotServing
-        };
+        // A follower cut off from its leader still names it until an election succeeds.
+        let stale_follower = !is_leader && node.leader_contact_is_stale();
+        let status =
+            if leader.is_some() && !stale_leader && !stale_follower && applied_raft >= committed {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
         if last_status != Some(status) {
             health.set_service_status("", status).await;
             last_status = Some(status);

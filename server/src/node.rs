@@ -123,6 +123,8 @@ pub struct Node {
     renewal_arrived: tokio::sync::Notify,
     /// One past the generation of the newest `Tick` that committed (0 = none yet).
     ticks_committed: watch::Sender<u64>,
+    /// When the leader last reached this node (an AppendEntries it accepted as current).
+    leader_contact: Mutex<Option<std::time::Instant>>,
 }
 
 impl Node {
@@ -136,7 +138,22 @@ impl Node {
             renewals: Mutex::new(Renewals::default()),
             renewal_arrived: tokio::sync::Notify::new(),
             ticks_committed: watch::channel(0).0,
+            leader_contact: Mutex::new(None),
         })
+    }
+
+    pub(crate) fn note_leader_contact(&self) {
+        *self.leader_contact.lock().expect("leader contact lock") = Some(std::time::Instant::now());
+    }
+
+    /// A follower that has not heard from its leader for `QUORUM_STALE_MS`: openraft keeps
+    /// reporting the old leader while this node pre-votes (pre-votes change no term), so the
+    /// leader it names may be long gone.
+    pub(crate) fn leader_contact_is_stale(&self) -> bool {
+        self.leader_contact
+            .lock()
+            .expect("leader contact lock")
+            .is_none_or(|at| at.elapsed() > Duration::from_millis(QUORUM_STALE_MS))
     }
 
     /// The leader this node knows of and its client address.

@@ -79,6 +79,11 @@ impl Peer for PeerApi {
             .append_entries(rpc)
             .await
             .map_err(|e| e.to_string());
+        // Any answer but "your vote is stale" means the sender is our current leader.
+        if matches!(&result, Ok(response) if !matches!(response, openraft::raft::AppendEntriesResponse::HigherVote(_)))
+        {
+            self.node.note_leader_contact();
+        }
         reply(&result)
     }
 

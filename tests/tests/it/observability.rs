@@ -158,22 +158,27 @@ async fn metrics_health_and_reflection() {
         .expect("node 1's section comes first");
     assert!(node_1.contains(r#"{"timestamp":"#), "{node_1}");
 
-    // Health: serving with a leader; not serving once node 1 is alone.
-    wait_health(cluster.addr(1), ServingStatus::Serving).await;
-    cluster.kill(2);
-    cluster.kill(3);
-    wait_health(cluster.addr(1), ServingStatus::NotServing).await;
+    // Health: serving with a leader; not serving once alone — checked on a follower, which
+    // goes on naming its lost leader while it pre-votes (regression: it stayed SERVING).
+    let leader = cluster.wait_leader(&cluster.ids()).await;
+    let follower = cluster.ids().into_iter().find(|id| *id != leader).unwrap();
+    wait_health(cluster.addr(follower), ServingStatus::Serving).await;
+    for id in cluster.ids().into_iter().filter(|id| *id != follower) {
+        cluster.kill(id);
+    }
+    wait_health(cluster.addr(follower), ServingStatus::NotServing).await;
 
     // Reflection lists the API.
     use tonic_reflection::pb::v1::ServerReflectionRequest;
     use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
     use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
     use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", cluster.addr(1)))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", cluster.addr(follower)))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
     let request = ServerReflectionRequest {
         host: String::new(),
         message_request: Some(MessageRequest::ListServices(String::new())),
