@@ -242,6 +242,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
                 node: Arc::clone(&node),
                 cluster_id: config.cluster_id.clone(),
                 tls: tls.is_some(),
+                verified_certificates: Default::default(),
             })
             .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX),

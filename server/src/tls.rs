@@ -78,12 +78,6 @@ pub fn peer_common_name(extensions: &tonic::codegen::http::Extensions) -> Option
     common_name(certificates.first()?.as_ref())
 }
 
-/// [`peer_common_name`] of a tonic request.
-pub fn request_common_name<T>(request: &tonic::Request<T>) -> Option<String> {
-    let certificates = request.peer_certs()?;
-    common_name(certificates.first()?.as_ref())
-}
-
 /// Common name of node `id`'s certificate.
 pub fn node_common_name(id: u64) -> String {
     format!("node-{id}")

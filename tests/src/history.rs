@@ -170,25 +170,17 @@ pub fn uncovered(history: &History) -> Vec<(u64, u64)> {
     type Coverage = (u64, u64, Vec<(u64, u64)>);
     let mut coverage: Vec<Coverage> = Vec::new();
     for stream in &history.streams {
+        // A stream covers from the revision it asked for to the last it received, but for
+        // its compaction gaps.
         let mut holes = Vec::new();
-        let mut first = Some(stream.from);
         let mut last = stream.from.saturating_sub(1);
         for item in &stream.items {
             match item {
-                StreamItem::Revision(revision, _) => {
-                    first.get_or_insert(*revision);
-                    last = *revision;
-                }
-                StreamItem::Compacted { requested, oldest } => {
-                    // A gap at the very start still counts: the stream was asked for it.
-                    first.get_or_insert(*requested);
-                    holes.push((*requested, *oldest));
-                }
+                StreamItem::Revision(revision, _) => last = *revision,
+                StreamItem::Compacted { requested, oldest } => holes.push((*requested, *oldest)),
             }
         }
-        if let Some(first) = first {
-            coverage.push((first, last, holes));
-        }
+        coverage.push((stream.from, last, holes));
     }
     let covered_by = |revision: u64, (first, last, holes): &Coverage| {
         revision >= *first

@@ -18,6 +18,9 @@ pub struct PeerApi {
     pub cluster_id: String,
     /// TLS is on: a peer call must come with the calling node's certificate.
     pub tls: bool,
+    /// node → the certificate (DER) it last presented and passed the check: every
+    /// AppendEntries of a connection carries the same one, so it is parsed once, not per call.
+    pub verified_certificates: std::sync::Mutex<std::collections::BTreeMap<u64, Vec<u8>>>,
 }
 
 impl PeerApi {
@@ -45,12 +48,24 @@ impl PeerApi {
             )));
         };
         if self.tls {
-            let expected = crate::tls::node_common_name(from);
-            let presented = crate::tls::request_common_name(request);
-            if presented.as_deref() != Some(expected.as_str()) {
-                return Err(Status::permission_denied(format!(
-                    "a peer call from node {from} must present its certificate (CN {expected}); got {presented:?}"
-                )));
+            let certificates = request.peer_certs();
+            let der = certificates
+                .as_ref()
+                .and_then(|certificates| certificates.first())
+                .map(|certificate| certificate.as_ref());
+            let mut verified = self
+                .verified_certificates
+                .lock()
+                .expect("verified certificates lock");
+            if der.is_none() || verified.get(&from).map(Vec::as_slice) != der {
+                let expected = crate::tls::node_common_name(from);
+                let presented = der.and_then(crate::tls::common_name);
+                if presented.as_deref() != Some(expected.as_str()) {
+                    return Err(Status::permission_denied(format!(
+                        "a peer call from node {from} must present its certificate (CN {expected}); got {presented:?}"
+                    )));
+                }
+                verified.insert(from, der.map(<[u8]>::to_vec).unwrap_or_default());
             }
         }
         Ok(())

@@ -71,11 +71,10 @@ pub fn check(history: &History, replay: &Replay) -> Vec<String> {
     if let Some((revision, locks)) = &history.final_read {
         for lock in replay.timelines.keys().chain(locks.keys()) {
             let read: Vec<u64> = locks.get(lock).cloned().unwrap_or_default();
-            let (record, _) = replay.at(lock, *revision);
-            if read != record.into_iter().collect::<Vec<_>>() {
+            let record: Vec<u64> = replay.at(lock, *revision).0.into_iter().collect();
+            if read != record {
                 violations.push(format!(
-                    "lock {lock}: the final read at revision {revision} shows holders {read:?}, the record {:?}",
-                    replay.at(lock, *revision).0
+                    "lock {lock}: the final read at revision {revision} shows holders {read:?}, the record {record:?}"
                 ));
             }
         }

@@ -93,32 +93,21 @@ pub fn exclusive_holds_do_not_overlap(records: &[HoldRecord]) -> Vec<String> {
 /// Fencing tokens never go backwards in real time: if acquire B was sent after acquire A was
 /// acknowledged (on the same lock), B's token must be larger.
 pub fn tokens_increase_in_real_time(records: &[HoldRecord]) -> Vec<String> {
-    let mut violations = Vec::new();
-    let mut by_lock: BTreeMap<&str, Vec<&HoldRecord>> = BTreeMap::new();
+    let mut by_lock: BTreeMap<&str, Vec<(Instant, Instant, u64, usize)>> = BTreeMap::new();
     for record in records {
-        by_lock.entry(&record.lock).or_default().push(record);
+        by_lock.entry(&record.lock).or_default().push((
+            record.invoked,
+            record.acknowledged,
+            record.token,
+            record.client,
+        ));
     }
-    for (lock, mut holds) in by_lock {
-        holds.sort_by_key(|h| h.acknowledged);
-        // The largest token acknowledged so far, swept in acknowledgement order; any acquire
-        // invoked after that acknowledgement must beat it.
-        let mut acknowledged: Vec<(Instant, u64)> = Vec::with_capacity(holds.len());
-        let mut max_token = 0;
-        for hold in &holds {
-            max_token = max_token.max(hold.token);
-            acknowledged.push((hold.acknowledged, max_token));
-        }
-        for hold in &holds {
-            let before = acknowledged.partition_point(|(at, _)| *at < hold.invoked);
-            if before > 0 {
-                let (_, max_before) = acknowledged[before - 1];
-                if hold.token <= max_before {
-                    violations.push(format!(
-                        "lock {lock}: client {} got token {} after token {max_before} had been acknowledged",
-                        hold.client, hold.token
-                    ));
-                }
-            }
+    let mut violations = Vec::new();
+    for (lock, holds) in by_lock {
+        for (client, token, before) in tokens::real_time_regressions(holds) {
+            violations.push(format!(
+                "lock {lock}: client {client} got token {token} after token {before} had been acknowledged"
+            ));
         }
     }
     violations

@@ -9,6 +9,8 @@ use crate::history::{History, Micros, OpKind, Outcome};
 use super::replay::Replay;
 
 pub fn check(history: &History, replay: &Replay) -> Vec<String> {
+    // Token = the grant's log index; with that, tokens in a lock's record increase with the
+    // revisions that granted them (a token granted twice fails it at the second revision).
     let mut violations = Vec::new();
     for ((lock, token), (revision, _)) in &replay.grants {
         if token != revision {
@@ -17,19 +19,6 @@ pub fn check(history: &History, replay: &Replay) -> Vec<String> {
             ));
         }
     }
-    // `grants` is keyed by (lock, token): in token order per lock; the revisions must follow.
-    let mut previous: BTreeMap<&str, u64> = BTreeMap::new();
-    for ((lock, _), (revision, _)) in &replay.grants {
-        if let Some(before) = previous.insert(lock, *revision)
-            && *revision <= before
-        {
-            violations.push(format!(
-                "lock {lock}: a larger token was granted at revision {revision}, not after {before}"
-            ));
-        }
-    }
-
-    // Real time: sweep acknowledgements in completion order per lock.
     let mut by_lock: BTreeMap<&str, Vec<(Micros, Micros, u64, usize)>> = BTreeMap::new();
     for op in &history.ops {
         if let (OpKind::Acquire { .. }, Outcome::Acquired { token }) = (&op.kind, &op.outcome) {
@@ -39,25 +28,37 @@ pub fn check(history: &History, replay: &Replay) -> Vec<String> {
                 .push((op.invoke, op.complete, *token, op.client));
         }
     }
-    for (lock, mut acquires) in by_lock {
-        acquires.sort_by_key(|a| a.1);
-        let mut max_by_completion: Vec<(Micros, u64)> = Vec::with_capacity(acquires.len());
-        let mut max_token = 0;
-        for (_, complete, token, _) in &acquires {
-            max_token = max_token.max(*token);
-            max_by_completion.push((*complete, max_token));
-        }
-        for (invoke, _, token, client) in &acquires {
-            let before = max_by_completion.partition_point(|(at, _)| at < invoke);
-            if before > 0 && *token <= max_by_completion[before - 1].1 {
-                violations.push(format!(
-                    "lock {lock}: client {client} got token {token} after token {} had been acknowledged",
-                    max_by_completion[before - 1].1
-                ));
-            }
+    for (lock, acquires) in by_lock {
+        for (client, token, before) in real_time_regressions(acquires) {
+            violations.push(format!(
+                "lock {lock}: client {client} got token {token} after token {before} had been acknowledged"
+            ));
         }
     }
     violations
+}
+
+/// One lock's acknowledged acquires as (invoked, acknowledged, token, client), on any clock:
+/// those that began after another had been acknowledged with a token at least as large, as
+/// (client, token, that larger token). Sweeps acknowledgements in order, O(n log n).
+pub(crate) fn real_time_regressions<T: Ord + Copy>(
+    mut acquires: Vec<(T, T, u64, usize)>,
+) -> Vec<(usize, u64, u64)> {
+    acquires.sort_by_key(|a| a.1);
+    let mut max_by_acknowledgement: Vec<(T, u64)> = Vec::with_capacity(acquires.len());
+    let mut max_token = 0;
+    for (_, acknowledged, token, _) in &acquires {
+        max_token = max_token.max(*token);
+        max_by_acknowledgement.push((*acknowledged, max_token));
+    }
+    let mut regressions = Vec::new();
+    for (invoked, _, token, client) in &acquires {
+        let before = max_by_acknowledgement.partition_point(|(at, _)| at < invoked);
+        if before > 0 && *token <= max_by_acknowledgement[before - 1].1 {
+            regressions.push((*client, *token, max_by_acknowledgement[before - 1].1));
+        }
+    }
+    regressions
 }
 
 #[cfg(test)]

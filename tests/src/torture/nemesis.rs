@@ -78,7 +78,6 @@ pub struct Nemesis {
     awaiting_disk: Vec<u64>,
     clients: Vec<Arc<ClientHandle>>,
     shared: Arc<Shared>,
-    session_ttl_ms: u64,
 }
 
 impl Nemesis {
@@ -88,7 +87,6 @@ impl Nemesis {
         clients: Vec<Arc<ClientHandle>>,
         shared: Arc<Shared>,
     ) -> Nemesis {
-        let session_ttl_ms = shared.session_ttl_ms;
         Nemesis {
             rng: Rng::new(seed),
             kinds,
@@ -99,7 +97,6 @@ impl Nemesis {
             awaiting_disk: Vec::new(),
             clients,
             shared,
-            session_ttl_ms,
         }
     }
 
@@ -177,7 +174,7 @@ impl Nemesis {
         for client in &self.clients {
             client.pause_ms.store(0, Ordering::Relaxed);
         }
-        let deadline = Instant::now() + Duration::from_millis(self.session_ttl_ms * 4);
+        let deadline = Instant::now() + Duration::from_millis(self.shared.session_ttl_ms * 4);
         while self
             .clients
             .iter()
@@ -359,7 +356,7 @@ impl Nemesis {
             FaultKind::PauseClient => {
                 // Recorded by the client when it actually pauses (holding a lock).
                 let client = self.rng.pick(&self.clients).clone();
-                let ms = self.session_ttl_ms + self.rng.between(500, 3_000);
+                let ms = self.shared.session_ttl_ms + self.rng.between(500, 3_000);
                 client.pause_ms.store(ms, Ordering::Relaxed);
                 return;
             }
@@ -380,7 +377,7 @@ impl Nemesis {
 }
 
 /// Fills the filesystem holding `path` with one file until it is full; returns the MiB written.
-fn fill(path: &Path) -> u64 {
+pub fn fill(path: &Path) -> u64 {
     use std::io::Write;
     let Ok(mut file) = std::fs::File::create(path) else {
         return 0;

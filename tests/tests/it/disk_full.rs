@@ -125,12 +125,10 @@ async fn node_restarted_on_a_full_disk_refuses_to_start_then_recovers() {
 
     let disk = cluster.disk_path(victim).unwrap().to_path_buf();
     let filler = disk.join("filler");
-    {
-        use std::io::Write;
-        let mut file = std::fs::File::create(&filler).unwrap();
-        let chunk = vec![0u8; 1 << 20];
-        while file.write_all(&chunk).is_ok() {}
-    }
+    assert!(
+        holdfast_tests::torture::nemesis::fill(&filler) > 0,
+        "nothing filled"
+    );
     cluster.kill(victim);
     cluster.start_node(victim);
     let code = wait_exit(&mut cluster, victim).await;

@@ -13,6 +13,58 @@ const CLIENTS: usize = 16;
 const LOCKS: usize = 4;
 const LOAD_SECS: u64 = 10;
 
+/// The background workload (`run_workload`) for `secs`, writing `resource`.
+fn spawn_workload(
+    client: &holdfast_client::Client,
+    resource: &Arc<Resource>,
+    secs: u64,
+) -> tokio::task::JoinHandle<WorkloadResult> {
+    let client = client.clone();
+    let resource = Arc::clone(resource);
+    tokio::spawn(async move {
+        run_workload(&client, CLIENTS, LOCKS, Duration::from_secs(secs), resource).await
+    })
+}
+
+/// A ledger: uncontended locks `prefix/N` taken one by one for `secs` by one session, every
+/// third released at once. Returns the session and its acknowledged acquires and releases,
+/// which must survive whatever happened meanwhile (`assert_ledger`).
+fn spawn_ledger(
+    client: &holdfast_client::Client,
+    prefix: &'static str,
+    secs: u64,
+) -> tokio::task::JoinHandle<(
+    holdfast_client::Session,
+    Vec<holdfast_client::Hold>,
+    Vec<holdfast_client::Hold>,
+)> {
+    let client = client.clone();
+    tokio::spawn(async move {
+        let session = client
+            .open_session(30_000, "ledger")
+            .await
+            .expect("ledger session");
+        let (mut acquired, mut released) = (Vec::new(), Vec::new());
+        let start = tokio::time::Instant::now();
+        for n in 0.. {
+            if start.elapsed() > Duration::from_secs(secs) {
+                break;
+            }
+            let name = format!("{prefix}/{n}");
+            if let Ok(Some(hold)) = session.acquire(&name, LockMode::Exclusive, 0).await {
+                if n % 3 == 0 {
+                    if session.release(&hold).await.is_ok() {
+                        released.push(hold);
+                    }
+                } else {
+                    acquired.push(hold);
+                }
+            }
+        }
+        (session, acquired, released)
+    })
+}
+
 /// Every acknowledged acquire of the ledger session is still held with its token; every
 /// acknowledged release is no longer current; and the ledger made progress.
 async fn assert_ledger(
@@ -94,53 +146,13 @@ async fn leader_kill_loses_no_acknowledged_operation() {
     let mut cluster = Cluster::start(3).await;
     let client = cluster.client();
     let resource = Arc::new(Resource::default());
-    let load = tokio::spawn({
-        let client = client.clone();
-        let resource = Arc::clone(&resource);
-        async move {
-            run_workload(
-                &client,
-                CLIENTS,
-                LOCKS,
-                Duration::from_secs(LOAD_SECS),
-                resource,
-            )
-            .await
-        }
-    });
-
-    // A ledger: uncontended locks taken (and some released) one by one across the crash. Every
-    // acknowledged acquire and release must be visible afterwards.
-    let ledger = client
-        .open_session(30_000, "ledger")
-        .await
-        .expect("ledger session");
-    let mut acquired = Vec::new();
-    let mut released = Vec::new();
-    let mut killed = None;
-    let start = tokio::time::Instant::now();
-    for n in 0.. {
-        if start.elapsed() > Duration::from_secs(LOAD_SECS) {
-            break;
-        }
-        if killed.is_none() && start.elapsed() > Duration::from_secs(3) {
-            let leader = cluster.wait_leader(&cluster.ids()).await;
-            cluster.kill(leader);
-            killed = Some(leader);
-        }
-        let name = format!("ledger/{n}");
-        if let Ok(Some(hold)) = ledger.acquire(&name, LockMode::Exclusive, 0).await {
-            if n % 3 == 0 {
-                if ledger.release(&hold).await.is_ok() {
-                    released.push(hold);
-                }
-            } else {
-                acquired.push(hold);
-            }
-        }
-    }
+    let load = spawn_workload(&client, &resource, LOAD_SECS);
+    let ledger = spawn_ledger(&client, "ledger", LOAD_SECS);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let killed = cluster.wait_leader(&cluster.ids()).await;
+    cluster.kill(killed);
+    let (session, acquired, released) = ledger.await.expect("ledger");
     let result = load.await.expect("workload");
-    let killed = killed.expect("the leader was killed");
     let others: Vec<u64> = cluster
         .ids()
         .into_iter()
@@ -148,7 +160,7 @@ async fn leader_kill_loses_no_acknowledged_operation() {
         .collect();
     cluster.wait_leader(&others).await;
 
-    assert_ledger(&client, ledger.id, &acquired, &released).await;
+    assert_ledger(&client, session.id, &acquired, &released).await;
     assert_safe(&result, &resource);
 
     cluster.restart(killed);
@@ -164,47 +176,8 @@ async fn rolling_restart_under_load_loses_nothing() {
     let mut cluster = Cluster::start(3).await;
     let client = cluster.client();
     let resource = Arc::new(Resource::default());
-    let load = tokio::spawn({
-        let client = client.clone();
-        let resource = Arc::clone(&resource);
-        async move {
-            run_workload(
-                &client,
-                CLIENTS,
-                LOCKS,
-                Duration::from_secs(ROLLING_LOAD_SECS),
-                resource,
-            )
-            .await
-        }
-    });
-    let ledger = tokio::spawn({
-        let client = client.clone();
-        async move {
-            let session = client
-                .open_session(30_000, "ledger")
-                .await
-                .expect("session");
-            let (mut acquired, mut released) = (Vec::new(), Vec::new());
-            let start = tokio::time::Instant::now();
-            for n in 0.. {
-                if start.elapsed() > Duration::from_secs(ROLLING_LOAD_SECS) {
-                    break;
-                }
-                let name = format!("rolling/{n}");
-                if let Ok(Some(hold)) = session.acquire(&name, LockMode::Exclusive, 0).await {
-                    if n % 3 == 0 {
-                        if session.release(&hold).await.is_ok() {
-                            released.push(hold);
-                        }
-                    } else {
-                        acquired.push(hold);
-                    }
-                }
-            }
-            (session, acquired, released)
-        }
-    });
+    let load = spawn_workload(&client, &resource, ROLLING_LOAD_SECS);
+    let ledger = spawn_ledger(&client, "rolling", ROLLING_LOAD_SECS);
 
     tokio::time::sleep(Duration::from_secs(2)).await;
     for id in cluster.ids() {
