@@ -332,6 +332,37 @@ impl Client {
         .await
     }
 
+    /// A consistent copy of the applied state for backups (admin): the header and the state's
+    /// bytes, whole (a download cut off midway is retried from the start, on any node).
+    pub async fn snapshot(&self) -> Result<(pb::SnapshotHeader, Vec<u8>), Status> {
+        self.retry(|channel| async move {
+            let mut stream = ClusterClient::new(channel)
+                .snapshot(pb::SnapshotRequest {})
+                .await?
+                .into_inner();
+            let mut header = None;
+            let mut data = Vec::new();
+            while let Some(message) = stream.message().await? {
+                if let Some(first) = message.header {
+                    data.reserve(usize::try_from(first.size_bytes).unwrap_or(0));
+                    header = Some(first);
+                }
+                data.extend_from_slice(&message.chunk);
+            }
+            let header =
+                header.ok_or_else(|| Status::data_loss("snapshot stream had no header"))?;
+            if data.len() as u64 != header.size_bytes {
+                return Err(Status::unavailable(format!(
+                    "snapshot stream ended after {} of {} bytes",
+                    data.len(),
+                    header.size_bytes
+                )));
+            }
+            Ok((header, data))
+        })
+        .await
+    }
+
     /// Adds node `id` (serving at `addr`) as a learner and waits until it caught up (admin).
     pub async fn add_learner(&self, id: u64, addr: &str) -> Result<pb::MembershipResponse, Status> {
         self.retry(|channel| async move {

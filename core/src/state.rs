@@ -261,6 +261,13 @@ impl State {
         self.applied_index
     }
 
+    /// Moves the applied index up to `index` (never down), for restoring a backup under a
+    /// higher log index than it was taken at: every later entry, and so every later fencing
+    /// token, is then above `index`. Only for the restore tool, never in apply.
+    pub fn raise_applied_index(&mut self, index: u64) {
+        self.applied_index = self.applied_index.max(index);
+    }
+
     /// Cluster time as of the last applied entry.
     pub fn now_ms(&self) -> u64 {
         self.now_ms

@@ -619,3 +619,105 @@ pub async fn leader(connection: &Connection, command: LeaderCommand) -> anyhow::
     }
     Ok(ExitCode::SUCCESS)
 }
+
+#[derive(clap::Subcommand)]
+pub enum SnapshotCommand {
+    /// Write a consistent copy of the cluster's state to FILE (admin): every write acknowledged
+    /// before the call is in it.
+    Save { file: std::path::PathBuf },
+    /// Check a backup file and print what it holds.
+    Inspect { file: std::path::PathBuf },
+    /// Build the data dir of one member of a new cluster from a backup (offline, like
+    /// `etcdutl snapshot restore`): run it for every member with the same --peer list, then
+    /// start each with `holdfast serve` on its data dir.
+    Restore(RestoreArgs),
+}
+
+#[derive(Args)]
+pub struct RestoreArgs {
+    file: std::path::PathBuf,
+    /// The new data dir (must not exist or be empty).
+    #[arg(long)]
+    data_dir: std::path::PathBuf,
+    /// This member's id.
+    #[arg(long)]
+    id: u64,
+    /// Every voter of the new cluster, ID=HOST:PORT; repeat for each (include this node).
+    #[arg(long = "peer", value_parser = crate::config::parse_peer, value_delimiter = ',', required = true)]
+    peers: Vec<(u64, String)>,
+    /// Start the restored log this many entries past the backup's index, so that no fencing
+    /// token the old cluster granted after the backup is ever granted again (0 = none).
+    #[arg(long, default_value_t = crate::backup::DEFAULT_BUMP_INDEX)]
+    bump_index: u64,
+}
+
+fn print_backup(connection: &Connection, header: &crate::backup::Header, extra: serde_json::Value) {
+    match connection.output {
+        Output::Json => {
+            let mut value = serde_json::to_value(header).expect("header serializes");
+            if let (Some(map), serde_json::Value::Object(extra)) = (value.as_object_mut(), extra) {
+                map.extend(extra);
+            }
+            println!("{value}");
+        }
+        Output::Text => {
+            println!(
+                "index {}  term {}  {} bytes  sha256 {}  (from node {})",
+                header.index, header.term, header.size_bytes, header.sha256, header.node_id
+            );
+            if let serde_json::Value::Object(extra) = extra {
+                for (key, value) in extra {
+                    println!("{key}: {value}");
+                }
+            }
+        }
+    }
+}
+
+pub async fn snapshot(
+    connection: &Connection,
+    command: SnapshotCommand,
+) -> anyhow::Result<ExitCode> {
+    match command {
+        SnapshotCommand::Save { file } => {
+            let client = connection.client()?;
+            let (header, state) = client.snapshot().await?;
+            let header = crate::backup::save(&file, &header, &state)?;
+            print_backup(
+                connection,
+                &header,
+                json!({ "file": file.display().to_string() }),
+            );
+        }
+        SnapshotCommand::Inspect { file } => {
+            let (header, state) = crate::backup::load(&file)?;
+            let (locks, holds, waiters) = state.lock_counts();
+            print_backup(
+                connection,
+                &header,
+                json!({
+                    "locks": locks, "holds": holds, "waiters": waiters,
+                    "sessions": state.session_count(),
+                }),
+            );
+        }
+        SnapshotCommand::Restore(args) => {
+            let target = crate::backup::RestoreTarget {
+                data_dir: args.data_dir,
+                id: args.id,
+                peers: args.peers.into_iter().collect(),
+                bump_index: args.bump_index,
+            };
+            let restored = crate::backup::restore(&args.file, &target)?;
+            print_backup(
+                connection,
+                &restored.header,
+                json!({
+                    "data_dir": target.data_dir.display().to_string(),
+                    "restored_index": restored.index,
+                }),
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

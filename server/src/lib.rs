@@ -2,6 +2,7 @@
 //! tonic gRPC API, the leader's clock and ticker, and the `holdfast` binary's commands.
 
 pub mod api;
+pub mod backup;
 pub mod cli;
 pub mod clock;
 pub mod config;

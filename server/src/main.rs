@@ -81,6 +81,12 @@ enum Command {
         #[command(subcommand)]
         command: cli::MemberCommand,
     },
+    /// Backups: `holdfast snapshot save FILE` (admin), `inspect FILE`, and
+    /// `restore FILE --data-dir DIR --id N --peer ...` for each member of a new cluster.
+    Snapshot {
+        #[command(subcommand)]
+        command: cli::SnapshotCommand,
+    },
     /// Leadership: `holdfast leader transfer ID` (admin).
     Leader {
         #[command(subcommand)]
@@ -427,6 +433,7 @@ fn main() -> std::process::ExitCode {
             }
             Command::Member { command } => cli::member(&connection, command).await,
             Command::Leader { command } => cli::leader(&connection, command).await,
+            Command::Snapshot { command } => cli::snapshot(&connection, command).await,
             Command::Certs(args) => certs(&args),
         }
     });

@@ -227,6 +227,12 @@ pub fn record_snapshot(node: u64, bytes: usize) {
     gauge!("holdfast_snapshot_bytes", "node" => node.to_string()).set(bytes as f64);
 }
 
+/// A snapshot this node built: its size and how long encoding and persisting it took.
+pub fn record_snapshot_built(node: u64, bytes: usize, took: Duration) {
+    record_snapshot(node, bytes);
+    gauge!("holdfast_snapshot_build_seconds", "node" => node.to_string()).set(took.as_secs_f64());
+}
+
 /// Samples the gauges and refreshes the health status every [`SAMPLE_INTERVAL_MS`].
 pub async fn run_sampler(node: Arc<Node>, health: HealthReporter) {
     let label = node.id.to_string();

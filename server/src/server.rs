@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use holdfast_proto::{internal::peer_server::PeerServer, v1};
 use tokio::task::JoinHandle;
 
-use crate::api::auth::{Auth, AuthLayer};
+use crate::api::auth::{Auth, AuthLayer, SharedAuth};
 use crate::api::{ClusterApi, ElectionsApi, LocksApi, PeerApi, PoliciesApi, SessionsApi, WatchApi};
 use crate::config::NodeConfig;
 use crate::node::Node;
@@ -148,6 +148,10 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         !auth.enabled() || auth.peer_token().is_some(),
         "the token file has no token with the peer role: nodes could not talk to each other"
     );
+    let shared_auth: SharedAuth = Arc::new(std::sync::RwLock::new(Arc::clone(&auth)));
+    if let Some(path) = config.token_file.clone() {
+        tokio::spawn(reload_tokens_on_sighup(Arc::clone(&shared_auth), path));
+    }
     let peers = Peers::new(
         peer_addrs,
         &PeerCredentials {
@@ -202,7 +206,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         .trace_fn(|request| tracing::info_span!("rpc", method = %request.uri().path()))
         .layer(crate::api::rpc_metrics::RpcMetricsLayer { node: config.id })
         .layer(AuthLayer {
-            auth: Arc::clone(&auth),
+            auth: Arc::clone(&shared_auth),
         })
         .add_service(
             v1::sessions_server::SessionsServer::new(SessionsApi {
@@ -300,4 +304,26 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         sampler,
         shutdown,
     })
+}
+
+/// Reloads the token file on every SIGHUP (`kill -HUP PID`): new and removed tokens and roles
+/// take effect from the next call; a broken file is logged and ignored.
+async fn reload_tokens_on_sighup(auth: SharedAuth, path: std::path::PathBuf) {
+    let mut hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(hangups) => hangups,
+        Err(error) => {
+            tracing::error!(%error, "cannot listen for SIGHUP: the token file will not be reloaded");
+            return;
+        }
+    };
+    while hangups.recv().await.is_some() {
+        match crate::api::auth::reload(&auth, &path) {
+            Ok(count) => {
+                tracing::info!(file = %path.display(), entries = count, "token file reloaded")
+            }
+            Err(error) => {
+                tracing::error!(file = %path.display(), error = format!("{error:#}"), "token file not reloaded; the previous one stays in force")
+            }
+        }
+    }
 }

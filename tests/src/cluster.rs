@@ -276,11 +276,7 @@ impl Cluster {
     }
 
     fn spawn(&mut self, id: u64) {
-        let mut peers: Vec<String> = self
-            .peers
-            .iter()
-            .map(|(id, addr)| format!("--peer={id}={addr}"))
-            .collect();
+        let mut peers = self.peer_flags();
         for ((from, to), proxy) in &self.proxies {
             if *from == id {
                 peers.push(format!("--route={to}={}", proxy.addr));
@@ -447,6 +443,19 @@ impl Cluster {
             .as_ref()
             .expect("cluster started with faketime");
         std::fs::write(file, format!("{offset}\n")).expect("writing the faketime file");
+    }
+
+    /// Node `id`'s data dir.
+    pub fn data_dir(&self, id: u64) -> &Path {
+        &self.nodes[&id].data_dir
+    }
+
+    /// The `--peer=ID=ADDR` flags every node of the cluster starts with.
+    pub fn peer_flags(&self) -> Vec<String> {
+        self.peers
+            .iter()
+            .map(|(id, addr)| format!("--peer={id}={addr}"))
+            .collect()
     }
 
     /// The directory the node's disk (tmpfs) is mounted on, when started with `tmpfs_mb`.

@@ -81,7 +81,7 @@ pub fn need(path: &str) -> Need {
         (PEER, _) => Need::Role(Role::Peer),
         (POLICIES, "Deploy" | "Bind" | "Unbind")
         | (LOCKS, "Revoke")
-        | (CLUSTER, "AddLearner" | "Promote" | "Remove" | "TransferLeader") => {
+        | (CLUSTER, "AddLearner" | "Promote" | "Remove" | "TransferLeader" | "Snapshot") => {
             Need::Role(Role::Admin)
         }
         (SESSIONS, _)
@@ -273,10 +273,29 @@ impl Auth {
     }
 }
 
+/// The node's current [`Auth`], replaced whole when the token file is reloaded (SIGHUP).
+pub type SharedAuth = Arc<std::sync::RwLock<Arc<Auth>>>;
+
+/// Reads the token file again and, if it is valid, makes it the node's authentication from the
+/// next call on (calls in flight finish under the old one). A file that does not parse, or
+/// that lacks a peer token, leaves the current one in place. The token this node *sends* to
+/// its peers stays the one it started with: to rotate the peer token, list the new one beside
+/// the old one, reload everywhere, restart nodes one by one, then drop the old one.
+pub fn reload(shared: &SharedAuth, path: &Path) -> anyhow::Result<usize> {
+    let fresh = Auth::from_file(path)?;
+    anyhow::ensure!(
+        fresh.peer_token().is_some(),
+        "the token file has no token with the peer role: nodes could not talk to each other"
+    );
+    let count = fresh.tokens.as_ref().map_or(0, BTreeMap::len) + fresh.certificates.len();
+    *shared.write().expect("auth lock") = Arc::new(fresh);
+    Ok(count)
+}
+
 /// Wraps the server's services with [`AuthService`].
 #[derive(Clone)]
 pub struct AuthLayer {
-    pub auth: Arc<Auth>,
+    pub auth: SharedAuth,
 }
 
 impl<S> tower::Layer<S> for AuthLayer {
@@ -295,7 +314,7 @@ impl<S> tower::Layer<S> for AuthLayer {
 #[derive(Clone)]
 pub struct AuthService<S> {
     inner: S,
-    auth: Arc<Auth>,
+    auth: SharedAuth,
 }
 
 impl<S, B, RB> tower::Service<http::Request<B>> for AuthService<S>
@@ -315,11 +334,10 @@ where
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
         let extensions = request.extensions();
-        let checked = self
-            .auth
-            .check(request.uri().path(), request.headers(), || {
-                crate::tls::peer_common_name(extensions)
-            });
+        let auth = Arc::clone(&self.auth.read().expect("auth lock"));
+        let checked = auth.check(request.uri().path(), request.headers(), || {
+            crate::tls::peer_common_name(extensions)
+        });
         match checked {
             Ok(identity) => {
                 if let Some(identity) = identity {

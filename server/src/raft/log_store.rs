@@ -42,6 +42,18 @@ pub fn open_db(dir: &Path) -> io::Result<Arc<DB>> {
     Ok(Arc::new(db))
 }
 
+/// The Raft bookkeeping of a data dir restored from a backup (`crate::backup`): an empty log
+/// that starts after `last` (purged up to it, committed up to it) and `vote`, in one synced
+/// batch.
+pub fn write_restored(db: &DB, last: LogId, vote: &Vote) -> io::Result<()> {
+    let meta = db.cf_handle(CF_META).expect("meta column family");
+    let mut batch = WriteBatch::default();
+    batch.put_cf(meta, KEY_LAST_PURGED, codec::encode(&last));
+    batch.put_cf(meta, KEY_COMMITTED, codec::encode(&Some(last)));
+    batch.put_cf(meta, KEY_VOTE, codec::encode(vote));
+    db.write_opt(batch, &sync_write()).map_err(io::Error::other)
+}
+
 fn index_key(index: u64) -> [u8; 8] {
     index.to_be_bytes()
 }

@@ -122,6 +122,12 @@ fn load_snapshot(db: &DB) -> io::Result<Option<StoredSnapshot>> {
     bytes.map(|b| codec::decode(&b)).transpose()
 }
 
+/// Persists `data` (canonical state bytes) as the data dir's snapshot at `meta`, the starting
+/// state of a node restored from a backup (`crate::backup`).
+pub fn write_restored(db: &DB, meta: SnapshotMeta, data: Vec<u8>) -> io::Result<()> {
+    save_snapshot(db, &StoredSnapshot { meta, data })
+}
+
 fn save_snapshot(db: &DB, snapshot: &StoredSnapshot) -> io::Result<()> {
     let cf = db.cf_handle(CF_META).expect("meta column family");
     let mut options = WriteOptions::default();
@@ -140,6 +146,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     type SnapshotData = Vec<u8>;
 
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
+        let started = std::time::Instant::now();
         let stored = {
             let applied = self.shared.applied.read().expect("state lock");
             StoredSnapshot {
@@ -153,8 +160,9 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         // Pair check: what we persist must decode to a valid state.
         debug_assert!(State::from_snapshot_bytes(&stored.data).is_ok());
         save_snapshot(&self.db, &stored)?;
-        crate::metrics::record_snapshot(self.node_id, stored.data.len());
-        tracing::info!(last_log_id = ?stored.meta.last_log_id, bytes = stored.data.len(), "snapshot built");
+        let took = started.elapsed();
+        crate::metrics::record_snapshot_built(self.node_id, stored.data.len(), took);
+        tracing::info!(last_log_id = ?stored.meta.last_log_id, bytes = stored.data.len(), took_ms = took.as_millis() as u64, "snapshot built");
         Ok(Snapshot {
             meta: stored.meta,
             snapshot: stored.data,

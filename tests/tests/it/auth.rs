@@ -109,6 +109,9 @@ async fn tokens_and_roles_gate_every_call() {
     // ... and may not use admin calls (the nodes run without --allow-admin).
     let unbind = alice.unbind_policy("team/", pb::BindMode::Enforce).await;
     assert_eq!(code(unbind), Code::PermissionDenied);
+    // A backup copies everyone's state: admin only.
+    assert_eq!(code(alice.snapshot().await), Code::PermissionDenied);
+    assert_eq!(code(reader.snapshot().await), Code::PermissionDenied);
 
     // Bob may not use Alice's session: neither acquire in it nor release her hold.
     let bob = as_(&cluster, Some(BOB));
@@ -156,6 +159,7 @@ async fn tokens_and_roles_gate_every_call() {
         );
     }
     admin.members().await.expect("members");
+    admin.snapshot().await.expect("an admin takes a backup");
 
     // Nothing the refused calls asked for was proposed: exactly two sessions were opened, with
     // the authenticated principals.
@@ -264,4 +268,66 @@ async fn without_tokens_peer_calls_still_need_the_cluster_id() {
         code(client.revoke("x", hold.token).await),
         Code::PermissionDenied
     );
+}
+
+/// SIGHUP reloads the token file: a new token works and a removed one is refused from then on;
+/// a broken file leaves the previous tokens in force.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sighup_reloads_the_token_file() {
+    const CAROL: &str = "carol-token-0123456789";
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = start(dir.path()).await;
+    let path = dir.path().join("tokens.toml");
+    let carol = as_(&cluster, Some(CAROL));
+    assert_eq!(code(carol.describe("a").await), Code::Unauthenticated);
+
+    // Carol in, Alice out.
+    let text = std::fs::read_to_string(&path).unwrap();
+    let text = text.replace(ALICE, CAROL).replace("\"alice\"", "\"carol\"");
+    std::fs::write(&path, text).unwrap();
+    let hang_up = || {
+        for id in cluster.ids() {
+            cluster.signal(id, "HUP");
+        }
+    };
+    hang_up();
+    for id in cluster.ids() {
+        let single = |token: &str| {
+            Client::connect(&[cluster.addr(id)])
+                .unwrap()
+                .with_token(token)
+                .unwrap()
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while single(CAROL).status(0).await.is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "node {id} did not reload its token file"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert_eq!(
+            code(single(ALICE).status(0).await),
+            Code::Unauthenticated,
+            "node {id} still takes a removed token"
+        );
+    }
+    let session = carol
+        .open_session(TTL_MS, "")
+        .await
+        .expect("carol's session");
+
+    // A broken file changes nothing (and the nodes keep running).
+    std::fs::write(&path, "[[token]]\ntoken = \"short\"\n").unwrap();
+    hang_up();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    carol
+        .describe("a")
+        .await
+        .expect("carol's token still works");
+    assert_eq!(
+        code(as_(&cluster, Some(ALICE)).describe("a").await),
+        Code::Unauthenticated
+    );
+    session.close().await.unwrap();
 }

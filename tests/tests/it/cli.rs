@@ -7,22 +7,10 @@ use holdfast_client::LockMode;
 use holdfast_tests::cluster::{Cluster, holdfast_bin};
 use tokio::process::Command;
 
+use crate::support::holdfast_cli;
+
 const LOOPS: usize = 4;
 const ROUNDS: usize = 5;
-
-fn holdfast(cluster: &Cluster) -> Command {
-    let endpoints: Vec<&str> = cluster
-        .ids()
-        .into_iter()
-        .map(|id| cluster.addr(id))
-        .collect();
-    let mut command = Command::new(holdfast_bin());
-    command
-        .env("HOLDFAST_ENDPOINTS", endpoints.join(","))
-        .env("RUST_LOG", "warn")
-        .kill_on_drop(true);
-    command
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn lock_command_serializes_shell_loops() {
@@ -84,7 +72,7 @@ async fn lock_command_serializes_shell_loops() {
 async fn lock_command_exit_codes() {
     let mut cluster = Cluster::start(3).await;
     // The command's own exit code passes through.
-    let status = holdfast(&cluster)
+    let status = holdfast_cli(&cluster)
         .args(["lock", "cli/code", "--", "sh", "-c", "exit 7"])
         .status()
         .await
@@ -99,7 +87,7 @@ async fn lock_command_exit_codes() {
         .await
         .unwrap()
         .expect("free");
-    let status = holdfast(&cluster)
+    let status = holdfast_cli(&cluster)
         .args(["lock", "cli/busy", "--timeout", "300ms", "--", "true"])
         .status()
         .await
@@ -113,7 +101,7 @@ async fn lock_command_exit_codes() {
         "trap 'touch {}; exit 143' TERM; sleep 60 & wait",
         marker.display()
     );
-    let mut running = holdfast(&cluster)
+    let mut running = holdfast_cli(&cluster)
         .args(["lock", "cli/lost", "--ttl", "3s", "--", "sh", "-c", &script])
         .spawn()
         .unwrap();
@@ -141,7 +129,7 @@ async fn lock_command_exit_codes() {
 async fn elect_command_leads_until_interrupted_then_resigns() {
     let cluster = Cluster::start(3).await;
     let client = cluster.client();
-    let mut leader = holdfast(&cluster)
+    let mut leader = holdfast_cli(&cluster)
         .args(["elect", "cli/election", "alpha"])
         .spawn()
         .unwrap();
@@ -180,7 +168,7 @@ async fn revoke_command_ends_a_hold() {
         .await
         .unwrap()
         .expect("free");
-    let output = holdfast(&cluster)
+    let output = holdfast_cli(&cluster)
         .args(["revoke", "cli/revoked", &hold.token.to_string()])
         .output()
         .await
@@ -191,7 +179,7 @@ async fn revoke_command_ends_a_hold() {
     let lock = client.describe("cli/revoked").await.unwrap().lock;
     assert!(lock.is_none(), "still held: {lock:?}");
     // The same token again: no longer a hold.
-    let again = holdfast(&cluster)
+    let again = holdfast_cli(&cluster)
         .args(["revoke", "cli/revoked", &hold.token.to_string()])
         .output()
         .await

@@ -7,6 +7,7 @@ use std::time::Duration;
 use holdfast_client::{Client, LockMode, Session};
 use holdfast_proto::v1 as pb;
 use holdfast_tests::checkers::HoldRecord;
+use holdfast_tests::cluster::{Cluster, holdfast_bin};
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
@@ -210,4 +211,19 @@ pub async fn wait_for_lock(
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// The `holdfast` CLI pointed at every node of `cluster` (killed if the test drops it).
+pub fn holdfast_cli(cluster: &Cluster) -> tokio::process::Command {
+    let endpoints: Vec<&str> = cluster
+        .ids()
+        .into_iter()
+        .map(|id| cluster.addr(id))
+        .collect();
+    let mut command = tokio::process::Command::new(holdfast_bin());
+    command
+        .env("HOLDFAST_ENDPOINTS", endpoints.join(","))
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true);
+    command
 }

@@ -1,0 +1,415 @@
+//! `holdfast-bench`: issue #6's scenarios against Holdfast or etcd.
+//!
+//! - `run`: one scenario against a running cluster (`--endpoints`).
+//! - `compare`: starts a 3-member etcd cluster and a 3-node Holdfast cluster on 127.0.0.1
+//!   (fsync on, default settings), runs S1 (1 and 64 clients), S2 (16), S3 (64) against both
+//!   alternately (etcd, Holdfast, etcd, ...), then S4 (kill -9 of the leader under S1 with 16
+//!   clients, 5 times each), and prints the table with ratios, targets, CPU per 1k ops, entries
+//!   per fsync and RSS. `scripts/bench-compare` installs etcd and builds this.
+//! - `scale`: N sessions holding M locks in a 3-node Holdfast cluster: RSS per held lock,
+//!   snapshot size and time, restart (replay) time.
+
+mod procs;
+mod report;
+mod scale;
+mod workload;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+
+use procs::LocalCluster;
+use report::Point;
+use workload::{Scenario, System};
+
+#[derive(Parser)]
+#[command(
+    name = "holdfast-bench",
+    about = "Lock benchmarks: Holdfast and etcd side by side"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// One scenario against a running cluster.
+    Run(RunArgs),
+    /// Start etcd and Holdfast clusters and run every scenario against both.
+    Compare(CompareArgs),
+    /// Many sessions and held locks in one Holdfast cluster: memory, snapshot, restart.
+    Scale(scale::ScaleArgs),
+}
+
+#[derive(Args)]
+struct Timing {
+    /// Seconds measured per point.
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    /// Seconds run before measuring (samples dropped).
+    #[arg(long, default_value_t = 2)]
+    warmup: u64,
+    /// Print JSON (one object per point) instead of text.
+    #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
+    output: Output,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Output {
+    Text,
+    Json,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[arg(long, value_enum, default_value_t = System::Holdfast)]
+    system: System,
+    /// Comma-separated client addresses of every member.
+    #[arg(long, value_delimiter = ',', required = true)]
+    endpoints: Vec<String>,
+    #[arg(long, value_enum, default_value_t = Scenario::Cycles)]
+    scenario: Scenario,
+    #[arg(long, default_value_t = 1)]
+    clients: usize,
+    #[command(flatten)]
+    timing: Timing,
+}
+
+#[derive(Args)]
+struct CompareArgs {
+    /// The `holdfast` binary (a release build).
+    #[arg(long)]
+    holdfast_bin: PathBuf,
+    /// The `etcd` binary.
+    #[arg(long, default_value = "/usr/bin/etcd")]
+    etcd_bin: PathBuf,
+    /// Alternations per scenario (each point is run this many times per system; the table
+    /// shows the median run by throughput).
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
+    /// Leader kills per system in S4 (0 = skip S4).
+    #[arg(long, default_value_t = 5)]
+    kills: usize,
+    /// Only these points, e.g. `S1x1,S3x64` (default: all).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    #[command(flatten)]
+    timing: Timing,
+}
+
+fn scenario_name(scenario: Scenario) -> &'static str {
+    match scenario {
+        Scenario::Cycles => "S1",
+        Scenario::Handoff => "S2",
+        Scenario::Keepalive => "S3",
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        match cli.command {
+            Command::Run(args) => run(args).await,
+            Command::Compare(args) => compare(args).await,
+            Command::Scale(args) => scale::run(args).await,
+        }
+    })
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let samples = workload::run(
+        args.system,
+        &args.endpoints,
+        args.scenario,
+        args.clients,
+        Duration::from_secs(args.timing.warmup),
+        Duration::from_secs(args.timing.duration),
+    )
+    .await?;
+    let point = Point::from_samples(args.system, scenario_name(args.scenario), &samples);
+    print_point(&point, args.timing.output);
+    Ok(())
+}
+
+fn print_point(point: &Point, output: Output) {
+    match output {
+        Output::Json => println!("{}", serde_json::to_string(point).expect("serializable")),
+        Output::Text => println!(
+            "{:<8} {} x{:<3} {}  {}",
+            format!("{:?}", point.system).to_lowercase(),
+            point.scenario,
+            point.clients,
+            point.line(),
+            point.server_line()
+        ),
+    }
+}
+
+/// Counters read from every member's metrics before and after a run.
+struct ServerCounters {
+    /// Σ over members of the last log index (Holdfast) or committed proposals (etcd).
+    entries: f64,
+    /// Σ over members of log fsyncs.
+    fsyncs: f64,
+}
+
+async fn server_counters(cluster: &LocalCluster) -> Option<ServerCounters> {
+    let (entries, fsyncs) = match cluster.system {
+        System::Holdfast => (
+            "holdfast_raft_last_log_index",
+            "holdfast_wal_fsync_seconds_count",
+        ),
+        System::Etcd => (
+            "etcd_server_proposals_committed_total",
+            "etcd_disk_wal_fsync_duration_seconds_count",
+        ),
+    };
+    let mut counters = ServerCounters {
+        entries: 0.0,
+        fsyncs: 0.0,
+    };
+    for addr in cluster.metrics_addrs() {
+        let page = procs::scrape(&addr).await.ok()?;
+        counters.entries += procs::metric(&page, entries)?;
+        counters.fsyncs += procs::metric(&page, fsyncs).unwrap_or(0.0);
+    }
+    Some(counters)
+}
+
+/// Runs one point against `cluster` and adds what the servers did meanwhile.
+async fn measure(
+    cluster: &mut LocalCluster,
+    scenario: Scenario,
+    clients: usize,
+    timing: &Timing,
+) -> anyhow::Result<Point> {
+    cluster.wait_ready().await?;
+    let cpu_before = cluster.cpu_seconds();
+    let counters_before = server_counters(cluster).await;
+    let samples = workload::run(
+        cluster.system,
+        &cluster.endpoints(),
+        scenario,
+        clients,
+        Duration::from_secs(timing.warmup),
+        Duration::from_secs(timing.duration),
+    )
+    .await?;
+    // The counters cover warm-up and the measured window: rates use both.
+    let ran = Duration::from_secs(timing.warmup + timing.duration).as_secs_f64();
+    let cpu = cluster.cpu_seconds() - cpu_before;
+    let counters_after = server_counters(cluster).await;
+    cluster.check_running()?;
+    let mut point = Point::from_samples(cluster.system, scenario_name(scenario), &samples);
+    let ops_per_second = point.per_second;
+    point.cpu_seconds = Some(cpu);
+    point.cpu_ms_per_1k_ops = Some(cpu * 1000.0 / (ops_per_second * ran).max(1.0) * 1000.0);
+    point.rss_mib = Some(
+        cluster
+            .rss_bytes()
+            .iter()
+            .map(|b| *b as f64 / (1 << 20) as f64)
+            .collect(),
+    );
+    if let (Some(before), Some(after)) = (counters_before, counters_after) {
+        let fsyncs = after.fsyncs - before.fsyncs;
+        if fsyncs > 0.0 {
+            point.entries_per_fsync = Some((after.entries - before.entries) / fsyncs);
+            point.fsyncs_per_second = Some(fsyncs / ran);
+        }
+    }
+    Ok(point)
+}
+
+/// S4: S1 with `clients` clients; `kills` times: kill -9 the leader, time the first lock
+/// that started after the kill and succeeded, restart the member, let the cluster settle.
+async fn failover(
+    cluster: &mut LocalCluster,
+    clients: usize,
+    kills: usize,
+) -> anyhow::Result<Point> {
+    /// Longest wait for the first lock after a kill before the round counts as failed.
+    const FIRST_LOCK_TIMEOUT_MS: u64 = 30_000;
+    /// Calm time between rounds (the restarted member catches up).
+    const SETTLE_MS: u64 = 3_000;
+    let leader = cluster.wait_ready().await?;
+    let endpoints = cluster.endpoints();
+    let grants: workload::Grants = Default::default();
+    let stop = Instant::now() + Duration::from_secs(3600);
+    let run_id = std::process::id();
+    let mut tasks = Vec::new();
+    for index in 0..clients {
+        let mut locker = workload::Locker::open(cluster.system, &endpoints, leader, index).await?;
+        let grants = grants.clone();
+        let (stopper, mut stopped) = tokio::sync::watch::channel(false);
+        tasks.push((
+            stopper,
+            tokio::spawn(async move {
+                let name = format!("bench/s4/{run_id}/{index}");
+                let _ = tokio::select! {
+                    result = workload::cycles(&mut locker, &name, stop, stop, Some(grants)) => result.map(|_| ()),
+                    _ = stopped.wait_for(|s| *s) => Ok(()),
+                };
+                locker.close().await;
+            }),
+        ));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut times = Vec::new();
+    for _ in 0..kills {
+        let leader = cluster.wait_ready().await?;
+        let killed_at = Instant::now();
+        cluster.kill(leader);
+        let deadline = killed_at + Duration::from_millis(FIRST_LOCK_TIMEOUT_MS);
+        let first = loop {
+            let first = grants
+                .lock()
+                .expect("grants lock")
+                .iter()
+                .filter(|(start, _)| *start >= killed_at)
+                .map(|(_, end)| *end)
+                .min();
+            if let Some(first) = first {
+                break Some(first);
+            }
+            if Instant::now() > deadline {
+                break None;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        let Some(first) = first else {
+            bail!("no lock succeeded within {FIRST_LOCK_TIMEOUT_MS} ms of killing the leader");
+        };
+        times.push((first - killed_at).as_secs_f64() * 1000.0);
+        cluster.start(leader)?;
+        tokio::time::sleep(Duration::from_millis(SETTLE_MS)).await;
+    }
+    for (stopper, task) in tasks {
+        let _ = stopper.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+    }
+    let samples = workload::Samples {
+        per_client: vec![Vec::new(); clients],
+        errors: 0,
+        measured: Duration::from_secs(1),
+    };
+    let mut point = Point::from_samples(cluster.system, "S4", &samples);
+    point.failover_ms = Some(times);
+    Ok(point)
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+async fn compare(args: CompareArgs) -> anyhow::Result<()> {
+    if !args.etcd_bin.exists() {
+        bail!(
+            "{} not found: install etcd (scripts/bench-compare installs the etcd-server package)",
+            args.etcd_bin.display()
+        );
+    }
+    let load_before = load_average();
+    let mut etcd = LocalCluster::etcd(&args.etcd_bin, 3).context("starting etcd")?;
+    let mut holdfast =
+        LocalCluster::holdfast(&args.holdfast_bin, 3).context("starting holdfast")?;
+    etcd.wait_ready().await?;
+    holdfast.wait_ready().await?;
+    let points = [
+        (Scenario::Cycles, 1),
+        (Scenario::Cycles, 64),
+        (Scenario::Handoff, 16),
+        (Scenario::Keepalive, 64),
+    ];
+    let wanted = |name: &str| args.only.is_empty() || args.only.iter().any(|o| o == name);
+    let mut rows: Vec<(Point, Point)> = Vec::new();
+    for (scenario, clients) in points {
+        let name = format!("{}x{clients}", scenario_name(scenario));
+        if !wanted(&name) {
+            continue;
+        }
+        let mut runs: [Vec<Point>; 2] = Default::default();
+        for _ in 0..args.rounds {
+            for (slot, cluster) in [&mut etcd, &mut holdfast].into_iter().enumerate() {
+                let point = measure(cluster, scenario, clients, &args.timing).await?;
+                if args.timing.output == Output::Text {
+                    print_point(&point, Output::Text);
+                }
+                runs[slot].push(point);
+            }
+        }
+        let [etcd_runs, holdfast_runs] = runs;
+        rows.push((median_run(etcd_runs), median_run(holdfast_runs)));
+    }
+    if args.kills > 0 && wanted("S4x16") {
+        let etcd_point = failover(&mut etcd, 16, args.kills).await?;
+        print_point(&etcd_point, args.timing.output);
+        let holdfast_point = failover(&mut holdfast, 16, args.kills).await?;
+        print_point(&holdfast_point, args.timing.output);
+        rows.push((etcd_point, holdfast_point));
+    }
+    let load_after = load_average();
+    match args.timing.output {
+        Output::Json => {
+            for (etcd, holdfast) in &rows {
+                let (target, met) =
+                    report::target(&holdfast.scenario, holdfast.clients, etcd, holdfast);
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "scenario": holdfast.scenario, "clients": holdfast.clients,
+                        "etcd": etcd, "holdfast": holdfast,
+                        "ratio": report::ratio(etcd, holdfast), "target": target, "met": met,
+                    })
+                );
+            }
+        }
+        Output::Text => {
+            println!();
+            println!(
+                "3 members each on 127.0.0.1, fsync on, default settings; {} s measured after {} s warm-up per point, {} round(s); load average before {load_before}, after {load_after}",
+                args.timing.duration, args.timing.warmup, args.rounds
+            );
+            println!(
+                "| scenario | etcd | Holdfast | ratio | target | met |\n|---|---|---|---|---|---|"
+            );
+            for (etcd, holdfast) in &rows {
+                let (target, met) =
+                    report::target(&holdfast.scenario, holdfast.clients, etcd, holdfast);
+                println!(
+                    "| {} x{} | {} | {} | {:.2}x | {target} | {} |",
+                    holdfast.scenario,
+                    holdfast.clients,
+                    etcd.line(),
+                    holdfast.line(),
+                    report::ratio(etcd, holdfast),
+                    if met { "yes" } else { "no" }
+                );
+            }
+            println!("\n| scenario | etcd servers | Holdfast servers |\n|---|---|---|");
+            for (etcd, holdfast) in rows.iter().filter(|(e, _)| e.failover_ms.is_none()) {
+                println!(
+                    "| {} x{} | {} | {} |",
+                    holdfast.scenario,
+                    holdfast.clients,
+                    etcd.server_line(),
+                    holdfast.server_line()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The run with the median throughput.
+fn median_run(mut runs: Vec<Point>) -> Point {
+    runs.sort_by(|a, b| a.per_second.total_cmp(&b.per_second));
+    let middle = runs.len() / 2;
+    runs.swap_remove(middle)
+}
