@@ -96,6 +96,10 @@ struct CompareArgs {
     /// Only these points, e.g. `S1x1,S3x64` (default: all).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// Extra flags for every `holdfast serve` (experiments; the table is for the defaults),
+    /// e.g. `--holdfast-flag=--election-timeout-max-ms=300`.
+    #[arg(long = "holdfast-flag", allow_hyphen_values = true)]
+    holdfast_flags: Vec<String>,
     #[command(flatten)]
     timing: Timing,
 }
@@ -317,8 +321,9 @@ async fn compare(args: CompareArgs) -> anyhow::Result<()> {
     }
     let load_before = load_average();
     let mut etcd = LocalCluster::etcd(&args.etcd_bin, 3).context("starting etcd")?;
+    let flags: Vec<&str> = args.holdfast_flags.iter().map(String::as_str).collect();
     let mut holdfast =
-        LocalCluster::holdfast(&args.holdfast_bin, 3).context("starting holdfast")?;
+        LocalCluster::holdfast_with(&args.holdfast_bin, 3, &flags).context("starting holdfast")?;
     etcd.wait_ready().await?;
     holdfast.wait_ready().await?;
     let points = [
@@ -376,6 +381,12 @@ async fn compare(args: CompareArgs) -> anyhow::Result<()> {
                 "3 members each on 127.0.0.1, fsync on, default settings; {} s measured after {} s warm-up per point, {} round(s); load average before {load_before}, after {load_after}",
                 args.timing.duration, args.timing.warmup, args.rounds
             );
+            if !args.holdfast_flags.is_empty() {
+                println!(
+                    "Holdfast NOT on defaults: {}",
+                    args.holdfast_flags.join(" ")
+                );
+            }
             println!(
                 "| scenario | etcd | Holdfast | ratio | target | met |\n|---|---|---|---|---|---|"
             );

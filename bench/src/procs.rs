@@ -39,12 +39,8 @@ pub struct LocalCluster {
 }
 
 impl LocalCluster {
-    /// `holdfast serve` ×`size` with default settings (fsync on), data on disk in a temp dir.
-    pub fn holdfast(bin: &Path, size: usize) -> anyhow::Result<LocalCluster> {
-        LocalCluster::holdfast_with(bin, size, &[])
-    }
-
-    /// `holdfast` with `extra` flags for every node.
+    /// `holdfast serve` ×`size` with default settings (fsync on), data on disk in a temp dir;
+    /// `extra`: more flags for every node.
     pub fn holdfast_with(bin: &Path, size: usize, extra: &[&str]) -> anyhow::Result<LocalCluster> {
         let dir = tempfile::Builder::new()
             .prefix("holdfast-bench-")

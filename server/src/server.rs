@@ -179,7 +179,10 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // TCP_NODELAY on every accepted connection: without it Nagle's algorithm holds small
+    // answers back until the peer's delayed ACK (~40 ms) — p99 of one client's lock cycle was
+    // 44 ms. (`Server::tcp_nodelay` is ignored by `serve_with_incoming`.)
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let (shutdown, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
     // grpc.health.v1 (status set by the metrics sampler) and server reflection, so grpcurl and
     // load balancers work out of the box.
@@ -199,7 +202,6 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
             .context("TLS configuration")?;
     }
     let router = builder
-        .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(1)))
         .http2_keepalive_timeout(Some(Duration::from_secs(2)))
         // One span per RPC (fixed field: method) and per-method/code metrics.
