@@ -21,6 +21,8 @@ use crate::procs::{self, LocalCluster};
 const SCALE_SESSION_TTL_MS: u64 = 3_600_000;
 /// How long a restarted node gets to catch up.
 const RESTART_TIMEOUT_MS: u64 = 600_000;
+/// Print the loading progress every this many locks.
+const PROGRESS_EVERY_LOCKS: u64 = 100_000;
 
 #[derive(Args)]
 pub struct ScaleArgs {
@@ -34,6 +36,10 @@ pub struct ScaleArgs {
     /// Requests in flight while loading.
     #[arg(long, default_value_t = 64)]
     concurrency: u64,
+    /// Extra flags for every `holdfast serve`, e.g.
+    /// `--holdfast-flag=--checkpoint-every-entries=100000`.
+    #[arg(long = "holdfast-flag", allow_hyphen_values = true)]
+    holdfast_flags: Vec<String>,
 }
 
 fn mib(bytes: u64) -> f64 {
@@ -72,7 +78,10 @@ pub async fn run(args: ScaleArgs) -> anyhow::Result<()> {
     if args.sessions == 0 || args.locks == 0 {
         bail!("--sessions and --locks must be > 0");
     }
-    let mut cluster = LocalCluster::holdfast_with(&args.holdfast_bin, 3, &["--allow-admin"])?;
+    let mut flags = vec!["--allow-admin"];
+    flags.extend(args.holdfast_flags.iter().map(String::as_str));
+    println!("3 nodes, flags: {}", flags.join(" "));
+    let mut cluster = LocalCluster::holdfast_with(&args.holdfast_bin, 3, &flags)?;
     let leader = cluster.wait_ready().await?;
     let endpoints = cluster.endpoints();
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -110,6 +119,7 @@ pub async fn run(args: ScaleArgs) -> anyhow::Result<()> {
     );
     let ids: Arc<Vec<u64>> = Arc::new(ids.lock().expect("ids lock").clone());
     let sessions = args.sessions;
+    let loading = Instant::now();
     let acquired = load(args.locks, args.concurrency, move |j| {
         let mut locks = pb::locks_client::LocksClient::<Channel>::new(channel.clone());
         let session_id = ids[(j % sessions) as usize];
@@ -128,6 +138,9 @@ pub async fn run(args: ScaleArgs) -> anyhow::Result<()> {
                 .into_inner();
             if response.status != pb::AcquireStatus::Acquired as i32 {
                 bail!("scale/{j:08} was not granted: {response:?}");
+            }
+            if j > 0 && j % PROGRESS_EVERY_LOCKS == 0 {
+                println!("  {j} locks acquired, {:.1} s", loading.elapsed().as_secs_f64());
             }
             Ok(())
         }

@@ -304,6 +304,17 @@ impl<H: PolicyHost + ?Sized> Applier<'_, H> {
                 limit: "sessions_max".to_string(),
             });
         }
+        let of_principal = self.state.sessions_by_principal.get(principal).copied();
+        if of_principal.unwrap_or(0) >= limits::SESSIONS_PER_PRINCIPAL_MAX {
+            return Outcome::Rejected(Rejection::LimitExceeded {
+                limit: "sessions_per_principal_max".to_string(),
+            });
+        }
+        *self
+            .state
+            .sessions_by_principal
+            .entry(principal.to_string())
+            .or_insert(0) += 1;
         let session_id = self.log_index;
         let expires_at_ms = self.now_ms() + ttl_ms;
         let session = Session {
@@ -376,6 +387,13 @@ impl<H: PolicyHost + ?Sized> Applier<'_, H> {
             .sessions
             .remove(&session_id)
             .expect("session vanished");
+        match self.state.sessions_by_principal.get_mut(&session.principal) {
+            Some(1) => {
+                self.state.sessions_by_principal.remove(&session.principal);
+            }
+            Some(count) => *count -= 1,
+            None => unreachable!("an open session's principal is counted"),
+        }
         assert!(session.holds.is_empty() && session.waiting.is_empty());
         let kind = DeadlineKind::SessionExpiry { session_id };
         assert!(self.state.deadlines.remove(&Deadline {

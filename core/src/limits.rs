@@ -18,6 +18,9 @@ pub const SESSION_TTL_MS_MIN: u64 = 2_000;
 pub const SESSION_TTL_MS_MAX: u64 = 3_600_000;
 /// Most open sessions in the cluster.
 pub const SESSIONS_MAX: usize = 100_000;
+/// Most open sessions of one principal, so that one client (or tenant) cannot take every
+/// session slot of the cluster.
+pub const SESSIONS_PER_PRINCIPAL_MAX: usize = 10_000;
 /// Most waiters queued on one lock.
 pub const WAITERS_PER_LOCK_MAX: usize = 1_024;
 /// Most locks one session may hold or wait for at once.

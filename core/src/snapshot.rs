@@ -7,6 +7,8 @@
 //! `check_invariants`: a snapshot that decodes but describes an impossible state is refused.
 //! Changing `State`'s shape is a format change: bump the version byte.
 
+use std::io::Write as _;
+
 use sha2::{Digest, Sha256};
 
 use crate::state::State;
@@ -55,7 +57,8 @@ impl State {
                 expected: SNAPSHOT_FORMAT_VERSION,
             });
         }
-        let (state, read) = decode_bounded(body)?;
+        let (mut state, read) = decode_bounded(body)?;
+        state.sessions_by_principal = state.count_sessions_by_principal();
         if read != body.len() {
             return Err(SnapshotError::TrailingBytes {
                 count: body.len() - read,
@@ -66,8 +69,23 @@ impl State {
     }
 
     /// sha256 of [`State::to_snapshot_bytes`]: what replicas compare to detect divergence.
+    /// Streamed into the hasher: the encoding of a large state (tens of MB at a million locks)
+    /// is never held in memory, and the apply loop, which digests every checkpoint, does not
+    /// copy it around.
+    ///
+    /// # Panics
+    /// If the state does not serialize, which would be a bug (see `to_snapshot_bytes`).
     pub fn digest(&self) -> [u8; 32] {
-        Sha256::digest(self.to_snapshot_bytes()).into()
+        /// Bytes buffered between the encoder's small writes and the hasher.
+        const DIGEST_BUFFER_BYTES: usize = 64 << 10;
+        let mut hasher = std::io::BufWriter::with_capacity(DIGEST_BUFFER_BYTES, Sha256::new());
+        hasher
+            .write_all(&[SNAPSHOT_FORMAT_VERSION])
+            .expect("hashing does not fail");
+        bincode::serde::encode_into_std_write(self, &mut hasher, bincode::config::standard())
+            .expect("state serializes");
+        let hasher = hasher.into_inner().expect("hashing does not fail");
+        hasher.finalize().into()
     }
 }
 

@@ -35,6 +35,11 @@ pub struct State {
     pub(crate) policies: BTreeMap<String, BTreeMap<u64, Deployed>>,
     /// Policy bindings by prefix ("" = every lock).
     pub(crate) bindings: BTreeMap<String, Binding>,
+    /// Open sessions per principal (for `SESSIONS_PER_PRINCIPAL_MAX`). Derived from
+    /// `sessions`: not in the snapshot bytes, rebuilt when a snapshot is decoded, checked by
+    /// `check_invariants`.
+    #[serde(skip)]
+    pub(crate) sessions_by_principal: BTreeMap<String, usize>,
 }
 
 /// The name of the native FIFO policy in bindings (version 0, nothing deployed).
@@ -438,7 +443,19 @@ impl State {
     /// Checks every structural invariant; `Err` names the first one broken. Runs after every
     /// apply in tests and debug builds, and on every decoded snapshot, so it must never panic
     /// whatever the state holds.
+    /// Recomputes the derived `sessions_by_principal` from `sessions`.
+    pub(crate) fn count_sessions_by_principal(&self) -> BTreeMap<String, usize> {
+        let mut counts = BTreeMap::new();
+        for session in self.sessions.values() {
+            *counts.entry(session.principal.clone()).or_insert(0) += 1;
+        }
+        counts
+    }
+
     pub fn check_invariants(&self) -> Result<(), String> {
+        if self.sessions_by_principal != self.count_sessions_by_principal() {
+            return Err("sessions_by_principal does not count the open sessions".to_string());
+        }
         if self.now_ms > limits::NOW_MS_MAX {
             return Err(format!("now_ms {} above NOW_MS_MAX", self.now_ms));
         }

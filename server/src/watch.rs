@@ -16,6 +16,8 @@ use tokio::sync::broadcast;
 pub const WATCH_HISTORY_REVISIONS_MAX: usize = 16_384;
 /// Revisions buffered for live watchers; a watcher further behind than this is cut off.
 pub const WATCH_LIVE_BUFFER: usize = 4_096;
+/// Most watch and observe streams one node serves at once; another is RESOURCE_EXHAUSTED.
+pub const WATCHERS_PER_NODE_MAX: usize = 10_000;
 
 /// The events one applied entry produced.
 #[derive(Debug)]
@@ -37,6 +39,15 @@ pub enum Signal {
 pub struct Compacted {
     /// The oldest revision this node can still deliver.
     pub oldest: u64,
+}
+
+/// Why a watch could not start.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// The revision asked for is no longer (or not yet) in this node's history.
+    Compacted(Compacted),
+    /// [`WATCHERS_PER_NODE_MAX`] streams are open on this node.
+    TooManyWatchers,
 }
 
 struct Inner {
@@ -98,12 +109,16 @@ impl WatchHub {
     pub fn subscribe(
         &self,
         from_revision: u64,
-    ) -> Result<(Vec<Arc<Revision>>, broadcast::Receiver<Signal>), Compacted> {
+    ) -> Result<(Vec<Arc<Revision>>, broadcast::Receiver<Signal>), Refused> {
         let inner = self.inner.lock().expect("watch hub lock");
+        // Each open stream holds one receiver; subscribing under the lock keeps the count exact.
+        if self.live.receiver_count() >= WATCHERS_PER_NODE_MAX {
+            return Err(Refused::TooManyWatchers);
+        }
         if from_revision != 0 && from_revision <= inner.floor {
-            return Err(Compacted {
+            return Err(Refused::Compacted(Compacted {
                 oldest: inner.floor + 1,
-            });
+            }));
         }
         let backlog = if from_revision == 0 {
             Vec::new()
@@ -123,7 +138,7 @@ impl WatchHub {
 mod tests {
     use holdfast_core::Event;
 
-    use super::{Compacted, Signal, WatchHub};
+    use super::{Compacted, Refused, Signal, WATCHERS_PER_NODE_MAX, WatchHub};
 
     fn opened(session_id: u64) -> Vec<Event> {
         vec![Event::SessionOpened {
@@ -153,16 +168,33 @@ mod tests {
     #[test]
     fn revisions_before_the_snapshot_or_history_are_compacted() {
         let hub = WatchHub::new(10);
-        assert_eq!(hub.subscribe(10).unwrap_err(), Compacted { oldest: 11 });
+        assert_eq!(
+            hub.subscribe(10).unwrap_err(),
+            Refused::Compacted(Compacted { oldest: 11 })
+        );
         assert!(hub.subscribe(11).is_ok());
         for revision in 11..11 + super::WATCH_HISTORY_REVISIONS_MAX as u64 + 5 {
             hub.publish(revision, &opened(revision));
         }
-        assert_eq!(hub.subscribe(12).unwrap_err(), Compacted { oldest: 16 });
+        assert_eq!(
+            hub.subscribe(12).unwrap_err(),
+            Refused::Compacted(Compacted { oldest: 16 })
+        );
         hub.reset(100_000);
         assert_eq!(
             hub.subscribe(99_999).unwrap_err(),
-            Compacted { oldest: 100_001 }
+            Refused::Compacted(Compacted { oldest: 100_001 })
         );
+    }
+
+    #[test]
+    fn watchers_per_node_are_bounded_and_a_closed_one_frees_its_slot() {
+        let hub = WatchHub::new(0);
+        let mut open: Vec<_> = (0..WATCHERS_PER_NODE_MAX)
+            .map(|_| hub.subscribe(0).expect("under the limit"))
+            .collect();
+        assert_eq!(hub.subscribe(0).unwrap_err(), Refused::TooManyWatchers);
+        drop(open.pop());
+        assert!(hub.subscribe(0).is_ok());
     }
 }

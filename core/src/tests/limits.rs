@@ -184,9 +184,10 @@ fn locks_per_session_are_bounded() {
 fn sessions_are_bounded() {
     // Applied directly (no per-entry snapshot) to keep the test fast.
     let mut state = State::default();
-    let open = Command::OpenSession {
+    // Spread over principals so that SESSIONS_PER_PRINCIPAL_MAX is not what stops them.
+    let open = |log_index: u64| Command::OpenSession {
         ttl_ms: 60_000,
-        principal: "p".to_string(),
+        principal: format!("p{}", log_index % 100),
         labels: Default::default(),
     };
     for log_index in 1..=limits::SESSIONS_MAX as u64 {
@@ -195,7 +196,7 @@ fn sessions_are_bounded() {
             &Entry {
                 log_index,
                 now_ms: 0,
-                command: open.clone(),
+                command: open(log_index),
             },
             &mut BuiltinFifo,
         );
@@ -213,7 +214,7 @@ fn sessions_are_bounded() {
         &Entry {
             log_index,
             now_ms: 0,
-            command: open,
+            command: open(log_index),
         },
         &mut BuiltinFifo,
     );
@@ -299,4 +300,57 @@ fn every_limit_is_documented_with_its_value() {
         count += 1;
     }
     assert!(count >= 20, "found only {count} limits");
+}
+
+#[test]
+fn sessions_per_principal_are_bounded_and_a_closed_one_frees_its_slot() {
+    let open = |principal: &str| Command::OpenSession {
+        ttl_ms: 60_000,
+        principal: principal.to_string(),
+        labels: Default::default(),
+    };
+    let mut state = State::default();
+    let mut log_index = 0;
+    let mut step = |state: &mut State, command: Command| {
+        log_index += 1;
+        apply(
+            state,
+            &Entry {
+                log_index,
+                now_ms: 0,
+                command,
+            },
+            &mut BuiltinFifo,
+        )
+        .outcome
+    };
+    for _ in 0..limits::SESSIONS_PER_PRINCIPAL_MAX {
+        assert!(matches!(
+            step(&mut state, open("tenant")),
+            Outcome::SessionOpened { .. }
+        ));
+    }
+    let refused = Outcome::Rejected(Rejection::LimitExceeded {
+        limit: "sessions_per_principal_max".to_string(),
+    });
+    assert_eq!(step(&mut state, open("tenant")), refused);
+    // Another principal is not affected.
+    assert!(matches!(
+        step(&mut state, open("other")),
+        Outcome::SessionOpened { .. }
+    ));
+    // Closing one of the tenant's sessions (session 1) frees a slot.
+    assert!(matches!(
+        step(&mut state, Command::CloseSession { session_id: 1 }),
+        Outcome::SessionClosed { .. }
+    ));
+    assert!(matches!(
+        step(&mut state, open("tenant")),
+        Outcome::SessionOpened { .. }
+    ));
+    assert_eq!(step(&mut state, open("tenant")), refused);
+    state.check_invariants().unwrap();
+    // The count is derived: a snapshot round trip rebuilds it.
+    let restored = State::from_snapshot_bytes(&state.to_snapshot_bytes()).unwrap();
+    assert_eq!(restored, state);
 }

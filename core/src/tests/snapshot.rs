@@ -1,5 +1,7 @@
 //! Snapshots: canonical bytes, digests, and refusal of bad bytes without panicking.
 
+use sha2::Digest as _;
+
 use super::{Harness, SplitMix64};
 use crate::{BuiltinFifo, SNAPSHOT_FORMAT_VERSION, SnapshotError, State};
 
@@ -33,6 +35,9 @@ fn round_trip_gives_equal_bytes_and_digest() {
     assert_eq!(restored, state);
     assert_eq!(restored.to_snapshot_bytes(), bytes);
     assert_eq!(restored.digest(), state.digest());
+    // The streamed digest is the digest of the canonical bytes.
+    let expected: [u8; 32] = sha2::Sha256::digest(&bytes).into();
+    assert_eq!(state.digest(), expected);
     assert_eq!(restored.next_deadline_ms(), state.next_deadline_ms());
     assert_eq!(restored.lock("a"), state.lock("a"));
     assert_eq!(restored.session(1), state.session(1));

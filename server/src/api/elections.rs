@@ -14,7 +14,7 @@ use tonic::{Request, Response, Status};
 use super::locks::{Acquisition, acquire_and_wait};
 use super::{header, read_state, validate, write_command};
 use crate::node::Node;
-use crate::watch::Signal;
+use crate::watch::{Refused, Signal};
 
 /// Leader changes buffered per Observe stream before the sender waits for the client.
 pub const OBSERVE_STREAM_BUFFER: usize = 64;
@@ -208,7 +208,11 @@ impl Elections for ElectionsApi {
             .shared
             .watch
             .subscribe(0)
-            .map_err(|_| Status::internal("live watch refused"))?;
+            .map_err(|refused| match refused {
+                Refused::TooManyWatchers => super::watch::too_many_watchers(),
+                // A live subscription (from revision 0) is never compacted.
+                Refused::Compacted(_) => Status::internal("live watch refused"),
+            })?;
         let read_now = {
             let shared = Arc::clone(&self.node.shared);
             let name = name.clone();

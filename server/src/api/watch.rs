@@ -11,7 +11,7 @@ use tonic::{Request, Response, Status};
 
 use super::{locks::mode_to_pb, validate};
 use crate::node::Node;
-use crate::watch::{Revision, Signal};
+use crate::watch::{Refused, Revision, Signal, WATCHERS_PER_NODE_MAX};
 
 /// Responses buffered per watch stream before the sender waits for the client.
 pub const WATCH_STREAM_BUFFER: usize = 256;
@@ -32,6 +32,13 @@ fn compacted(oldest: u64, asked: u64) -> Status {
             .insert(COMPACTED_REVISION_HEADER, value);
     }
     status
+}
+
+/// RESOURCE_EXHAUSTED naming the limit (another node may have room: clients may retry there).
+pub(super) fn too_many_watchers() -> Status {
+    Status::resource_exhausted(format!(
+        "watchers_per_node_max: this node already serves {WATCHERS_PER_NODE_MAX} watch and observe streams"
+    ))
 }
 
 fn release_reason(reason: ReleaseReason) -> pb::EventReason {
@@ -253,7 +260,10 @@ impl Watch for WatchApi {
             .shared
             .watch
             .subscribe(request.from_revision)
-            .map_err(|c| compacted(c.oldest, request.from_revision))?;
+            .map_err(|refused| match refused {
+                Refused::Compacted(c) => compacted(c.oldest, request.from_revision),
+                Refused::TooManyWatchers => too_many_watchers(),
+            })?;
         let (tx, rx) = tokio::sync::mpsc::channel(WATCH_STREAM_BUFFER);
         let prefix = request.prefix;
         tokio::spawn(async move {
