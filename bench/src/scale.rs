@@ -46,6 +46,31 @@ fn mib(bytes: u64) -> f64 {
     bytes as f64 / f64::from(1 << 20)
 }
 
+/// Attempts per request while loading: a leader change answers UNAVAILABLE, and the
+/// requests are idempotent (request ids), so they are retried.
+const ATTEMPTS: u32 = 50;
+/// Pause between attempts.
+const RETRY_PAUSE_MS: u64 = 200;
+
+/// Calls `call` until it succeeds, fails with anything but UNAVAILABLE, or `ATTEMPTS` ran out.
+async fn with_retries<T, F, Fut>(mut call: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+{
+    let mut attempt = 1;
+    loop {
+        match call().await {
+            Ok(value) => return Ok(value),
+            Err(status) if status.code() == tonic::Code::Unavailable && attempt < ATTEMPTS => {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(RETRY_PAUSE_MS)).await;
+            }
+            Err(status) => return Err(status.into()),
+        }
+    }
+}
+
 /// Runs `count` calls of `call(k)` for k in 0..count, `concurrency` at a time; returns the
 /// elapsed time.
 async fn load<F, Fut>(count: u64, concurrency: u64, call: F) -> anyhow::Result<Duration>
@@ -94,17 +119,21 @@ pub async fn run(args: ScaleArgs) -> anyhow::Result<()> {
     let opened = {
         let (channel, ids) = (channel.clone(), Arc::clone(&ids));
         load(args.sessions, args.concurrency, move |k| {
-            let mut sessions = pb::sessions_client::SessionsClient::new(channel.clone());
+            let sessions = pb::sessions_client::SessionsClient::new(channel.clone());
             let ids = Arc::clone(&ids);
             async move {
-                let response = sessions
-                    .open(pb::OpenSessionRequest {
-                        ttl_ms: SCALE_SESSION_TTL_MS,
-                        principal: format!("scale-{}", k % 100),
-                        labels: Default::default(),
-                    })
-                    .await?
-                    .into_inner();
+                let request = pb::OpenSessionRequest {
+                    ttl_ms: SCALE_SESSION_TTL_MS,
+                    principal: format!("scale-{}", k % 100),
+                    labels: Default::default(),
+                };
+                // Not idempotent: a retried open after a lost answer leaves one extra session.
+                let response = with_retries(|| {
+                    let (mut sessions, request) = (sessions.clone(), request.clone());
+                    async move { sessions.open(request).await }
+                })
+                .await?
+                .into_inner();
                 ids.lock().expect("ids lock")[k as usize] = response.session_id;
                 Ok(())
             }
@@ -121,26 +150,32 @@ pub async fn run(args: ScaleArgs) -> anyhow::Result<()> {
     let sessions = args.sessions;
     let loading = Instant::now();
     let acquired = load(args.locks, args.concurrency, move |j| {
-        let mut locks = pb::locks_client::LocksClient::<Channel>::new(channel.clone());
+        let locks = pb::locks_client::LocksClient::<Channel>::new(channel.clone());
         let session_id = ids[(j % sessions) as usize];
         async move {
-            let response = locks
-                .acquire(pb::AcquireRequest {
-                    session_id,
-                    request_id: j / sessions + 1,
-                    name: format!("scale/{j:08}"),
-                    mode: pb::LockMode::Exclusive as i32,
-                    max_holders: 0,
-                    wait_timeout_ms: 0,
-                    priority: 0,
-                })
-                .await?
-                .into_inner();
+            let request = pb::AcquireRequest {
+                session_id,
+                request_id: j / sessions + 1,
+                name: format!("scale/{j:08}"),
+                mode: pb::LockMode::Exclusive as i32,
+                max_holders: 0,
+                wait_timeout_ms: 0,
+                priority: 0,
+            };
+            let response = with_retries(|| {
+                let (mut locks, request) = (locks.clone(), request.clone());
+                async move { locks.acquire(request).await }
+            })
+            .await?
+            .into_inner();
             if response.status != pb::AcquireStatus::Acquired as i32 {
                 bail!("scale/{j:08} was not granted: {response:?}");
             }
             if j > 0 && j % PROGRESS_EVERY_LOCKS == 0 {
-                println!("  {j} locks acquired, {:.1} s", loading.elapsed().as_secs_f64());
+                println!(
+                    "  {j} locks acquired, {:.1} s",
+                    loading.elapsed().as_secs_f64()
+                );
             }
             Ok(())
         }

@@ -203,16 +203,16 @@ impl Elections for ElectionsApi {
         validate::lock_name("name", &name)?;
         // Subscribe first, then read the state: revisions at or below the state's index are
         // already reflected in it and are skipped; later ones arrive on the subscription.
-        let (_, mut live) = self
-            .node
-            .shared
-            .watch
-            .subscribe(0)
-            .map_err(|refused| match refused {
-                Refused::TooManyWatchers => super::watch::too_many_watchers(),
-                // A live subscription (from revision 0) is never compacted.
-                Refused::Compacted(_) => Status::internal("live watch refused"),
-            })?;
+        let (_, mut live) =
+            self.node
+                .shared
+                .watch
+                .subscribe(0)
+                .map_err(|refused| match refused {
+                    Refused::TooManyWatchers => super::watch::too_many_watchers(),
+                    // A live subscription (from revision 0) is never compacted.
+                    Refused::Compacted(_) => Status::internal("live watch refused"),
+                })?;
         let read_now = {
             let shared = Arc::clone(&self.node.shared);
             let name = name.clone();

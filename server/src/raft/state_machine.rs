@@ -146,27 +146,35 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     type SnapshotData = Vec<u8>;
 
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
-        let started = std::time::Instant::now();
-        let stored = {
-            let applied = self.shared.applied.read().expect("state lock");
-            StoredSnapshot {
-                meta: SnapshotMeta {
-                    last_log_id: applied.last_applied,
-                    last_membership: applied.membership.clone(),
-                },
-                data: applied.state.to_snapshot_bytes(),
-            }
-        };
-        // Pair check: what we persist must decode to a valid state.
-        debug_assert!(State::from_snapshot_bytes(&stored.data).is_ok());
-        save_snapshot(&self.db, &stored)?;
-        let took = started.elapsed();
-        crate::metrics::record_snapshot_built(self.node_id, stored.data.len(), took);
-        tracing::info!(last_log_id = ?stored.meta.last_log_id, bytes = stored.data.len(), took_ms = took.as_millis() as u64, "snapshot built");
-        Ok(Snapshot {
-            meta: stored.meta,
-            snapshot: stored.data,
+        let (shared, db, node_id) = (Arc::clone(&self.shared), Arc::clone(&self.db), self.node_id);
+        // Encoding and persisting a large state takes seconds (≈ 1 s per 80 MB here): off the
+        // runtime's worker threads, or Raft's own tasks (heartbeats) starve and followers
+        // start an election — seen loading 900k locks with holdfast-bench scale.
+        tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
+            let stored = {
+                let applied = shared.applied.read().expect("state lock");
+                StoredSnapshot {
+                    meta: SnapshotMeta {
+                        last_log_id: applied.last_applied,
+                        last_membership: applied.membership.clone(),
+                    },
+                    data: applied.state.to_snapshot_bytes(),
+                }
+            };
+            // Pair check: what we persist must decode to a valid state.
+            debug_assert!(State::from_snapshot_bytes(&stored.data).is_ok());
+            save_snapshot(&db, &stored)?;
+            let took = started.elapsed();
+            crate::metrics::record_snapshot_built(node_id, stored.data.len(), took);
+            tracing::info!(last_log_id = ?stored.meta.last_log_id, bytes = stored.data.len(), took_ms = took.as_millis() as u64, "snapshot built");
+            Ok(Snapshot {
+                meta: stored.meta,
+                snapshot: stored.data,
+            })
         })
+        .await
+        .map_err(io::Error::other)?
     }
 }
 
