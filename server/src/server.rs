@@ -287,6 +287,8 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         }
     }
 
+    #[cfg(feature = "runtime-stats")]
+    tokio::spawn(print_runtime_stats_on_sigusr1(raft.clone()));
     let ticker = tokio::spawn(Arc::clone(&node).run_ticker());
     let guard = tokio::spawn(Arc::clone(&node).run_divergence_guard());
     let sampler = tokio::spawn(crate::metrics::run_sampler(Arc::clone(&node), health));
@@ -326,6 +328,23 @@ async fn reload_tokens_on_sighup(auth: SharedAuth, path: std::path::PathBuf) {
             Err(error) => {
                 tracing::error!(file = %path.display(), error = format!("{error:#}"), "token file not reloaded; the previous one stays in force")
             }
+        }
+    }
+}
+
+/// Profiling builds (`--features runtime-stats`): prints openraft's runtime statistics (batch
+/// sizes, per-stage latency of log entries) to stderr on every SIGUSR1.
+#[cfg(feature = "runtime-stats")]
+async fn print_runtime_stats_on_sigusr1(raft: crate::raft::Raft) {
+    let Ok(mut signals) =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())
+    else {
+        return;
+    };
+    while signals.recv().await.is_some() {
+        match raft.runtime_stats().await {
+            Ok(stats) => eprintln!("{}", stats.display().human_readable()),
+            Err(error) => eprintln!("runtime stats: {error}"),
         }
     }
 }
