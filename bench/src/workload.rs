@@ -226,9 +226,7 @@ impl Locker {
                         .message()
                         .await?
                         .ok_or_else(|| anyhow!("keepalive stream ended"))?;
-                    if start >= from {
-                        samples.push(start.elapsed().as_micros() as u64);
-                    }
+                    record(&mut samples, start, from);
                     if Instant::now() >= end {
                         break;
                     }
@@ -246,13 +244,19 @@ impl Locker {
                         .message()
                         .await?
                         .ok_or_else(|| anyhow!("keepalive stream ended"))?;
-                    if start >= from {
-                        samples.push(start.elapsed().as_micros() as u64);
-                    }
+                    record(&mut samples, start, from);
                 }
             }
         }
         Ok(samples)
+    }
+}
+
+/// Adds the latency (µs) of an operation that started at `start`, if that was inside the
+/// measured window (at or after `from`).
+fn record(samples: &mut Vec<u64>, start: Instant, from: Instant) {
+    if start >= from {
+        samples.push(start.elapsed().as_micros() as u64);
     }
 }
 
@@ -365,9 +369,7 @@ pub async fn cycles(
             errors += 1;
             continue;
         }
-        if start >= from {
-            samples.push(start.elapsed().as_micros() as u64);
-        }
+        record(&mut samples, start, from);
     }
     Ok((samples, errors))
 }
@@ -387,9 +389,7 @@ async fn handoff(
             errors += 1;
             continue;
         };
-        if start >= from {
-            samples.push(start.elapsed().as_micros() as u64);
-        }
+        record(&mut samples, start, from);
         locker.unlock(key).await?;
     }
     Ok((samples, errors))
