@@ -180,14 +180,19 @@ impl pb::cluster_server::Cluster for ClusterApi {
         self.admin("Snapshot", &request)?;
         // Everything acknowledged before this call is applied here after the barrier.
         self.node.read_barrier().await?;
-        let (log_id, state, now_ms) = {
-            let applied = self.node.shared.applied.read().expect("state lock");
+        // Encoding a large state takes seconds: on the blocking pool, like building a snapshot,
+        // so Raft's tasks on the runtime's workers keep running.
+        let shared = Arc::clone(&self.node.shared);
+        let (log_id, state, now_ms) = tokio::task::spawn_blocking(move || {
+            let applied = shared.applied.read().expect("state lock");
             (
                 applied.last_applied,
                 applied.state.to_snapshot_bytes(),
                 applied.state.now_ms(),
             )
-        };
+        })
+        .await
+        .map_err(|error| Status::internal(format!("encoding the snapshot: {error}")))?;
         let log_id = log_id.ok_or_else(|| Status::unavailable("nothing applied yet"))?;
         let header = pb::SnapshotHeader {
             index: log_id.index,
