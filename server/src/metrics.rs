@@ -46,6 +46,7 @@ pub struct ApplyMetrics {
     applied: BTreeMap<&'static str, Counter>,
     apply_seconds: Histogram,
     grants: Counter,
+    handoffs: Counter,
     queued: Counter,
     releases: BTreeMap<&'static str, Counter>,
     left_queue: BTreeMap<&'static str, Counter>,
@@ -70,6 +71,7 @@ impl ApplyMetrics {
                 .collect(),
             apply_seconds: histogram!("holdfast_apply_seconds", "node" => label()),
             grants: counter!("holdfast_lock_grants_total", "node" => label()),
+            handoffs: counter!("holdfast_lock_handoffs_total", "node" => label()),
             queued: counter!("holdfast_lock_queued_total", "node" => label()),
             releases: RELEASE_REASONS
                 .iter()
@@ -108,7 +110,17 @@ impl ApplyMetrics {
         self.apply_seconds.record(took.as_secs_f64());
         for event in &applied.events {
             match event {
-                Event::Acquired { .. } => self.grants.increment(1),
+                Event::Acquired {
+                    name, session_id, ..
+                } => {
+                    self.grants.increment(1);
+                    // A grant to anyone but the entry's own acquirer came from the queue.
+                    let own = matches!(command, Command::Acquire(request)
+                        if request.session_id == *session_id && request.name == *name);
+                    if !own {
+                        self.handoffs.increment(1);
+                    }
+                }
                 Event::Released { reason, .. } => {
                     if let Some(counter) = self.releases.get(release_reason(*reason)) {
                         counter.increment(1);
@@ -342,4 +354,11 @@ fn leave_reason(reason: LeaveReason) -> &'static str {
 pub fn parse_listen(text: &str) -> anyhow::Result<SocketAddr> {
     text.parse()
         .map_err(|error| anyhow::anyhow!("--metrics-listen {text:?}: {error}"))
+}
+
+/// How long a blocked Acquire waited in the queue before its grant, on the node that served
+/// the call (wall time from proposing to the grant's apply here).
+pub fn record_lock_wait(node: u64, waited: Duration) {
+    histogram!("holdfast_lock_wait_seconds", "node" => node.to_string())
+        .record(waited.as_secs_f64());
 }

@@ -146,6 +146,7 @@ pub(super) async fn acquire_and_wait(
         name: name.clone(),
         armed: false,
     };
+    let proposed = std::time::Instant::now();
     let response = node.write(Command::Acquire(request)).await?;
     let now_ms = || node.shared.read(|s| s.now_ms());
     match response.outcome {
@@ -172,13 +173,16 @@ pub(super) async fn acquire_and_wait(
                     token,
                     lease_ms,
                     log_index,
-                } => Ok(Acquisition::Acquired {
-                    token,
-                    lease_ms,
-                    reentrant: false,
-                    log_index,
-                    now_ms: now_ms(),
-                }),
+                } => {
+                    crate::metrics::record_lock_wait(node.id, proposed.elapsed());
+                    Ok(Acquisition::Acquired {
+                        token,
+                        lease_ms,
+                        reentrant: false,
+                        log_index,
+                        now_ms: now_ms(),
+                    })
+                }
                 WaitResult::Left {
                     reason: LeaveReason::TimedOut,
                     log_index,

@@ -103,12 +103,51 @@ async fn metrics_health_and_reflection() {
             .expect("free");
         session.release(&hold).await.unwrap();
     }
+    // One handoff: a second session queues behind the first and gets the lock on release.
+    let hold = session
+        .acquire("ops/lock", LockMode::Exclusive, 0)
+        .await
+        .unwrap()
+        .expect("free");
+    let waiter = client.open_session(30_000, "metrics-waiter").await.unwrap();
+    let waiting = tokio::spawn(async move {
+        let granted = waiter
+            .acquire("ops/lock", LockMode::Exclusive, 10_000)
+            .await;
+        (waiter, granted)
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let lock = client.describe("ops/lock").await.unwrap().lock;
+        if lock.is_some_and(|lock| !lock.waiters.is_empty()) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the waiter never queued"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    session.release(&hold).await.unwrap();
+    let (waiter, granted) = waiting.await.unwrap();
+    let handed = granted.unwrap().expect("granted on release");
+    waiter.release(&handed).await.unwrap();
+    waiter.close().await.unwrap();
     cluster.wait_converged(&cluster.ids()).await;
     // Gauges are sampled once a second.
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     let metrics = scrape(&metrics_addr).await;
     let grants = sample(&metrics, r#"holdfast_lock_grants_total{node="1"}"#);
-    assert!(grants.is_some_and(|n| n >= 5.0), "{grants:?}\n{metrics}");
+    assert!(grants.is_some_and(|n| n >= 7.0), "{grants:?}\n{metrics}");
+    assert_eq!(
+        sample(&metrics, r#"holdfast_lock_handoffs_total{node="1"}"#),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"holdfast_lock_wait_seconds_bucket{node="1""#),
+        "{metrics}"
+    );
     let releases = sample(
         &metrics,
         r#"holdfast_lock_releases_total{node="1",reason="released"}"#,
