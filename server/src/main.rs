@@ -9,6 +9,10 @@ use clap::{Args, Parser, Subcommand};
 use holdfast_server::config::{NodeConfig, RaftTiming, parse_peer};
 use holdfast_server::{cli, server};
 
+/// jemalloc instead of glibc malloc: see the workspace Cargo.toml.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(
     name = "holdfast",
