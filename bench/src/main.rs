@@ -116,10 +116,21 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
-        match cli.command {
-            Command::Run(args) => run(args).await,
-            Command::Compare(args) => compare(args).await,
-            Command::Scale(args) => scale::run(args).await,
+        let work = async {
+            match cli.command {
+                Command::Run(args) => run(args).await,
+                Command::Compare(args) => compare(args).await,
+                Command::Scale(args) => scale::run(args).await,
+            }
+        };
+        // Ctrl-C / SIGTERM end the work future, which drops the clusters it started and so
+        // kills their processes (by pid) instead of leaving them running.
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            result = work => result,
+            _ = tokio::signal::ctrl_c() => bail!("interrupted; the clusters it started are stopped"),
+            _ = terminate.recv() => bail!("terminated; the clusters it started are stopped"),
         }
     })
 }
