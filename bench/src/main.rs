@@ -251,10 +251,16 @@ async fn failover(
     const FIRST_LOCK_TIMEOUT_MS: u64 = 30_000;
     /// Calm time between rounds (the restarted member catches up).
     const SETTLE_MS: u64 = 3_000;
+    /// Load before the first kill.
+    const WARMUP_MS: u64 = 2_000;
+    /// How long a client task gets to finish (close its session) after the last round.
+    const CLIENT_STOP_MS: u64 = 10_000;
+    /// The clients run until told to stop; their own deadline is only a backstop.
+    const CLIENT_DEADLINE_MS: u64 = 3_600_000;
     let leader = cluster.wait_ready().await?;
     let endpoints = cluster.endpoints();
     let grants: workload::Grants = Default::default();
-    let stop = Instant::now() + Duration::from_secs(3600);
+    let stop = Instant::now() + Duration::from_millis(CLIENT_DEADLINE_MS);
     let run_id = std::process::id();
     let mut tasks = Vec::new();
     for index in 0..clients {
@@ -273,7 +279,7 @@ async fn failover(
             }),
         ));
     }
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::time::sleep(Duration::from_millis(WARMUP_MS)).await;
     let mut times = Vec::new();
     for _ in 0..kills {
         let leader = cluster.wait_ready().await?;
@@ -305,7 +311,7 @@ async fn failover(
     }
     for (stopper, task) in tasks {
         let _ = stopper.send(true);
-        let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+        let _ = tokio::time::timeout(Duration::from_millis(CLIENT_STOP_MS), task).await;
     }
     let samples = workload::Samples {
         per_client: vec![Vec::new(); clients],

@@ -13,6 +13,9 @@ use crate::workload::System;
 
 /// How long a started cluster gets to elect a leader.
 const READY_TIMEOUT_MS: u64 = 30_000;
+/// Connecting to a member's metrics port, and reading its page.
+const SCRAPE_CONNECT_TIMEOUT_MS: u64 = 2_000;
+const SCRAPE_READ_TIMEOUT_MS: u64 = 5_000;
 
 pub fn free_port() -> anyhow::Result<u16> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
@@ -284,18 +287,24 @@ pub fn rss_bytes(pid: u32) -> Option<u64> {
     Some(kb * 1024)
 }
 
-/// GETs http://ADDR/metrics and returns the sum of every sample of metric `name` (all label
-/// sets), or None when it is not there.
+/// GETs http://ADDR/metrics and returns the whole response (headers and the Prometheus text;
+/// [`metric`] reads samples out of it).
 pub async fn scrape(addr: &str) -> anyhow::Result<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream =
-        tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr))
-            .await??;
+    let mut stream = tokio::time::timeout(
+        Duration::from_millis(SCRAPE_CONNECT_TIMEOUT_MS),
+        tokio::net::TcpStream::connect(addr),
+    )
+    .await??;
     stream
         .write_all(format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
         .await?;
     let mut body = String::new();
-    tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut body)).await??;
+    tokio::time::timeout(
+        Duration::from_millis(SCRAPE_READ_TIMEOUT_MS),
+        stream.read_to_string(&mut body),
+    )
+    .await??;
     Ok(body)
 }
 

@@ -305,7 +305,7 @@ impl<H: PolicyHost + ?Sized> Applier<'_, H> {
             });
         }
         let of_principal = self.state.sessions_by_principal.get(principal).copied();
-        if of_principal.unwrap_or(0) >= limits::SESSIONS_PER_PRINCIPAL_MAX {
+        if of_principal.is_some_and(|count| count >= limits::SESSIONS_PER_PRINCIPAL_MAX) {
             return Outcome::Rejected(Rejection::LimitExceeded {
                 limit: "sessions_per_principal_max".to_string(),
             });

@@ -440,9 +440,6 @@ impl State {
             .map(|(session_id, _)| *session_id)
     }
 
-    /// Checks every structural invariant; `Err` names the first one broken. Runs after every
-    /// apply in tests and debug builds, and on every decoded snapshot, so it must never panic
-    /// whatever the state holds.
     /// Recomputes the derived `sessions_by_principal` from `sessions`.
     pub(crate) fn count_sessions_by_principal(&self) -> BTreeMap<String, usize> {
         let mut counts = BTreeMap::new();
@@ -452,6 +449,9 @@ impl State {
         counts
     }
 
+    /// Checks every structural invariant; `Err` names the first one broken. Runs after every
+    /// apply in tests and debug builds, and on every decoded snapshot, so it must never panic
+    /// whatever the state holds.
     pub fn check_invariants(&self) -> Result<(), String> {
         if self.sessions_by_principal != self.count_sessions_by_principal() {
             return Err("sessions_by_principal does not count the open sessions".to_string());

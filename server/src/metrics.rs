@@ -356,9 +356,9 @@ pub fn parse_listen(text: &str) -> anyhow::Result<SocketAddr> {
         .map_err(|error| anyhow::anyhow!("--metrics-listen {text:?}: {error}"))
 }
 
-/// How long a blocked Acquire waited in the queue before its grant, on the node that served
-/// the call (wall time from proposing to the grant's apply here).
-pub fn record_lock_wait(node: u64, waited: Duration) {
+/// The handle (registered once per node) of how long a blocked Acquire waited in the queue
+/// before its grant, on the node that served the call (wall time from proposing to the
+/// grant's apply here).
+pub fn lock_wait_seconds(node: u64) -> Histogram {
     histogram!("holdfast_lock_wait_seconds", "node" => node.to_string())
-        .record(waited.as_secs_f64());
 }

@@ -128,6 +128,8 @@ pub struct Node {
     /// The leader openraft reports, changed only when it changes (see [`watch_leader`]); ends
     /// (every receiver sees an error) when Raft stops.
     leader_watch: watch::Receiver<Option<NodeId>>,
+    /// `holdfast_lock_wait_seconds` of this node (recorded by the Acquire path).
+    pub(crate) lock_wait_seconds: metrics::Histogram,
 }
 
 /// Copies openraft's `current_leader` into `leader` whenever it changes. openraft publishes
@@ -161,6 +163,7 @@ impl Node {
             ticks_committed: watch::channel(0).0,
             leader_contact: Mutex::new(None),
             leader_watch,
+            lock_wait_seconds: crate::metrics::lock_wait_seconds(id),
         })
     }
 

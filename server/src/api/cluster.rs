@@ -208,21 +208,16 @@ impl pb::cluster_server::Cluster for ClusterApi {
             bytes = header.size_bytes,
             "snapshot served"
         );
+        // One chunk copied at a time, as the client reads (not a second copy of the state);
+        // the first message carries the header, and an empty state still sends it.
         let mut header = Some(header);
-        let chunks: Vec<Vec<u8>> = state
-            .chunks(SNAPSHOT_CHUNK_BYTES)
-            .map(<[u8]>::to_vec)
-            .collect();
-        // An empty state still sends one message: the header.
-        let chunks = if chunks.is_empty() {
-            vec![Vec::new()]
-        } else {
-            chunks
-        };
-        let messages = chunks.into_iter().map(move |chunk| {
+        let count = state.len().div_ceil(SNAPSHOT_CHUNK_BYTES).max(1);
+        let messages = (0..count).map(move |i| {
+            let start = (i * SNAPSHOT_CHUNK_BYTES).min(state.len());
+            let end = (start + SNAPSHOT_CHUNK_BYTES).min(state.len());
             Ok(pb::SnapshotResponse {
                 header: header.take(),
-                chunk,
+                chunk: state[start..end].to_vec(),
             })
         });
         Ok(Response::new(Box::pin(futures::stream::iter(messages))))

@@ -174,7 +174,8 @@ pub(super) async fn acquire_and_wait(
                     lease_ms,
                     log_index,
                 } => {
-                    crate::metrics::record_lock_wait(node.id, proposed.elapsed());
+                    node.lock_wait_seconds
+                        .record(proposed.elapsed().as_secs_f64());
                     Ok(Acquisition::Acquired {
                         token,
                         lease_ms,
