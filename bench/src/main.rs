@@ -330,6 +330,12 @@ fn load_average() -> String {
 }
 
 async fn compare(args: CompareArgs) -> anyhow::Result<()> {
+    if !cfg!(feature = "etcd") {
+        // Otherwise every etcd status call fails and the run waits 30 s for "no leader".
+        bail!(
+            "this holdfast-bench was built without the `etcd` feature (scripts/bench-compare builds it)"
+        );
+    }
     if !args.etcd_bin.exists() {
         bail!(
             "{} not found: install etcd (scripts/bench-compare installs the etcd-server package)",
