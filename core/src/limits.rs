@@ -12,7 +12,8 @@ pub const PRINCIPAL_BYTES_MAX: usize = 256;
 pub const LABELS_PER_SESSION_MAX: usize = 16;
 /// Longest label key or value, in bytes.
 pub const LABEL_BYTES_MAX: usize = 128;
-/// Shortest session TTL. Below this a leader fail-over (≈ 1–2 s) could eat the whole TTL.
+/// Shortest session TTL. Below this a leader fail-over (≈ 0.4 s with the default Raft timing,
+/// seconds with slower settings) could eat most of the TTL.
 pub const SESSION_TTL_MS_MIN: u64 = 2_000;
 /// Longest session TTL.
 pub const SESSION_TTL_MS_MAX: u64 = 3_600_000;

@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod backup;
+pub mod batch;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -28,6 +28,8 @@ pub struct RunningNode {
     pub node: Arc<Node>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     ticker: JoinHandle<()>,
+    forwarder: JoinHandle<()>,
+    nudger: JoinHandle<()>,
     guard: JoinHandle<()>,
     sampler: JoinHandle<()>,
     shutdown: tokio::sync::oneshot::Sender<()>,
@@ -96,6 +98,8 @@ impl RunningNode {
 
     pub async fn stop(self) -> anyhow::Result<()> {
         self.ticker.abort();
+        self.forwarder.abort();
+        self.nudger.abort();
         self.guard.abort();
         self.sampler.abort();
         let _ = self.shutdown.send(());
@@ -290,6 +294,11 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
     #[cfg(feature = "runtime-stats")]
     tokio::spawn(print_runtime_stats_on_sigusr1(raft.clone()));
     let ticker = tokio::spawn(Arc::clone(&node).run_ticker());
+    let forwarder = tokio::spawn(Arc::clone(&node).run_renew_forwarder());
+    let nudger = tokio::spawn(Arc::clone(&node).run_election_nudger(
+        timing.election_timeout_max_ms,
+        timing.election_timeout_min_ms,
+    ));
     let guard = tokio::spawn(Arc::clone(&node).run_divergence_guard());
     let sampler = tokio::spawn(crate::metrics::run_sampler(Arc::clone(&node), health));
     tracing::info!(
@@ -304,6 +313,8 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         node,
         server,
         ticker,
+        forwarder,
+        nudger,
         guard,
         sampler,
         shutdown,
