@@ -1018,7 +1018,7 @@ impl<H: PolicyHost + ?Sized> Applier<'_, H> {
             .state
             .locks
             .entry(request.name.clone())
-            .or_insert_with(|| Lock::new(max_holders));
+            .or_insert_with(|| Box::new(Lock::new(max_holders)));
         if request.mode == Mode::Shared && !lock.shared_in_use() {
             lock.max_holders = max_holders;
         }
@@ -1437,7 +1437,12 @@ impl<H: PolicyHost + ?Sized> Applier<'_, H> {
     }
 
     fn remove_lock_if_empty(&mut self, name: &str) {
-        if self.state.locks.get(name).is_some_and(Lock::is_empty) {
+        if self
+            .state
+            .locks
+            .get(name)
+            .is_some_and(|lock| lock.is_empty())
+        {
             self.state.locks.remove(name);
         }
     }

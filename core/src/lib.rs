@@ -17,6 +17,7 @@ mod snapshot;
 mod state;
 #[cfg(test)]
 mod tests;
+mod vec_map;
 
 pub use apply::apply;
 pub use model::*;
