@@ -2,7 +2,8 @@
 //! `Tick` in the next one, and a follower forwards every keepalive that arrived since its last
 //! forward in one `Renew` call. Each caller joins the open batch and waits for that batch's
 //! outcome; the sender takes the batch (a new one opens at once) and publishes its outcome.
-//! So a failed round fails exactly the callers that rode it, and rounds may overlap.
+//! So a failed round fails exactly the callers that rode it, not those already waiting for the
+//! next one.
 
 use std::collections::BTreeSet;
 use std::sync::Mutex;

@@ -43,14 +43,6 @@ pub const TICK_IDLE_INTERVAL_MS: u64 = 1_000;
 /// Most keepalives buffered on the leader between two ticks (and on a follower between two
 /// forwards).
 pub const PENDING_RENEWALS_MAX: usize = holdfast_core::limits::RENEWALS_PER_TICK_MAX;
-/// Ticks carrying renewals that may be in flight at once. One: S3 (64 keepalive streams, 3
-/// nodes on 2 cores) is CPU-bound, and 1, 2 or 4 Ticks in flight gave the same keepalives/s
-/// (14–17k/s) while 4 proposed 2.6 times as many Tick entries. Keepalives that arrive while a Tick
-/// is in flight all ride the next one.
-pub const TICKS_IN_FLIGHT_MAX: usize = 1;
-/// `Renew` calls a follower may have in flight to the leader at once (one per Tick, as above:
-/// about 8 keepalives share each call in S3, where each used to be its own call).
-pub const RENEW_FORWARDS_IN_FLIGHT_MAX: usize = 1;
 
 /// Why a write or read could not be served. Every variant is retryable except `Fatal`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
@@ -388,30 +380,21 @@ impl Node {
         }
     }
 
-    /// A follower's forwarder: sends each batch of keepalives to the leader in one `Renew`
-    /// call, at most `RENEW_FORWARDS_IN_FLIGHT_MAX` at once.
+    /// A follower's forwarder: sends the keepalives that arrived while its previous `Renew`
+    /// call was in flight in one call (about 8 per call in S3, where each used to be its own
+    /// call). One call at a time, like the leader's Ticks (see `run_ticker`).
     pub async fn run_renew_forwarder(self: Arc<Node>) {
-        let in_flight = Arc::new(tokio::sync::Semaphore::new(RENEW_FORWARDS_IN_FLIGHT_MAX));
         loop {
             self.forwards.arrived().await;
-            let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else {
-                return;
-            };
             let round = self.forwards.take();
             if round.sessions.is_empty() {
                 continue;
             }
-            let node = Arc::clone(&self);
-            tokio::spawn(async move {
-                let result = node
-                    .forward_renewals(&round.sessions)
-                    .await
-                    .map(|renewals| {
-                        Arc::new(round.sessions.iter().copied().zip(renewals).collect())
-                    });
-                round.finish(result);
-                drop(permit);
-            });
+            let result = self
+                .forward_renewals(&round.sessions)
+                .await
+                .map(|renewals| Arc::new(round.sessions.iter().copied().zip(renewals).collect()));
+            round.finish(result);
         }
     }
 
@@ -618,9 +601,9 @@ impl Node {
     /// follower, instead of waiting for openraft's own timer. openraft starts one only at
     /// lease (`election_timeout_max`) + a random election timeout after the last contact; but
     /// voters refuse a candidate only until the lease ends, so after a leader crash that
-    /// second wait was pure delay (fail-over ≈ min + max timeout). Nodes nudge
-    /// `ELECTION_NUDGE_STAGGER_MS × (id mod 4)` apart so that the two survivors of a 3-node
-    /// cluster do not split the vote; a node whose log is behind loses the pre-vote and
+    /// second wait was pure delay (fail-over ≈ min + max timeout). A node nudges
+    /// `ELECTION_NUDGE_STAGGER_MS × (1 + id mod 4)` after the lease, so that the two survivors
+    /// of a 3-node cluster do not split the vote; a node whose log is behind loses the pre-vote and
     /// changes no term, and the next one wins. openraft refuses the nudge while its own lease
     /// view says the leader is alive, so a nudge never disturbs a live leader.
     pub async fn run_election_nudger(self: Arc<Node>, lease_ms: u64, retry_ms: u64) {
@@ -649,15 +632,17 @@ impl Node {
     }
 
     /// The leader's heartbeat into the state machine: proposes a `Tick` when a deadline is due,
-    /// keepalives are pending, or (while sessions exist) the idle interval has passed. Ticks
-    /// carrying keepalives overlap (up to `TICKS_IN_FLIGHT_MAX`); a Tick for deadlines or idle
-    /// time is proposed only when no Tick is in flight.
+    /// keepalives are pending, or (while sessions exist) the idle interval has passed. One Tick
+    /// at a time; the keepalives that arrive meanwhile all ride the next one. S3 (64 keepalive
+    /// streams, 3 nodes on 2 cores) is CPU-bound: 1, 2 or 4 Ticks in flight gave the same
+    /// keepalives/s (14–17k/s), and 4 proposed 2.6 times as many Tick entries.
     pub async fn run_ticker(self: Arc<Node>) {
         let mut interval = tokio::time::interval(Duration::from_millis(TICK_INTERVAL_MS));
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let in_flight = Arc::new(tokio::sync::Semaphore::new(TICKS_IN_FLIGHT_MAX));
         let mut last_tick = tokio::time::Instant::now();
         loop {
+            // The interval drives deadlines and idle ticks; a keepalive wakes the ticker at
+            // once (ticks then follow each other as fast as they commit).
             tokio::select! {
                 _ = interval.tick() => {}
                 () = self.renewals.arrived() => {}
@@ -670,9 +655,6 @@ impl Node {
                 continue;
             };
             if self.renewals.is_empty() {
-                if in_flight.available_permits() < TICKS_IN_FLIGHT_MAX {
-                    continue;
-                }
                 let now_ms = self.cluster_now_ms(term);
                 let (due, has_sessions) = self.shared.read(|s| {
                     (
@@ -686,26 +668,18 @@ impl Node {
                     continue;
                 }
             }
-            // Waiting for a slot lets more keepalives join the batch this Tick will carry.
-            let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else {
-                return;
-            };
             last_tick = tokio::time::Instant::now();
             let round = self.renewals.take();
-            let node = Arc::clone(&self);
-            tokio::spawn(async move {
-                let result = node
-                    .propose(Command::Tick {
-                        renewed: round.sessions.clone(),
-                    })
-                    .await
-                    .map(|_| ());
-                if let Err(e) = &result {
-                    tracing::debug!(error = %e, "tick not committed; the keepalives it carried fail");
-                }
-                round.finish(result);
-                drop(permit);
-            });
+            let result = self
+                .propose(Command::Tick {
+                    renewed: round.sessions.clone(),
+                })
+                .await
+                .map(|_| ());
+            if let Err(e) = &result {
+                tracing::debug!(error = %e, "tick not committed; the keepalives it carried fail");
+            }
+            round.finish(result);
         }
     }
 }
