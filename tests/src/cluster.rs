@@ -66,7 +66,7 @@ pub fn free_port() -> u16 {
     listener.local_addr().expect("local addr").port()
 }
 
-/// libfaketime (Debian package `faketime`; `scripts/fault-tools` installs it), preloaded into
+/// libfaketime (Debian package `faketime`; `scripts/setup` installs it), preloaded into
 /// nodes started with `ClusterOptions::faketime` so a test can move their wall clocks.
 pub const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
 

@@ -217,10 +217,9 @@ pub async fn run(config: Config) -> Report {
     let disk = can_mount_tmpfs();
     for kind in &config.kinds {
         match kind {
-            FaultKind::ClockJump if !faketime => skipped.push((
-                *kind,
-                format!("{LIBFAKETIME} missing (run scripts/fault-tools)"),
-            )),
+            FaultKind::ClockJump if !faketime => {
+                skipped.push((*kind, format!("{LIBFAKETIME} missing (run scripts/setup)")))
+            }
             FaultKind::DiskFull if disk.is_err() => skipped.push((
                 *kind,
                 format!("cannot mount a tmpfs: {}", disk.clone().unwrap_err()),
