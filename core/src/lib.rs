@@ -24,9 +24,10 @@ pub use model::*;
 pub use policy::{
     AdmitDecision, AdmitInput, BoundModule, BuiltinFifo, CandidateView, Counters, ElectDecision,
     ElectInput, ExpireInput, HeldView, LeaseDecision, NextInput, POLICY_ABI_LIMITS, PolicyHost,
-    PolicyRuntime, WaiterView,
+    PolicyRuntime,
 };
 pub use snapshot::{SNAPSHOT_FORMAT_VERSION, SnapshotError};
-pub use state::{
-    BUILTIN_POLICY, BindingView, HolderView, LockView, PolicyView, SessionView, State, WaiterInfo,
+pub use state::views::{
+    BindingView, HolderView, LockView, PolicyView, SessionView, WaiterInfo, WaiterView,
 };
+pub use state::{BUILTIN_POLICY, State};

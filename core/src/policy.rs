@@ -22,7 +22,8 @@ pub const POLICY_ABI_LIMITS: holdfast_policy_abi::Limits = holdfast_policy_abi::
     allow_floats: false,
 };
 use crate::model::{AcquireRequest, FencingToken, Mode, SessionId};
-use crate::state::{HolderView, State};
+use crate::state::State;
+use crate::state::views::{HolderView, WaiterView};
 
 /// Lock decisions that are up to a policy. Called only while applying a committed entry, with
 /// inputs built from replicated state, so every replica gets the same calls in the same order.
@@ -242,15 +243,6 @@ pub struct NextInput<'a> {
     pub state: &'a State,
     pub now_ms: u64,
     pub log_index: u64,
-}
-
-/// One queued request as a policy sees it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct WaiterView {
-    pub session_id: SessionId,
-    pub mode: Mode,
-    pub priority: i32,
-    pub queued_at_ms: u64,
 }
 
 /// The native default policy: admit everything, grant in arrival order, no lease, no
