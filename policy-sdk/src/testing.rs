@@ -1,7 +1,7 @@
 //! Native test harness: build inputs by hand and call hooks without wasm.
 //!
 //! Call hooks directly (`MyPolicy.admit(&req)`) for plain unit tests, or through
-//! [`call`] / [`admit`] / ... which encode the request, run [`dispatch`](crate::dispatch) (the
+//! [`call`] / [`admit`] / ... which encode the request, run [`dispatch`] (the
 //! exact code path of the wasm export: decode, fresh `P::default()`, hook, encode) and decode
 //! the reply — a check that the policy survives the protobuf round trip.
 //!

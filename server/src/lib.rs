@@ -1,18 +1,16 @@
 //! holdfast-server: the shell around `holdfast-core`. Raft (openraft) with a rocksdb log, the
-//! tonic gRPC API, the leader's clock and ticker, and the `holdfast` binary's commands.
+//! tonic gRPC API, the leader's clock and ticker, the wasm policy host. The `holdfast` binary
+//! (crate `holdfast-cli`) runs it with `serve` and `dev`.
 
 pub mod api;
 pub mod backup;
 pub mod batch;
-pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod guard;
 pub mod metrics;
 pub mod node;
 pub mod policy;
-pub mod policy_cli;
-pub mod policy_test;
 pub mod raft;
 pub mod server;
 pub mod tls;

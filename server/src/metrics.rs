@@ -2,23 +2,20 @@
 //!
 //! Every series carries a `node` label (a `holdfast dev` process runs three nodes behind one
 //! listener). Counters and histograms are recorded where things happen (apply, the log's
-//! flusher); gauges are sampled once a second by [`run_sampler`], which also sets the
-//! `grpc.health.v1` status: SERVING only while the node knows a leader (and, as the leader,
-//! hears from a quorum) and has applied everything it knows to be committed. The names are listed in `docs/operations.md`.
+//! flusher); gauges are sampled once a second by [`run_sampler`] from the [`NodeSample`] the
+//! node hands it, which also sets the `grpc.health.v1` status: SERVING only while the node
+//! knows a leader (and, as the leader, hears from a quorum) and has applied everything it
+//! knows to be committed. The names are listed in `docs/operations.md`.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use holdfast_core::{Applied, Command, Event, LeaveReason, ReleaseReason};
 use metrics::{Counter, Histogram, counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
-use openraft::async_runtime::WatchReceiver as _;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
-
-use crate::node::Node;
 
 /// How often gauges are sampled and the health status refreshed.
 pub const SAMPLE_INTERVAL_MS: u64 = 1_000;
@@ -245,66 +242,78 @@ pub fn record_snapshot_built(node: u64, bytes: usize, took: Duration) {
     gauge!("holdfast_snapshot_build_seconds", "node" => node.to_string()).set(took.as_secs_f64());
 }
 
-/// Samples the gauges and refreshes the health status every [`SAMPLE_INTERVAL_MS`].
-pub async fn run_sampler(node: Arc<Node>, health: HealthReporter) {
-    let label = node.id.to_string();
+/// What the sampler reads of one node every [`SAMPLE_INTERVAL_MS`]. The node fills it
+/// (`Node::sample`): metrics are handed what they show and never reach into the node.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeSample {
+    pub term: u64,
+    pub leader: Option<u64>,
+    pub is_leader: bool,
+    pub last_log_index: u64,
+    pub committed_index: u64,
+    pub applied_index: u64,
+    pub sessions: usize,
+    pub locks: usize,
+    pub holders: usize,
+    pub waiters: usize,
+    pub policy_faults: u64,
+    pub bindings: usize,
+    pub checkpoint_index: u64,
+    pub digest_mismatches: u64,
+    /// A leader cut off from its quorum keeps believing it leads; it answers writes with
+    /// UNAVAILABLE after `QUORUM_STALE_MS`.
+    pub stale_leader: bool,
+    /// A follower cut off from its leader still names it until an election succeeds.
+    pub stale_follower: bool,
+}
+
+impl NodeSample {
+    /// SERVING only while the node knows a leader it is in touch with (as the leader: hears
+    /// from a quorum) and has applied everything it knows to be committed.
+    pub fn serving_status(&self) -> ServingStatus {
+        if self.leader.is_some()
+            && !self.stale_leader
+            && !self.stale_follower
+            && self.applied_index >= self.committed_index
+        {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        }
+    }
+}
+
+/// Sets the gauges of node `node` from `sample()` and refreshes the health status, every
+/// [`SAMPLE_INTERVAL_MS`], until the task is aborted.
+pub async fn run_sampler(node: u64, sample: impl Fn() -> NodeSample, health: HealthReporter) {
+    let label = node.to_string();
     let mut last_status = None;
     loop {
-        let (term, leader, is_leader, last_log, committed, applied_raft) = {
-            let metrics = node.raft.metrics();
-            let metrics = metrics.borrow_watched();
-            (
-                metrics.current_term,
-                metrics.current_leader,
-                metrics.current_leader == Some(node.id),
-                metrics.last_log_index.unwrap_or(0),
-                metrics.local_committed.map_or(0, |log_id| log_id.index),
-                metrics.last_applied.map_or(0, |log_id| log_id.index),
-            )
-        };
-        let (sessions, counts, policy_faults, bindings) = node.shared.read(|state| {
-            (
-                state.session_count(),
-                state.lock_counts(),
-                state.policy_fault_count(),
-                state.bindings().len(),
-            )
-        });
-        let (checkpoint, mismatches) = {
-            let checkpoints = node.shared.checkpoints.lock().expect("checkpoints lock");
-            (
-                checkpoints.latest().map_or(0, |(index, _)| index),
-                checkpoints.mismatches(),
-            )
-        };
+        let sample = sample();
         let set = |name: &'static str, value: f64| {
             gauge!(name, "node" => label.clone()).set(value);
         };
-        set("holdfast_raft_term", term as f64);
-        set("holdfast_raft_leader_id", leader.unwrap_or(0) as f64);
-        set("holdfast_raft_is_leader", f64::from(u8::from(is_leader)));
-        set("holdfast_raft_last_log_index", last_log as f64);
-        set("holdfast_raft_commit_index", committed as f64);
-        set("holdfast_raft_applied_index", applied_raft as f64);
-        set("holdfast_sessions", sessions as f64);
-        set("holdfast_locks", counts.0 as f64);
-        set("holdfast_lock_holders", counts.1 as f64);
-        set("holdfast_lock_waiters", counts.2 as f64);
-        set("holdfast_policy_faults", policy_faults as f64);
-        set("holdfast_policy_bindings", bindings as f64);
-        set("holdfast_checkpoint_index", checkpoint as f64);
-        set("holdfast_digest_mismatches", mismatches as f64);
-        // A leader cut off from its quorum keeps believing it leads; it answers writes with
-        // UNAVAILABLE after QUORUM_STALE_MS, and is not serving either.
-        let stale_leader = is_leader && node.quorum_is_stale();
-        // A follower cut off from its leader still names it until an election succeeds.
-        let stale_follower = !is_leader && node.leader_contact_is_stale();
-        let status =
-            if leader.is_some() && !stale_leader && !stale_follower && applied_raft >= committed {
-                ServingStatus::Serving
-            } else {
-                ServingStatus::NotServing
-            };
+        set("holdfast_raft_term", sample.term as f64);
+        set("holdfast_raft_leader_id", sample.leader.unwrap_or(0) as f64);
+        set(
+            "holdfast_raft_is_leader",
+            f64::from(u8::from(sample.is_leader)),
+        );
+        set("holdfast_raft_last_log_index", sample.last_log_index as f64);
+        set("holdfast_raft_commit_index", sample.committed_index as f64);
+        set("holdfast_raft_applied_index", sample.applied_index as f64);
+        set("holdfast_sessions", sample.sessions as f64);
+        set("holdfast_locks", sample.locks as f64);
+        set("holdfast_lock_holders", sample.holders as f64);
+        set("holdfast_lock_waiters", sample.waiters as f64);
+        set("holdfast_policy_faults", sample.policy_faults as f64);
+        set("holdfast_policy_bindings", sample.bindings as f64);
+        set("holdfast_checkpoint_index", sample.checkpoint_index as f64);
+        set(
+            "holdfast_digest_mismatches",
+            sample.digest_mismatches as f64,
+        );
+        let status = sample.serving_status();
         if last_status != Some(status) {
             health.set_service_status("", status).await;
             last_status = Some(status);

@@ -300,7 +300,12 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         timing.election_timeout_min_ms,
     ));
     let guard = tokio::spawn(Arc::clone(&node).run_divergence_guard());
-    let sampler = tokio::spawn(crate::metrics::run_sampler(Arc::clone(&node), health));
+    let sampled = Arc::clone(&node);
+    let sampler = tokio::spawn(crate::metrics::run_sampler(
+        node.id,
+        move || sampled.sample(),
+        health,
+    ));
     tracing::info!(
         node_id = config.id,
         listen = %config.listen,

@@ -24,7 +24,7 @@ pub const CONVERGE_TIMEOUT_MS: u64 = 30_000;
 pub const POLL_INTERVAL_MS: u64 = 50;
 
 /// The `holdfast` binary under test: `$HOLDFAST_BIN`, else the one built beside this test
-/// executable (same cargo profile: target/<profile>/holdfast).
+/// executable (same cargo profile: `target/<profile>/holdfast`).
 pub fn holdfast_bin() -> PathBuf {
     if let Some(path) = std::env::var_os("HOLDFAST_BIN") {
         return PathBuf::from(path);

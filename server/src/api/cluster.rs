@@ -275,7 +275,7 @@ impl ClusterApi {
     /// Admin calls: with authentication on, the auth layer has already checked the caller's
     /// admin role (an `Identity` is present); without it the node must allow them.
     fn admin<T>(&self, what: &str, request: &tonic::Request<T>) -> Result<(), Status> {
-        if self.allow_admin || super::identity(request).is_some() {
+        if self.allow_admin || super::common::identity(request).is_some() {
             return Ok(());
         }
         Err(Status::permission_denied(format!(

@@ -11,8 +11,9 @@ use holdfast_proto::v1::{self as pb, elections_server::Elections};
 use tokio::sync::broadcast::error::RecvError;
 use tonic::{Request, Response, Status};
 
+use super::common::{header, read_state, write_command};
 use super::locks::{Acquisition, acquire_and_wait};
-use super::{header, read_state, validate, write_command};
+use super::validate;
 use crate::node::Node;
 use crate::watch::{Refused, Signal};
 
@@ -116,13 +117,13 @@ impl Elections for ElectionsApi {
         &self,
         request: Request<pb::CampaignRequest>,
     ) -> Result<Response<pb::CampaignResponse>, Status> {
-        let caller = super::identity(&request);
+        let caller = super::common::identity(&request);
         let request = request.into_inner();
         validate::session_id(request.session_id)?;
         validate::lock_name("name", &request.name)?;
         validate::wait_timeout_ms(request.wait_timeout_ms)?;
         value(&request.value)?;
-        super::authorize_session(&self.node, caller.as_ref(), request.session_id).await?;
+        super::common::authorize_session(&self.node, caller.as_ref(), request.session_id).await?;
         let name = request.name.clone();
         let acquire = AcquireRequest {
             session_id: request.session_id,
@@ -162,11 +163,11 @@ impl Elections for ElectionsApi {
         &self,
         request: Request<pb::ProclaimRequest>,
     ) -> Result<Response<pb::ProclaimResponse>, Status> {
-        let caller = super::identity(&request);
+        let caller = super::common::identity(&request);
         let request = request.into_inner();
         let key = leader_key(request.leader)?;
         value(&request.value)?;
-        super::authorize_session(&self.node, caller.as_ref(), key.session_id).await?;
+        super::common::authorize_session(&self.node, caller.as_ref(), key.session_id).await?;
         let command = Command::Proclaim {
             session_id: key.session_id,
             name: key.name,
@@ -274,10 +275,10 @@ impl Elections for ElectionsApi {
         &self,
         request: Request<pb::ResignRequest>,
     ) -> Result<Response<pb::ResignResponse>, Status> {
-        let caller = super::identity(&request);
+        let caller = super::common::identity(&request);
         let request = request.into_inner();
         let key = leader_key(request.leader)?;
-        super::authorize_session(&self.node, caller.as_ref(), key.session_id).await?;
+        super::common::authorize_session(&self.node, caller.as_ref(), key.session_id).await?;
         let command = Command::Release {
             session_id: key.session_id,
             request_id: request.request_id,

@@ -9,8 +9,9 @@ use holdfast_core::{
 use holdfast_proto::v1::{self as pb, locks_server::Locks};
 use tonic::{Request, Response, Status};
 
+use super::common::{header, read_state, write_command};
 use super::status::rejection_status;
-use super::{header, read_state, validate, write_command};
+use super::validate;
 use crate::node::Node;
 use crate::waiters::WaitResult;
 
@@ -231,13 +232,13 @@ impl Locks for LocksApi {
         &self,
         request: Request<pb::AcquireRequest>,
     ) -> Result<Response<pb::AcquireResponse>, Status> {
-        let caller = super::identity(&request);
+        let caller = super::common::identity(&request);
         let request = request.into_inner();
         validate::session_id(request.session_id)?;
         validate::lock_name("name", &request.name)?;
         validate::wait_timeout_ms(request.wait_timeout_ms)?;
         validate::max_holders(request.max_holders)?;
-        super::authorize_session(&self.node, caller.as_ref(), request.session_id).await?;
+        super::common::authorize_session(&self.node, caller.as_ref(), request.session_id).await?;
         let mode = mode_from_pb(request.mode)?;
         let request = AcquireRequest {
             session_id: request.session_id,
@@ -281,12 +282,12 @@ impl Locks for LocksApi {
         &self,
         request: Request<pb::ReleaseRequest>,
     ) -> Result<Response<pb::ReleaseResponse>, Status> {
-        let caller = super::identity(&request);
+        let caller = super::common::identity(&request);
         let request = request.into_inner();
         validate::session_id(request.session_id)?;
         validate::lock_name("name", &request.name)?;
         validate::token(request.token)?;
-        super::authorize_session(&self.node, caller.as_ref(), request.session_id).await?;
+        super::common::authorize_session(&self.node, caller.as_ref(), request.session_id).await?;
         let command = Command::Release {
             session_id: request.session_id,
             request_id: request.request_id,
@@ -301,7 +302,7 @@ impl Locks for LocksApi {
         request: Request<pb::RevokeRequest>,
     ) -> Result<Response<pb::ReleaseResponse>, Status> {
         // With authentication on, the auth layer has required the admin role.
-        if !self.allow_admin && super::identity(&request).is_none() {
+        if !self.allow_admin && super::common::identity(&request).is_none() {
             return Err(Status::permission_denied(
                 "Revoke is an admin call and this node does not allow them (start it with \
                  --allow-admin, or authenticate with an admin token)",

@@ -8,8 +8,9 @@ use holdfast_core::{BindMode, BindingView, Command, Outcome, PolicyView, limits}
 use holdfast_proto::v1::{self as pb, policies_server::Policies};
 use tonic::{Request, Response, Status};
 
+use super::common::{read_state, write_command};
+use super::validate;
 use super::watch::bind_mode_to_pb;
-use super::{read_state, validate, write_command};
 use crate::node::Node;
 use crate::policy::Precheck;
 use crate::policy::module::hex;
@@ -25,7 +26,7 @@ impl PoliciesApi {
     /// Admin calls: with authentication on, the auth layer has already checked the caller's
     /// admin role (an `Identity` is present); without it the node must allow them.
     fn admin<T>(&self, what: &str, request: &tonic::Request<T>) -> Result<(), Status> {
-        if self.allow_admin || super::identity(request).is_some() {
+        if self.allow_admin || super::common::identity(request).is_some() {
             return Ok(());
         }
         Err(Status::permission_denied(format!(

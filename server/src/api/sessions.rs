@@ -8,7 +8,8 @@ use holdfast_core::{Command, Outcome};
 use holdfast_proto::v1::{self as pb, sessions_server::Sessions};
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{authorize_session, identity, validate, write_command};
+use super::common::{authorize_session, identity, write_command};
+use super::validate;
 use crate::node::{Node, Renewal};
 
 pub struct SessionsApi {

@@ -16,7 +16,7 @@ pub use holdfast_policy_abi::{AbiError, Hook};
 use sha2::{Digest, Sha256};
 use wasmtime::{Engine, InstancePre, Linker, Module, ModuleExport};
 
-use super::runtime::{HostState, link_debug_log};
+use super::guest::{HostState, link_debug_log};
 
 /// Why a module was rejected at deploy. Messages are for operators; never replicate them
 /// (the engine's text is version-specific).

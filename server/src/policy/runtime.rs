@@ -18,18 +18,20 @@ use std::sync::Arc;
 
 use holdfast_core::{
     AdmitDecision, AdmitInput, BuiltinFifo, CandidateView, ElectDecision, ElectInput, ExpireInput,
-    HolderView, LeaseDecision, Mode, NextInput, PolicyRuntime, State, WaiterView, limits,
+    HolderView, LeaseDecision, Mode, NextInput, PolicyRuntime, WaiterView, limits,
 };
 use holdfast_proto::policy::v1 as pb;
 use prost::Message;
-use wasmtime::{Caller, Instance, Linker, Memory, ResourceLimiter, Store, Trap, TypedFunc};
+use wasmtime::{Instance, Memory, Store, Trap, TypedFunc};
 
 use super::engine::{
-    POLICY_DEBUG_LINE_BYTES_MAX, POLICY_DEBUG_LINES_PER_CALL, POLICY_FUEL_PER_ALLOC,
-    POLICY_FUEL_PER_HOOK, POLICY_LIST_MAX, POLICY_REPLY_BYTES_MAX, POLICY_TABLE_ELEMENTS_MAX,
-    memory_bytes_max,
+    POLICY_FUEL_PER_ALLOC, POLICY_FUEL_PER_HOOK, POLICY_LIST_MAX, POLICY_REPLY_BYTES_MAX,
 };
+use super::guest::{GuestFault, HostState, classify};
 use super::module::{Hook, PolicyModule};
+use super::requests::{
+    admit_request, choose_next_request, identity, labels, lease_for_request, mode,
+};
 
 /// Deny reason when `admit` fails (fail closed).
 pub const POLICY_ERROR_REASON: &str = "POLICY_ERROR";
@@ -38,129 +40,6 @@ pub const EMPTY_DENY_REASON: &str = "denied by policy";
 /// Fuel given to instantiation, which is never metered (fuel use there is platform-dependent,
 /// wasmtime #14331); it is bounded by the module's size since there is no start function.
 const UNMETERED_FUEL: u64 = i64::MAX as u64;
-
-/// Why a hook call gave its fallback. Kept on the node for diagnostics and tests; only the
-/// count per hook is meant to be replicated (never an engine message).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum GuestFault {
-    /// Instantiation trapped (e.g. a data segment out of bounds).
-    InstantiationTrap,
-    /// The hook or `holdfast_alloc` trapped (including out of fuel and stack overflow).
-    Trap(String),
-    /// The guest asked for more memory than `POLICY_MEMORY_PAGES_MAX` and then trapped.
-    MemoryLimit,
-    /// `holdfast_alloc` returned a buffer outside memory.
-    InputOutOfBounds,
-    /// The reply is longer than `POLICY_REPLY_BYTES_MAX`.
-    ReplyTooLarge(u32),
-    /// The reply lies outside memory.
-    ReplyOutOfBounds,
-    /// The reply is not the hook's protobuf message.
-    Undecodable,
-    /// The reply decoded but failed validation.
-    InvalidReply(&'static str),
-}
-
-impl GuestFault {
-    /// A short, stable description (trap kinds by name, never engine message text).
-    pub fn kind(&self) -> String {
-        match self {
-            GuestFault::Trap(trap) => format!("trap: {trap}"),
-            other => other.kind_name().to_string(),
-        }
-    }
-
-    fn kind_name(&self) -> &'static str {
-        match self {
-            GuestFault::InstantiationTrap => "instantiation trapped",
-            GuestFault::Trap(_) => "trap",
-            GuestFault::MemoryLimit => "memory limit",
-            GuestFault::InputOutOfBounds => "input buffer out of bounds",
-            GuestFault::ReplyTooLarge(_) => "reply too large",
-            GuestFault::ReplyOutOfBounds => "reply out of bounds",
-            GuestFault::Undecodable => "undecodable reply",
-            GuestFault::InvalidReply(_) => "invalid reply",
-        }
-    }
-}
-
-/// Store data of a policy instance: the memory limiter and the debug-log budget.
-#[derive(Debug, Default)]
-pub struct HostState {
-    limiter: Limiter,
-    debug_lines: u32,
-}
-
-/// Caps linear memory and tables; tells "the guest asked too much" (a guest failure) from
-/// "the host could not allocate" (environmental).
-#[derive(Debug, Default)]
-struct Limiter {
-    /// A `memory.grow` beyond the cap was refused.
-    guest_over_limit: bool,
-    /// The host failed to provide memory the limiter had allowed.
-    host_grow_failed: bool,
-}
-
-impl ResourceLimiter for Limiter {
-    fn memory_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        let allowed =
-            desired <= memory_bytes_max() && maximum.is_none_or(|maximum| desired <= maximum);
-        if !allowed {
-            self.guest_over_limit = true;
-        }
-        Ok(allowed)
-    }
-
-    fn memory_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
-        self.host_grow_failed = true;
-        Ok(())
-    }
-
-    fn table_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        Ok(
-            desired <= POLICY_TABLE_ELEMENTS_MAX
-                && maximum.is_none_or(|maximum| desired <= maximum),
-        )
-    }
-}
-
-/// Defines the one allowed import, `holdfast.debug_log(ptr, len)`: at most
-/// `POLICY_DEBUG_LINES_PER_CALL` lines of `POLICY_DEBUG_LINE_BYTES_MAX` bytes per hook call,
-/// to `tracing::trace!`; out-of-bounds lines are dropped. Never affects a decision.
-pub(super) fn link_debug_log(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-    linker.func_wrap(
-        "holdfast",
-        "debug_log",
-        |mut caller: Caller<'_, HostState>, ptr: i32, len: i32| {
-            if caller.data().debug_lines >= POLICY_DEBUG_LINES_PER_CALL {
-                return;
-            }
-            caller.data_mut().debug_lines += 1;
-            let Some(memory) = caller
-                .get_export("memory")
-                .and_then(|export| export.into_memory())
-            else {
-                return;
-            };
-            let len = (len as u32 as usize).min(POLICY_DEBUG_LINE_BYTES_MAX);
-            let mut line = vec![0; len];
-            if memory.read(&caller, ptr as u32 as usize, &mut line).is_ok() {
-                tracing::trace!(target: "holdfast::policy", "{}", String::from_utf8_lossy(&line));
-            }
-        },
-    )?;
-    Ok(())
-}
 
 /// A live instance for the current entry.
 struct Live {
@@ -608,23 +487,6 @@ fn call_raw(
     Ok(reply)
 }
 
-/// Sorts an error from a guest call: a trap is the guest's (memory-limit traps are told
-/// apart); a host allocation failure or a non-trap error is environmental and panics.
-fn classify(store: &Store<HostState>, error: wasmtime::Error) -> GuestFault {
-    let limiter = &store.data().limiter;
-    if limiter.host_grow_failed {
-        panic!("policy host: the host failed to allocate guest memory (fail-stop): {error:#}");
-    }
-    match error.downcast_ref::<Trap>() {
-        Some(_) if limiter.guest_over_limit => GuestFault::MemoryLimit,
-        // The trap kind only (stable), never the engine's message text.
-        Some(trap) => GuestFault::Trap(format!("{trap:?}")),
-        None => {
-            panic!("policy host: a policy call failed without a guest trap (fail-stop): {error:#}")
-        }
-    }
-}
-
 /// Full validation of a `choose_next` answer (docs/policy-abi.md §6): indexes in range and
 /// distinct, at most one per waiter, compatible with the holders, each other and
 /// `max_holders`, and not empty while the lock is free. (`core::apply` checks again.)
@@ -669,143 +531,4 @@ fn validate_choice(
         mode = Some(waiter.mode);
     }
     Ok(())
-}
-
-// ---- core inputs -> ABI requests --------------------------------------------------------
-
-fn mode(mode: Mode) -> i32 {
-    match mode {
-        Mode::Exclusive => pb::Mode::Exclusive as i32,
-        Mode::Shared => pb::Mode::Shared as i32,
-    }
-}
-
-/// Labels as the ABI wants them: sorted by key (a `BTreeMap` already is).
-fn labels(labels: &BTreeMap<String, String>) -> Vec<pb::Label> {
-    labels
-        .iter()
-        .map(|(key, value)| pb::Label {
-            key: key.clone(),
-            value: value.clone(),
-        })
-        .collect()
-}
-
-/// Principal and labels of session `id` as the ABI shows them ("" and none if it is gone).
-fn identity(state: &State, id: u64) -> (String, Vec<pb::Label>) {
-    state
-        .session_identity(id)
-        .map_or_else(Default::default, |(principal, session_labels)| {
-            (principal.to_string(), labels(session_labels))
-        })
-}
-
-/// Holders in session-id order, with their principals and labels.
-fn holders(state: &State, holders: &[HolderView]) -> Vec<pb::Holder> {
-    holders
-        .iter()
-        .map(|holder| {
-            let (principal, labels) = identity(state, holder.session_id);
-            pb::Holder {
-                session_id: holder.session_id,
-                token: holder.token,
-                mode: mode(holder.mode),
-                since_ms: holder.since_ms,
-                lease_expires_at_ms: holder.lease_expires_at_ms.unwrap_or(0),
-                principal,
-                labels,
-            }
-        })
-        .collect()
-}
-
-/// Waiters in queue order cut to `POLICY_LIST_MAX`, with their principals and labels, and how
-/// many were left off.
-pub(super) fn waiters(state: &State, waiters: &[WaiterView]) -> (Vec<pb::Waiter>, u32) {
-    let kept = waiters.len().min(POLICY_LIST_MAX);
-    let truncated = u32::try_from(waiters.len() - kept).unwrap_or(u32::MAX);
-    let list = waiters[..kept]
-        .iter()
-        .map(|waiter| {
-            let (principal, labels) = identity(state, waiter.session_id);
-            pb::Waiter {
-                session_id: waiter.session_id,
-                mode: mode(waiter.mode),
-                priority: waiter.priority,
-                queued_at_ms: waiter.queued_at_ms,
-                principal,
-                labels,
-            }
-        })
-        .collect();
-    (list, truncated)
-}
-
-fn lock_request(input: &AdmitInput<'_>) -> pb::LockRequest {
-    let request = input.request;
-    pb::LockRequest {
-        name: request.name.clone(),
-        mode: mode(request.mode),
-        // Core's 0 means "the maximum"; the ABI always sends the effective capacity.
-        max_holders: if request.max_holders == 0 {
-            limits::HOLDERS_PER_LOCK_MAX
-        } else {
-            request.max_holders
-        },
-        priority: request.priority,
-        wait_timeout_ms: request.wait_timeout_ms,
-        session_id: request.session_id,
-    }
-}
-
-fn admit_request(config: &[u8], input: &AdmitInput<'_>) -> pb::AdmitRequest {
-    let (waiters, waiters_truncated) = waiters(input.state, &input.waiters);
-    let counters = &input.counters;
-    pb::AdmitRequest {
-        config: config.to_vec(),
-        now_ms: input.now_ms,
-        log_index: input.log_index,
-        request: Some(lock_request(input)),
-        principal: input.principal.to_string(),
-        labels: labels(input.labels),
-        holders: holders(input.state, &input.holders),
-        waiters,
-        waiters_truncated,
-        counters: Some(pb::Counters {
-            principal_holds: counters.principal_holds,
-            principal_waits: counters.principal_waits,
-            tenant: counters.tenant.clone(),
-            tenant_holds: counters.tenant_holds,
-            tenant_waits: counters.tenant_waits,
-        }),
-    }
-}
-
-fn choose_next_request(config: &[u8], input: &NextInput<'_>) -> pb::ChooseNextRequest {
-    let (waiters, waiters_truncated) = waiters(input.state, input.waiters);
-    pb::ChooseNextRequest {
-        config: config.to_vec(),
-        now_ms: input.now_ms,
-        log_index: input.log_index,
-        name: input.name.to_string(),
-        holders: holders(input.state, input.holders),
-        waiters,
-        waiters_truncated,
-        max_holders: input.max_holders,
-    }
-}
-
-fn lease_for_request(config: &[u8], input: &AdmitInput<'_>) -> pb::LeaseForRequest {
-    let (waiters, waiters_truncated) = waiters(input.state, &input.waiters);
-    pb::LeaseForRequest {
-        config: config.to_vec(),
-        now_ms: input.now_ms,
-        log_index: input.log_index,
-        request: Some(lock_request(input)),
-        principal: input.principal.to_string(),
-        labels: labels(input.labels),
-        holders: holders(input.state, &input.holders),
-        waiters,
-        waiters_truncated,
-    }
 }

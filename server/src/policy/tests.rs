@@ -15,8 +15,9 @@ use wasmtime::Engine;
 
 use super::ModuleCache;
 use super::engine::{POLICY_LIST_MAX, POLICY_MODULE_BYTES_MAX, policy_engine};
+use super::guest::GuestFault;
 use super::module::{AbiError, Hook, PolicyError, PolicyModule};
-use super::runtime::{GuestFault, POLICY_ERROR_REASON, WasmPolicy};
+use super::runtime::{POLICY_ERROR_REASON, WasmPolicy};
 
 /// One engine for every test (the pool reserves address space per engine).
 fn engine() -> &'static Engine {
@@ -191,7 +192,7 @@ fn waiter_lists_are_truncated_keeping_the_first() {
     let mut waiters: Vec<WaiterView> = (0..300).map(|i| waiter(i + 10, 0, i)).collect();
     waiters[100].priority = 5;
     waiters[280].priority = 10;
-    let (list, truncated) = super::runtime::waiters(empty_state(), &waiters);
+    let (list, truncated) = super::requests::waiters(empty_state(), &waiters);
     assert_eq!(list.len(), POLICY_LIST_MAX);
     assert_eq!(truncated as usize, 300 - POLICY_LIST_MAX);
     assert_eq!(list.last().map(|waiter| waiter.session_id), Some(10 + 255));
@@ -750,7 +751,7 @@ fn holders_and_waiters_carry_their_sessions_principal_and_labels() {
         command: open,
     };
     apply(&mut state, &entry, &mut BuiltinFifo);
-    let (list, truncated) = super::runtime::waiters(&state, &[waiter(1, 0, 0), waiter(9, 0, 0)]);
+    let (list, truncated) = super::requests::waiters(&state, &[waiter(1, 0, 0), waiter(9, 0, 0)]);
     assert_eq!(truncated, 0);
     assert_eq!(list[0].principal, "alice");
     assert_eq!(

@@ -23,7 +23,7 @@ use rocksdb::{
     ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, WriteBatch, WriteOptions,
 };
 
-use super::{Entry, LogId, TypeConfig, Vote, codec};
+use super::types::{Entry, LogId, TypeConfig, Vote, codec};
 
 pub const CF_LOG: &str = "log";
 pub const CF_META: &str = "meta";

@@ -19,7 +19,7 @@ use openraft::raft::{
 use serde::{Serialize, de::DeserializeOwned};
 use tonic::transport::{Channel, Endpoint};
 
-use super::{NodeId, NodeInfo, Snapshot, TypeConfig, Vote, codec};
+use super::types::{NodeId, NodeInfo, Snapshot, TypeConfig, Vote, codec};
 
 /// How long to wait for a TCP connection to a peer.
 pub const PEER_CONNECT_TIMEOUT_MS: u64 = 500;

@@ -16,7 +16,7 @@ use rocksdb::{DB, WriteOptions};
 use tokio::sync::watch;
 
 use super::log_store::CF_META;
-use super::{LogId, Response, Snapshot, SnapshotMeta, StoredMembership, TypeConfig, codec};
+use super::types::{LogId, Response, Snapshot, SnapshotMeta, StoredMembership, TypeConfig, codec};
 use crate::guard::{Checkpoints, TEST_DIVERGE_ENV};
 use crate::policy::ApplyPolicies;
 use crate::waiters::Waiters;

@@ -3,9 +3,9 @@
 use openraft::StorageError;
 use openraft::testing::log::{StoreBuilder, Suite};
 
-use super::TypeConfig;
 use super::log_store::{LogStore, open_db};
 use super::state_machine::StateMachineStore;
+use super::types::TypeConfig;
 
 struct RocksBuilder;
 

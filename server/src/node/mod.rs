@@ -1,7 +1,8 @@
 //! One Holdfast node: the Raft handle, the applied state, the leader's clock and the paths every
 //! request takes: writes (proposed here when leader, forwarded otherwise), keepalives (folded into
 //! the leader's next `Tick`) and linearizable reads (read index from the leader, then local
-//! apply).
+//! apply). Its background loops (the leader's ticker, the keepalive forwarder, the election
+//! nudger, the determinism guard) are in `tasks.rs`.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -19,11 +20,27 @@ use crate::raft::network::{PeerError, PeerRpc, Peers};
 use crate::raft::state_machine::Shared;
 use crate::raft::{NodeId, Proposal, Raft, Response};
 
+mod tasks;
+
 /// How long a write may take to commit before the caller gets UNAVAILABLE (the write may still
 /// commit later; requests are idempotent, so a retry is safe).
 pub const WRITE_TIMEOUT_MS: u64 = 5_000;
 /// Deadline of a forwarded write, leader side work included.
 pub const FORWARD_TIMEOUT_MS: u64 = WRITE_TIMEOUT_MS + 500;
+/// How long a `DeployPolicy` may take to commit and apply: every replica compiles the module
+/// while applying it, which takes seconds for a large module on a busy machine. Below the
+/// client's own deadline for a deploy call (holdfast-client's `DEPLOY_TIMEOUT_MS`), so the
+/// caller hears the outcome of its own call rather than of a retry (a retried deploy of the
+/// same bytes answers `created: false`).
+pub const DEPLOY_WRITE_TIMEOUT_MS: u64 = 60_000;
+
+/// How long `command` may take to commit and apply before the caller gets UNAVAILABLE.
+fn write_timeout_ms(command: &Command) -> u64 {
+    match command {
+        Command::DeployPolicy { .. } => DEPLOY_WRITE_TIMEOUT_MS,
+        _ => WRITE_TIMEOUT_MS,
+    }
+}
 /// Deadline of small peer calls (keepalive forwarding, read index).
 pub const PEER_CALL_TIMEOUT_MS: u64 = 2_000;
 /// A leader that has not heard from a quorum for this long refuses writes at once instead of
@@ -178,6 +195,37 @@ impl Node {
             .is_none_or(|at| at.elapsed() > Duration::from_millis(QUORUM_STALE_MS))
     }
 
+    /// What the metrics sampler shows of this node (`crate::metrics::run_sampler`).
+    pub fn sample(&self) -> crate::metrics::NodeSample {
+        let mut sample = {
+            let metrics = self.raft.metrics();
+            let metrics = metrics.borrow_watched();
+            crate::metrics::NodeSample {
+                term: metrics.current_term,
+                leader: metrics.current_leader,
+                is_leader: metrics.current_leader == Some(self.id),
+                last_log_index: metrics.last_log_index.unwrap_or(0),
+                committed_index: metrics.local_committed.map_or(0, |log_id| log_id.index),
+                applied_index: metrics.last_applied.map_or(0, |log_id| log_id.index),
+                ..Default::default()
+            }
+        };
+        self.shared.read(|state| {
+            (sample.locks, sample.holders, sample.waiters) = state.lock_counts();
+            sample.sessions = state.session_count();
+            sample.policy_faults = state.policy_fault_count();
+            sample.bindings = state.bindings().len();
+        });
+        {
+            let checkpoints = self.shared.checkpoints.lock().expect("checkpoints lock");
+            sample.checkpoint_index = checkpoints.latest().map_or(0, |(index, _)| index);
+            sample.digest_mismatches = checkpoints.mismatches();
+        }
+        sample.stale_leader = sample.is_leader && self.quorum_is_stale();
+        sample.stale_follower = !sample.is_leader && self.leader_contact_is_stale();
+        sample
+    }
+
     /// The leader this node knows of and its client address.
     pub fn leader(&self) -> (Option<NodeId>, Option<String>) {
         let metrics = self.raft.metrics();
@@ -287,12 +335,14 @@ impl Node {
         match leader_id {
             Some(id) if id == self.id => self.propose(command).await,
             Some(id) => {
+                let timeout_ms =
+                    write_timeout_ms(&command) + (FORWARD_TIMEOUT_MS - WRITE_TIMEOUT_MS);
                 let forward = self.peers.call::<_, Result<Response, ServeError>>(
                     id,
                     leader_addr.as_deref(),
                     PeerRpc::Forward,
                     &command,
-                    Duration::from_millis(FORWARD_TIMEOUT_MS),
+                    Duration::from_millis(timeout_ms),
                 );
                 tokio::select! {
                     reply = forward => match reply {
@@ -323,8 +373,9 @@ impl Node {
             });
         }
         let now_ms = self.cluster_now_ms(term);
+        let timeout_ms = write_timeout_ms(&command);
         let write = self.raft.client_write(Proposal { now_ms, command });
-        let timeout = tokio::time::sleep(Duration::from_millis(WRITE_TIMEOUT_MS));
+        let timeout = tokio::time::sleep(Duration::from_millis(timeout_ms));
         tokio::select! {
             result = write => match result {
                 Ok(response) => Ok(response.data),
@@ -340,7 +391,7 @@ impl Node {
                 let (leader_id, leader_addr) = self.leader();
                 Err(ServeError::LeaderChanged { leader_id, leader_addr })
             }
-            () = timeout => Err(ServeError::NoQuorum { timeout_ms: WRITE_TIMEOUT_MS, leader_id: Some(self.id), leader_addr: None }),
+            () = timeout => Err(ServeError::NoQuorum { timeout_ms, leader_id: Some(self.id), leader_addr: None }),
         }
     }
 
@@ -377,24 +428,6 @@ impl Node {
                     .collect())
             }
             None => Err(self.not_leader()),
-        }
-    }
-
-    /// A follower's forwarder: sends the keepalives that arrived while its previous `Renew`
-    /// call was in flight in one call (about 8 per call in S3, where each used to be its own
-    /// call). One call at a time, like the leader's Ticks (see `run_ticker`).
-    pub async fn run_renew_forwarder(self: Arc<Node>) {
-        loop {
-            self.forwards.arrived().await;
-            let round = self.forwards.take();
-            if round.sessions.is_empty() {
-                continue;
-            }
-            let result = self
-                .forward_renewals(&round.sessions)
-                .await
-                .map(|renewals| Arc::new(round.sessions.iter().copied().zip(renewals).collect()));
-            round.finish(result);
         }
     }
 
@@ -544,142 +577,6 @@ impl Node {
                 leader_id: Some(self.id),
                 leader_addr: None,
             }),
-        }
-    }
-
-    /// The determinism guard's loop (`crate::guard`): every `GUARD_POLL_MS`, fetch each other
-    /// voter's checkpoints and compare them with ours; a mismatch is logged as an error and
-    /// kept for `Cluster.Status`.
-    pub async fn run_divergence_guard(self: Arc<Node>) {
-        let poll = Duration::from_millis(crate::guard::GUARD_POLL_MS);
-        let timeout = Duration::from_millis(crate::guard::GUARD_CALL_TIMEOUT_MS);
-        loop {
-            tokio::time::sleep(poll).await;
-            let others: Vec<(NodeId, String)> = {
-                let metrics = self.raft.metrics();
-                let metrics = metrics.borrow_watched();
-                let membership = metrics.membership_config.membership();
-                membership
-                    .voter_ids()
-                    .filter(|id| *id != self.id)
-                    .filter_map(|id| membership.get_node(&id).map(|n| (id, n.addr.clone())))
-                    .collect()
-            };
-            for (peer, addr) in others {
-                let theirs: Vec<(u64, [u8; 32])> = match self
-                    .peers
-                    .call(peer, Some(&addr), PeerRpc::Checkpoints, &(), timeout)
-                    .await
-                {
-                    Ok(theirs) => theirs,
-                    Err(error) => {
-                        tracing::debug!(peer, %error, "determinism guard: peer unreachable");
-                        continue;
-                    }
-                };
-                let found = self
-                    .shared
-                    .checkpoints
-                    .lock()
-                    .expect("checkpoints lock")
-                    .compare(peer, &theirs);
-                for mismatch in found {
-                    tracing::error!(
-                        index = mismatch.index,
-                        peer,
-                        ours = %crate::policy::module::hex(&mismatch.ours),
-                        theirs = %crate::policy::module::hex(&mismatch.theirs),
-                        "DETERMINISM GUARD: state digest differs from a peer's at the same log \
-                         index; a replica diverged"
-                    );
-                }
-            }
-        }
-    }
-
-    /// Starts an election (with a pre-vote) as soon as the leader's lease has run out on this
-    /// follower, instead of waiting for openraft's own timer. openraft starts one only at
-    /// lease (`election_timeout_max`) + a random election timeout after the last contact; but
-    /// voters refuse a candidate only until the lease ends, so after a leader crash that
-    /// second wait was pure delay (fail-over ≈ min + max timeout). A node nudges
-    /// `ELECTION_NUDGE_STAGGER_MS × (1 + id mod 4)` after the lease, so that the two survivors
-    /// of a 3-node cluster do not split the vote; a node whose log is behind loses the pre-vote and
-    /// changes no term, and the next one wins. openraft refuses the nudge while its own lease
-    /// view says the leader is alive, so a nudge never disturbs a live leader.
-    pub async fn run_election_nudger(self: Arc<Node>, lease_ms: u64, retry_ms: u64) {
-        let after = Duration::from_millis(lease_ms + ELECTION_NUDGE_STAGGER_MS * (1 + self.id % 4));
-        let mut poll = tokio::time::interval(Duration::from_millis(ELECTION_NUDGE_POLL_MS));
-        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            poll.tick().await;
-            let silent = self
-                .leader_contact
-                .lock()
-                .expect("leader contact lock")
-                .is_some_and(|at| at.elapsed() > after);
-            if !silent || self.leader_term().is_some() {
-                continue;
-            }
-            tracing::info!(
-                silent_ms = after.as_millis() as u64,
-                "no word from the leader for its lease; starting a pre-vote"
-            );
-            if self.raft.trigger().elect(true).await.is_err() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(retry_ms)).await;
-        }
-    }
-
-    /// The leader's heartbeat into the state machine: proposes a `Tick` when a deadline is due,
-    /// keepalives are pending, or (while sessions exist) the idle interval has passed. One Tick
-    /// at a time; the keepalives that arrive meanwhile all ride the next one. S3 (64 keepalive
-    /// streams, 3 nodes on 2 cores) is CPU-bound: 1, 2 or 4 Ticks in flight gave the same
-    /// keepalives/s (14–17k/s), and 4 proposed 2.6 times as many Tick entries.
-    pub async fn run_ticker(self: Arc<Node>) {
-        let mut interval = tokio::time::interval(Duration::from_millis(TICK_INTERVAL_MS));
-        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut last_tick = tokio::time::Instant::now();
-        loop {
-            // The interval drives deadlines and idle ticks; a keepalive wakes the ticker at
-            // once (ticks then follow each other as fast as they commit).
-            tokio::select! {
-                _ = interval.tick() => {}
-                () = self.renewals.arrived() => {}
-            }
-            let Some(term) = self.leader_term() else {
-                // Keepalives that joined just before this node lost leadership.
-                if !self.renewals.is_empty() {
-                    self.renewals.take().finish(Err(self.not_leader()));
-                }
-                continue;
-            };
-            if self.renewals.is_empty() {
-                let now_ms = self.cluster_now_ms(term);
-                let (due, has_sessions) = self.shared.read(|s| {
-                    (
-                        s.next_deadline_ms().is_some_and(|d| d <= now_ms),
-                        s.session_count() > 0,
-                    )
-                });
-                let idle_due = has_sessions
-                    && last_tick.elapsed() >= Duration::from_millis(TICK_IDLE_INTERVAL_MS);
-                if !due && !idle_due {
-                    continue;
-                }
-            }
-            last_tick = tokio::time::Instant::now();
-            let round = self.renewals.take();
-            let result = self
-                .propose(Command::Tick {
-                    renewed: round.sessions.clone(),
-                })
-                .await
-                .map(|_| ());
-            if let Err(e) = &result {
-                tracing::debug!(error = %e, "tick not committed; the keepalives it carried fail");
-            }
-            round.finish(result);
         }
     }
 }

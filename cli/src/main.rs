@@ -1,13 +1,21 @@
 //! The `holdfast` binary: `serve` runs one node, `dev` runs a local 3-node cluster in one process,
 //! and the client commands (`status`, `describe`, `locks`, `watch`, `lock`) talk to a cluster.
 
+// The doc comments of the clap types below are the commands' --help text, written for a
+// terminal (`POLICY[@VERSION]`, `[raft]`), not rustdoc links.
+#![allow(rustdoc::broken_intra_doc_links)]
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use holdfast_server::config::{NodeConfig, RaftTiming, parse_peer};
-use holdfast_server::{cli, server};
+use holdfast_server::server;
+
+mod commands;
+mod policy;
+mod policy_test;
 
 /// jemalloc instead of glibc malloc: see the workspace Cargo.toml.
 #[global_allocator]
@@ -23,7 +31,7 @@ struct Cli {
     #[command(subcommand)]
     command: Command,
     #[command(flatten)]
-    connection: cli::Connection,
+    connection: commands::Connection,
     /// Log lines (stderr) as text or as one JSON object per line. Filter with RUST_LOG.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "HOLDFAST_LOG_FORMAT", global = true)]
     log_format: LogFormat,
@@ -71,30 +79,30 @@ enum Command {
     /// HOLDFAST_LOCK, HOLDFAST_FENCING_TOKEN and HOLDFAST_SESSION_ID. Exit code: the command's;
     /// 124 if the lock was not granted in time; 75 if the session was lost (the command got
     /// SIGTERM, then SIGKILL); 125 on other Holdfast errors.
-    Lock(cli::LockArgs),
+    Lock(commands::LockArgs),
     /// Campaign in an election and lead until Ctrl-C (`holdfast elect NAME [VALUE]`), or print
     /// every leader change (`holdfast elect NAME --observe`).
-    Elect(cli::ElectArgs),
+    Elect(commands::ElectArgs),
     /// Deploy, bind, list and describe lock policies (wasm modules).
     Policy {
         #[command(subcommand)]
-        command: holdfast_server::policy_cli::PolicyCommand,
+        command: policy::PolicyCommand,
     },
     /// List the membership, or change it (admin): add a learner, promote, remove.
     Member {
         #[command(subcommand)]
-        command: cli::MemberCommand,
+        command: commands::MemberCommand,
     },
     /// Backups: `holdfast snapshot save FILE` (admin), `inspect FILE`, and
     /// `restore FILE --data-dir DIR --id N --peer ...` for each member of a new cluster.
     Snapshot {
         #[command(subcommand)]
-        command: cli::SnapshotCommand,
+        command: commands::SnapshotCommand,
     },
     /// Leadership: `holdfast leader transfer ID` (admin).
     Leader {
         #[command(subcommand)]
-        command: cli::LeaderCommand,
+        command: commands::LeaderCommand,
     },
 }
 
@@ -337,7 +345,7 @@ async fn serve(
                  once the disk is fixed and it recovers from its data dir"
             );
             let _ = running.stop().await;
-            return Ok(std::process::ExitCode::from(cli::EXIT_FAIL_STOP));
+            return Ok(std::process::ExitCode::from(commands::EXIT_FAIL_STOP));
         }
     }
     tracing::info!("shutting down");
@@ -414,7 +422,7 @@ fn main() -> std::process::ExitCode {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("holdfast: starting the tokio runtime: {e}");
-            return std::process::ExitCode::from(cli::EXIT_ERROR);
+            return std::process::ExitCode::from(commands::EXIT_ERROR);
         }
     };
     let connection = cli.connection;
@@ -422,22 +430,20 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Serve(args) => serve(*args, connection.tls_files()?).await,
             Command::Dev(args) => dev(args).await.map(|()| std::process::ExitCode::SUCCESS),
-            Command::Status => cli::status(&connection).await,
-            Command::Describe { name } => cli::describe(&connection, &name).await,
-            Command::Revoke { name, token } => cli::revoke(&connection, &name, token).await,
-            Command::Locks { prefix } => cli::locks(&connection, &prefix).await,
+            Command::Status => commands::status(&connection).await,
+            Command::Describe { name } => commands::describe(&connection, &name).await,
+            Command::Revoke { name, token } => commands::revoke(&connection, &name, token).await,
+            Command::Locks { prefix } => commands::locks(&connection, &prefix).await,
             Command::Watch {
                 prefix,
                 from_revision,
-            } => cli::watch(&connection, &prefix, from_revision).await,
-            Command::Lock(args) => cli::lock(&connection, args).await,
-            Command::Elect(args) => cli::elect(&connection, args).await,
-            Command::Policy { command } => {
-                holdfast_server::policy_cli::run(&connection, command).await
-            }
-            Command::Member { command } => cli::member(&connection, command).await,
-            Command::Leader { command } => cli::leader(&connection, command).await,
-            Command::Snapshot { command } => cli::snapshot(&connection, command).await,
+            } => commands::watch(&connection, &prefix, from_revision).await,
+            Command::Lock(args) => commands::lock(&connection, args).await,
+            Command::Elect(args) => commands::elect(&connection, args).await,
+            Command::Policy { command } => policy::run(&connection, command).await,
+            Command::Member { command } => commands::member(&connection, command).await,
+            Command::Leader { command } => commands::leader(&connection, command).await,
+            Command::Snapshot { command } => commands::snapshot(&connection, command).await,
             Command::Certs(args) => certs(&args),
         }
     });
@@ -445,7 +451,7 @@ fn main() -> std::process::ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("holdfast: {e:#}");
-            std::process::ExitCode::from(cli::EXIT_ERROR)
+            std::process::ExitCode::from(commands::EXIT_ERROR)
         }
     }
 }

@@ -57,9 +57,9 @@ pub enum Output {
 impl Connection {
     /// The TLS flags as a node's own certificate, key and CA (`holdfast serve`): all three or
     /// none.
-    pub fn tls_files(&self) -> anyhow::Result<Option<crate::tls::TlsFiles>> {
+    pub fn tls_files(&self) -> anyhow::Result<Option<holdfast_server::tls::TlsFiles>> {
         match (&self.tls_cert, &self.tls_key, &self.tls_ca) {
-            (Some(cert), Some(key), Some(ca)) => Ok(Some(crate::tls::TlsFiles {
+            (Some(cert), Some(key), Some(ca)) => Ok(Some(holdfast_server::tls::TlsFiles {
                 cert: cert.clone(),
                 key: key.clone(),
                 ca: ca.clone(),
@@ -643,15 +643,19 @@ pub struct RestoreArgs {
     #[arg(long)]
     id: u64,
     /// Every voter of the new cluster, ID=HOST:PORT; repeat for each (include this node).
-    #[arg(long = "peer", value_parser = crate::config::parse_peer, value_delimiter = ',', required = true)]
+    #[arg(long = "peer", value_parser = holdfast_server::config::parse_peer, value_delimiter = ',', required = true)]
     peers: Vec<(u64, String)>,
     /// Start the restored log this many entries past the backup's index, so that no fencing
     /// token the old cluster granted after the backup is ever granted again (0 = none).
-    #[arg(long, default_value_t = crate::backup::DEFAULT_BUMP_INDEX)]
+    #[arg(long, default_value_t = holdfast_server::backup::DEFAULT_BUMP_INDEX)]
     bump_index: u64,
 }
 
-fn print_backup(connection: &Connection, header: &crate::backup::Header, extra: serde_json::Value) {
+fn print_backup(
+    connection: &Connection,
+    header: &holdfast_server::backup::Header,
+    extra: serde_json::Value,
+) {
     match connection.output {
         Output::Json => {
             let mut value = serde_json::to_value(header).expect("header serializes");
@@ -682,7 +686,7 @@ pub async fn snapshot(
         SnapshotCommand::Save { file } => {
             let client = connection.client()?;
             let (header, state) = client.snapshot().await?;
-            let header = crate::backup::save(&file, &header, &state)?;
+            let header = holdfast_server::backup::save(&file, &header, &state)?;
             print_backup(
                 connection,
                 &header,
@@ -690,7 +694,7 @@ pub async fn snapshot(
             );
         }
         SnapshotCommand::Inspect { file } => {
-            let (header, state) = crate::backup::load(&file)?;
+            let (header, state) = holdfast_server::backup::load(&file)?;
             let (locks, holds, waiters) = state.lock_counts();
             print_backup(
                 connection,
@@ -702,13 +706,13 @@ pub async fn snapshot(
             );
         }
         SnapshotCommand::Restore(args) => {
-            let target = crate::backup::RestoreTarget {
+            let target = holdfast_server::backup::RestoreTarget {
                 data_dir: args.data_dir,
                 id: args.id,
                 peers: args.peers.into_iter().collect(),
                 bump_index: args.bump_index,
             };
-            let restored = crate::backup::restore(&args.file, &target)?;
+            let restored = holdfast_server::backup::restore(&args.file, &target)?;
             print_backup(
                 connection,
                 &restored.header,

@@ -26,7 +26,7 @@ use holdfast_core::{
     AcquireRequest, Applied, BindMode, Command, Event, Mode, Outcome, Rejection, State,
 };
 
-use crate::policy::ApplyPolicies;
+use holdfast_server::policy::ApplyPolicies;
 
 /// Session TTL of scenario sessions: long enough that `advance` never expires them by accident.
 const SCENARIO_TTL_MS: u64 = 3_600_000;

@@ -8,7 +8,7 @@ use clap::Subcommand;
 use holdfast_proto::v1 as pb;
 use serde_json::json;
 
-use crate::cli::{Connection, Output};
+use crate::commands::{Connection, Output};
 
 #[derive(Subcommand)]
 pub enum PolicyCommand {

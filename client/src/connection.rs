@@ -1,0 +1,219 @@
+//! The connection to a cluster: lazy channels to every endpoint, the bearer token every call
+//! carries, TLS, and [`Client::retry`] — the one retry loop, which follows the server's leader
+//! hint or tries the other endpoints on UNAVAILABLE and transport failures, within
+//! [`RETRY_BUDGET_MS`]. Retrying is safe because every write it repeats is idempotent (lock
+//! requests carry a per-session request id the server deduplicates).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use holdfast_proto::v1 as pb;
+use pb::cluster_client::ClusterClient;
+use tokio::time::Instant;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+/// Default endpoints of `holdfast dev`.
+pub const DEV_ENDPOINTS: [&str; 3] = ["127.0.0.1:7701", "127.0.0.1:7702", "127.0.0.1:7703"];
+
+/// How long one call keeps retrying across endpoints before giving up.
+pub const RETRY_BUDGET_MS: u64 = 15_000;
+
+/// Pause between two rounds over all endpoints.
+pub const RETRY_PAUSE_MS: u64 = 50;
+
+/// Deadline of a single non-blocking RPC attempt.
+pub const RPC_TIMEOUT_MS: u64 = 6_000;
+
+/// Deadline of one policy Deploy call: the receiving node compiles and samples the module, and
+/// every replica compiles it again while applying it.
+pub const DEPLOY_TIMEOUT_MS: u64 = 120_000;
+
+/// Connect timeout per endpoint.
+pub const CONNECT_TIMEOUT_MS: u64 = 500;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid endpoint {0:?}")]
+    Endpoint(String),
+    #[error("the token must be printable ASCII")]
+    Token,
+    #[error("TLS configuration: {0}")]
+    Tls(String),
+    #[error(transparent)]
+    Status(#[from] Status),
+}
+
+/// A connection to a cluster (lazy channels to every endpoint).
+#[derive(Clone)]
+pub struct Client {
+    channels: Arc<Vec<(String, Channel)>>,
+    preferred: Arc<AtomicUsize>,
+    credentials: Credentials,
+}
+
+/// What every call carries: the bearer token, when the cluster requires one.
+#[derive(Clone, Debug, Default)]
+pub struct Credentials {
+    authorization: Option<tonic::metadata::AsciiMetadataValue>,
+}
+
+impl tonic::service::Interceptor for Credentials {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        if let Some(value) = &self.authorization {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// The transport every call goes through: a channel to one endpoint, with the credentials.
+pub type Transport = tonic::service::interceptor::InterceptedService<Channel, Credentials>;
+
+fn retryable(status: &Status) -> bool {
+    matches!(status.code(), Code::Unavailable | Code::Unknown)
+        || status.message().contains("transport error")
+        || transport_failure(status)
+}
+
+/// The connection failed under the call (e.g. its node was killed: hyper reports the request
+/// as cancelled). Every retried request is idempotent (request ids), so another node may take it.
+fn transport_failure(status: &Status) -> bool {
+    std::error::Error::source(status).is_some_and(|source| source.is::<tonic::transport::Error>())
+}
+
+/// TLS towards the cluster: the CA that signs its nodes' certificates (PEM) and, for mutual
+/// TLS, this client's certificate and key (PEM).
+#[derive(Clone, Debug)]
+pub struct ClientTls {
+    pub ca_pem: Vec<u8>,
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl Client {
+    pub fn connect<S: AsRef<str>>(endpoints: &[S]) -> Result<Client, Error> {
+        Client::connect_with(endpoints, None)
+    }
+
+    /// Connects over TLS (`https`) when `tls` is given.
+    pub fn connect_with<S: AsRef<str>>(
+        endpoints: &[S],
+        tls: Option<&ClientTls>,
+    ) -> Result<Client, Error> {
+        let tls_config = tls.map(|tls| {
+            let mut config = tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(&tls.ca_pem));
+            if let Some((cert, key)) = &tls.identity {
+                config = config.identity(tonic::transport::Identity::from_pem(cert, key));
+            }
+            config
+        });
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let mut channels = Vec::new();
+        for endpoint in endpoints {
+            let addr = endpoint.as_ref();
+            let uri = if addr.contains("://") {
+                addr.to_owned()
+            } else {
+                format!("{scheme}://{addr}")
+            };
+            let mut builder =
+                Endpoint::from_shared(uri).map_err(|_| Error::Endpoint(addr.to_owned()))?;
+            if let Some(config) = &tls_config {
+                builder = builder
+                    .tls_config(config.clone())
+                    .map_err(|e| Error::Tls(e.to_string()))?;
+            }
+            let channel = builder
+                .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
+                .tcp_nodelay(true)
+                .connect_lazy();
+            channels.push((addr.to_owned(), channel));
+        }
+        if channels.is_empty() {
+            return Err(Error::Endpoint(String::new()));
+        }
+        Ok(Client {
+            channels: Arc::new(channels),
+            preferred: Arc::new(AtomicUsize::new(0)),
+            credentials: Credentials::default(),
+        })
+    }
+
+    /// Sends `token` as `authorization: Bearer <token>` on every call (for nodes started with
+    /// a token file).
+    pub fn with_token(mut self, token: &str) -> Result<Client, Error> {
+        let value = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| Error::Token)?;
+        self.credentials.authorization = Some(value);
+        Ok(self)
+    }
+
+    fn endpoint_of_leader_hint(&self, status: &Status) -> Option<usize> {
+        let hint = status
+            .metadata()
+            .get("holdfast-leader-addr")?
+            .to_str()
+            .ok()?;
+        let index = self.channels.iter().position(|(addr, _)| addr == hint)?;
+        (index != self.preferred.load(Ordering::Relaxed)).then_some(index)
+    }
+
+    pub fn endpoints(&self) -> Vec<String> {
+        self.channels.iter().map(|(a, _)| a.clone()).collect()
+    }
+
+    /// Runs `call` against the preferred endpoint, moving to the next one on retryable errors,
+    /// until it succeeds, fails for good, or the retry budget is spent.
+    pub async fn retry<T, F, Fut>(&self, mut call: F) -> Result<T, Status>
+    where
+        F: FnMut(Transport) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Status>>,
+    {
+        let deadline = Instant::now() + Duration::from_millis(RETRY_BUDGET_MS);
+        let count = self.channels.len();
+        let mut attempt = 0usize;
+        let mut followed_hint = false;
+        loop {
+            let index = (self.preferred.load(Ordering::Relaxed) + attempt) % count;
+            let channel = self.channels[index].1.clone();
+            let transport = Transport::new(channel, self.credentials.clone());
+            match call(transport).await {
+                Ok(value) => {
+                    self.preferred.store(index, Ordering::Relaxed);
+                    return Ok(value);
+                }
+                Err(status) if retryable(&status) && Instant::now() < deadline => {
+                    // Follow the server's leader hint (once per call) when it names one of our
+                    // endpoints.
+                    if !followed_hint && let Some(leader) = self.endpoint_of_leader_hint(&status) {
+                        followed_hint = true;
+                        self.preferred.store(leader, Ordering::Relaxed);
+                        attempt = 0;
+                        continue;
+                    }
+                    attempt += 1;
+                    if attempt.is_multiple_of(count) {
+                        tokio::time::sleep(Duration::from_millis(RETRY_PAUSE_MS)).await;
+                    }
+                }
+                Err(status) => return Err(status),
+            }
+        }
+    }
+
+    pub async fn status(&self, endpoint: usize) -> Result<pb::StatusResponse, Status> {
+        let channel = self.channels[endpoint % self.channels.len()].1.clone();
+        let channel = Transport::new(channel, self.credentials.clone());
+        let mut request = tonic::Request::new(pb::StatusRequest {});
+        request.set_timeout(Duration::from_millis(RPC_TIMEOUT_MS));
+        Ok(ClusterClient::new(channel)
+            .status(request)
+            .await?
+            .into_inner())
+    }
+}
