@@ -103,15 +103,16 @@ fn libclang_without_clang_headers_is_not_enough() {
     assert_eq!(plan(root.path(), "true"), ["libclang-dev"]);
 }
 
+/// `installed` without the library file itself: its symlinks dangle.
+fn installed_without_library(root: &Path) {
+    installed(root);
+    std::fs::remove_file(root.join("usr/lib/llvm-14/lib/libclang-14.so.14.0.6")).unwrap();
+}
+
 #[test]
 fn a_dangling_libclang_symlink_is_no_library() {
     let root = tempfile::tempdir().unwrap();
-    installed(root.path());
-    std::fs::remove_file(
-        root.path()
-            .join("usr/lib/llvm-14/lib/libclang-14.so.14.0.6"),
-    )
-    .unwrap();
+    installed_without_library(root.path());
     assert_eq!(plan(root.path(), "true"), ["libclang-dev"]);
 }
 
@@ -124,12 +125,7 @@ fn every_name_clang_sys_loads_is_recognised() {
         "usr/local/llvm16/lib/libclang-16.so.16",
     ] {
         let root = tempfile::tempdir().unwrap();
-        installed(root.path());
-        std::fs::remove_file(
-            root.path()
-                .join("usr/lib/llvm-14/lib/libclang-14.so.14.0.6"),
-        )
-        .unwrap();
+        installed_without_library(root.path());
         file(root.path(), name);
         assert_eq!(plan(root.path(), "true"), Vec::<String>::new(), "{name}");
     }

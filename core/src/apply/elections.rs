@@ -137,10 +137,12 @@ impl<H: PolicyHost + ?Sized> Applier<'_, H> {
     /// Grants the queued candidate `session_id` (the lock is free).
     pub(super) fn grant_candidate(&mut self, name: &str, session_id: SessionId) {
         let lock = &self.state.locks[name];
-        let position = lock.position_of(session_id).expect("candidate is queued");
-        let waiter = lock.waiters[position].clone();
+        assert!(
+            lock.position_of(session_id).is_some(),
+            "candidate is queued"
+        );
         let max_holders = lock.max_holders;
-        self.grant_waiter(name, &waiter, max_holders);
+        self.grant_waiter(name, session_id, max_holders);
         // Its other candidates were just considered.
         self.dirty.remove(name);
     }

@@ -9,9 +9,9 @@
 use holdfast_policy_sdk::Hook;
 
 use super::Applier;
-use crate::model::{AcquireRequest, Outcome};
+use crate::model::{AcquireRequest, Outcome, SessionId};
 use crate::policy::{self, NextInput, PolicyHost, PolicyRuntime};
-use crate::state::{Deadline, DeadlineKind, State, Waiter};
+use crate::state::State;
 
 impl<H: PolicyHost + ?Sized> Applier<'_, H> {
     pub(super) fn handoff_dirty(&mut self) {
@@ -62,41 +62,18 @@ impl<H: PolicyHost + ?Sized> Applier<'_, H> {
             self.compare(&shadow, name, Hook::ChooseNext, candidate == choice);
         }
         let lock = &self.state.locks[name];
-        let chosen: Vec<Waiter> = choice
+        let chosen: Vec<SessionId> = choice
             .iter()
-            .map(|&index| lock.waiters[index].clone())
+            .map(|&index| lock.waiters[index].session_id)
             .collect();
-        for waiter in &chosen {
-            self.grant_waiter(name, waiter, max_holders);
+        for session_id in chosen {
+            self.grant_waiter(name, session_id, max_holders);
         }
     }
 
-    /// Moves one waiter from the queue to the holders.
-    pub(super) fn grant_waiter(&mut self, name: &str, waiter: &Waiter, max_holders: u32) {
-        let session_id = waiter.session_id;
-        let lock = self
-            .state
-            .locks
-            .get_mut(name)
-            .expect("handoff on a missing lock");
-        let position = lock
-            .position_of(session_id)
-            .expect("chosen waiter is queued");
-        lock.waiters.remove(position);
-        let session = self
-            .state
-            .sessions
-            .get_mut(&session_id)
-            .expect("waiter of a missing session");
-        assert!(session.waiting.remove(name));
-        let kind = DeadlineKind::WaitTimeout {
-            name: name.to_string(),
-            session_id,
-        };
-        assert!(self.state.deadlines.remove(&Deadline {
-            at_ms: waiter.deadline_ms,
-            kind
-        }));
+    /// Moves `session_id`'s waiter from the queue to the holders.
+    pub(super) fn grant_waiter(&mut self, name: &str, session_id: SessionId, max_holders: u32) {
+        let waiter = self.dequeue(name, session_id);
         let request = AcquireRequest {
             session_id,
             request_id: waiter.request_id,
@@ -105,7 +82,7 @@ impl<H: PolicyHost + ?Sized> Applier<'_, H> {
             max_holders,
             wait_timeout_ms: waiter.wait_timeout_ms,
             priority: waiter.priority,
-            value: waiter.value.clone(),
+            value: waiter.value,
         };
         let (token, lease_ms) = self.grant(&request);
         self.update_record(

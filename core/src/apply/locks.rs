@@ -1,5 +1,5 @@
 //! Locks: acquire (re-entrant, try-lock, queued), grant, release, revoke, cancel, and the
-//! removals every other rule goes through (`end_hold`, `remove_waiter`).
+//! removals every other rule goes through (`end_hold`, `remove_waiter`, `dequeue`).
 //!
 //! Invariants kept: mutual exclusion — a grant happens only when the lock is free of
 //! lock-delay and the request fits its holders (exclusive alone; shared up to the capacity
@@ -337,14 +337,29 @@ impl<H: PolicyHost + ?Sized> Applier<'_, H> {
         session_id: SessionId,
         reason: LeaveReason,
     ) -> RequestId {
+        let waiter = self.dequeue(name, session_id);
+        self.events.push(Event::LeftQueue {
+            name: name.to_string(),
+            session_id,
+            principal: self.principal_of(session_id),
+            reason,
+        });
+        self.dirty.insert(name.to_string());
+        self.remove_lock_if_empty(name);
+        waiter.request_id
+    }
+
+    /// Takes `session_id`'s waiter off lock `name`'s queue, off the session's waits and off
+    /// the deadline index (its wait timeout), and returns it. The caller says what became of it.
+    pub(super) fn dequeue(&mut self, name: &str, session_id: SessionId) -> Waiter {
         let lock = self
             .state
             .locks
             .get_mut(name)
-            .expect("removing a waiter of a missing lock");
+            .expect("dequeuing a waiter of a missing lock");
         let position = lock
             .position_of(session_id)
-            .expect("removing a missing waiter");
+            .expect("dequeuing a missing waiter");
         let waiter = lock.waiters.remove(position).expect("position in range");
         let session = self
             .state
@@ -360,15 +375,7 @@ impl<H: PolicyHost + ?Sized> Applier<'_, H> {
             at_ms: waiter.deadline_ms,
             kind
         }));
-        self.events.push(Event::LeftQueue {
-            name: name.to_string(),
-            session_id,
-            principal: self.principal_of(session_id),
-            reason,
-        });
-        self.dirty.insert(name.to_string());
-        self.remove_lock_if_empty(name);
-        waiter.request_id
+        waiter
     }
 
     pub(super) fn remove_lock_if_empty(&mut self, name: &str) {

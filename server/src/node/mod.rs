@@ -25,8 +25,10 @@ mod tasks;
 /// How long a write may take to commit before the caller gets UNAVAILABLE (the write may still
 /// commit later; requests are idempotent, so a retry is safe).
 pub const WRITE_TIMEOUT_MS: u64 = 5_000;
+/// What a forwarded call may take beyond the leader's own deadline (the hop and its answer).
+pub const FORWARD_MARGIN_MS: u64 = 500;
 /// Deadline of a forwarded write, leader side work included.
-pub const FORWARD_TIMEOUT_MS: u64 = WRITE_TIMEOUT_MS + 500;
+pub const FORWARD_TIMEOUT_MS: u64 = WRITE_TIMEOUT_MS + FORWARD_MARGIN_MS;
 /// How long a `DeployPolicy` may take to commit and apply: every replica compiles the module
 /// while applying it, which takes seconds for a large module on a busy machine. Below the
 /// client's own deadline for a deploy call (holdfast-client's `DEPLOY_TIMEOUT_MS`), so the
@@ -335,8 +337,7 @@ impl Node {
         match leader_id {
             Some(id) if id == self.id => self.propose(command).await,
             Some(id) => {
-                let timeout_ms =
-                    write_timeout_ms(&command) + (FORWARD_TIMEOUT_MS - WRITE_TIMEOUT_MS);
+                let timeout_ms = write_timeout_ms(&command) + FORWARD_MARGIN_MS;
                 let forward = self.peers.call::<_, Result<Response, ServeError>>(
                     id,
                     leader_addr.as_deref(),
