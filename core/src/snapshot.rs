@@ -2,16 +2,16 @@
 //!
 //! Format: one version byte ([`SNAPSHOT_FORMAT_VERSION`]) followed by the bincode 2 encoding
 //! (standard config: little-endian, varint integers) of [`State`]. Every collection in `State`
-//! is ordered, so equal states give equal bytes on every replica, and the digest (sha256 of
-//! the bytes) can be compared across nodes to detect divergence. Decoding is paired with
+//! is ordered, so equal states give equal bytes on every replica. The digest replicas compare
+//! is not a hash of these bytes but a multiset hash of the state's records, kept current by
+//! `apply` (see `state/records.rs`). Decoding is paired with
 //! `check_invariants`: a snapshot that decodes but describes an impossible state is refused.
 //! Changing `State`'s shape is a format change: bump the version byte.
 
-use std::io::Write as _;
-
 use sha2::{Digest, Sha256};
 
-use crate::state::State;
+use crate::state::records::{Sum, record_hash};
+use crate::state::{HEADER_TAG, State};
 
 /// First byte of every snapshot. Bump on any change to `State`'s serialized shape.
 pub const SNAPSHOT_FORMAT_VERSION: u8 = 2;
@@ -59,6 +59,7 @@ impl State {
         }
         let (mut state, read) = decode_bounded(body)?;
         state.sessions_by_principal = state.count_sessions_by_principal();
+        state.counts = state.all_counts_from_scratch();
         if read != body.len() {
             return Err(SnapshotError::TrailingBytes {
                 count: body.len() - read,
@@ -68,24 +69,55 @@ impl State {
         Ok(state)
     }
 
-    /// sha256 of [`State::to_snapshot_bytes`]: what replicas compare to detect divergence.
-    /// Streamed into the hasher: the encoding of a large state (tens of MB at a million locks)
-    /// is never held in memory, and the apply loop, which digests every checkpoint, does not
-    /// copy it around.
-    ///
-    /// # Panics
-    /// If the state does not serialize, which would be a bug (see `to_snapshot_bytes`).
+    /// The state digest: what replicas compare to detect divergence. SHA-256 over the format
+    /// version, the header record (applied index, cluster time, fault count) and the
+    /// collections' multiset hashes (`state/records.rs`), which `apply` keeps current: O(1).
+    /// Equal states give equal digests whatever history built them.
     pub fn digest(&self) -> [u8; 32] {
-        /// Bytes buffered between the encoder's small writes and the hasher.
-        const DIGEST_BUFFER_BYTES: usize = 64 << 10;
-        let mut hasher = std::io::BufWriter::with_capacity(DIGEST_BUFFER_BYTES, Sha256::new());
-        hasher
-            .write_all(&[SNAPSHOT_FORMAT_VERSION])
-            .expect("hashing does not fail");
-        bincode::serde::encode_into_std_write(self, &mut hasher, bincode::config::standard())
-            .expect("state serializes");
-        let hasher = hasher.into_inner().expect("hashing does not fail");
+        self.digest_of(self.record_sums())
+    }
+
+    /// The digest recomputed from every record, O(state): an explicit check that the digest
+    /// `apply` maintains is the digest of the state it holds.
+    pub fn digest_from_scratch(&self) -> [u8; 32] {
+        self.digest_of([
+            self.sessions.recompute(),
+            self.locks.recompute(),
+            self.deadlines.recompute(),
+            self.policies.recompute(),
+            self.bindings.recompute(),
+        ])
+    }
+
+    fn record_sums(&self) -> [Sum; 5] {
+        [
+            self.sessions.sum(),
+            self.locks.sum(),
+            self.deadlines.sum(),
+            self.policies.sum(),
+            self.bindings.sum(),
+        ]
+    }
+
+    fn digest_of(&self, sums: [Sum; 5]) -> [u8; 32] {
+        let header = (self.applied_index, self.now_ms, self.policy_fault_count);
+        let mut hasher = Sha256::new();
+        hasher.update([SNAPSHOT_FORMAT_VERSION]);
+        hasher.update(record_hash(HEADER_TAG, &(), &header).to_bytes());
+        for sum in sums {
+            hasher.update(sum.to_bytes());
+        }
         hasher.finalize().into()
+    }
+
+    /// Folds the records changed since the last call into the digest. `apply` calls it once
+    /// per entry; anything else that changes records (tests) calls it before reading the
+    /// digest.
+    pub(crate) fn settle(&mut self) {
+        self.sessions.settle();
+        self.locks.settle();
+        self.policies.settle();
+        self.bindings.settle();
     }
 }
 
@@ -95,7 +127,7 @@ impl State {
 /// snapshot claims at most 8 bytes per input byte, and a corrupt length prefix cannot make
 /// bincode allocate more than a small multiple of the input (for inputs up to 256 MiB; larger
 /// snapshots decode without a limit).
-fn decode_bounded(body: &[u8]) -> Result<(State, usize), SnapshotError> {
+pub(crate) fn decode_bounded(body: &[u8]) -> Result<(State, usize), SnapshotError> {
     fn decode<const LIMIT: usize>(body: &[u8]) -> Result<(State, usize), SnapshotError> {
         let config = bincode::config::standard().with_limit::<LIMIT>();
         bincode::serde::decode_from_slice(body, config)

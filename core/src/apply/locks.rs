@@ -17,6 +17,7 @@ use crate::model::{
     RequestId, SessionId,
 };
 use crate::policy::{self, AdmitDecision, PolicyHost};
+use crate::state::counts::Stake;
 use crate::state::{Deadline, DeadlineKind, Hold, Lock, Waiter, name_is_valid, position_u32};
 
 impl<H: PolicyHost + ?Sized> Applier<'_, H> {
@@ -175,8 +176,7 @@ impl<H: PolicyHost + ?Sized> Applier<'_, H> {
         let lock = self
             .state
             .locks
-            .entry(request.name.clone())
-            .or_insert_with(|| Box::new(Lock::new(max_holders)));
+            .get_or_insert_with(request.name.clone(), || Box::new(Lock::new(max_holders)));
         if request.mode == Mode::Shared && !lock.shared_in_use() {
             lock.max_holders = max_holders;
         }
@@ -211,6 +211,8 @@ impl<H: PolicyHost + ?Sized> Applier<'_, H> {
             .get_mut(&request.session_id)
             .expect("enqueue for a missing session");
         assert!(session.waiting.insert(request.name.clone()));
+        self.state
+            .count_stake(&request.name, request.session_id, Stake::Wait, true);
         let kind = DeadlineKind::WaitTimeout {
             name: request.name.clone(),
             session_id: request.session_id,
@@ -265,6 +267,8 @@ impl<H: PolicyHost + ?Sized> Applier<'_, H> {
             .expect("grant to a missing session");
         assert!(!session.waiting.contains(&request.name));
         assert!(session.holds.insert(request.name.clone(), token).is_none());
+        self.state
+            .count_stake(&request.name, request.session_id, Stake::Hold, true);
         if let Some(at_ms) = lease_expires_at_ms {
             let kind = DeadlineKind::LeaseExpiry {
                 name: request.name.clone(),
@@ -307,6 +311,7 @@ impl<H: PolicyHost + ?Sized> Applier<'_, H> {
             .get_mut(&session_id)
             .expect("hold of a missing session");
         assert_eq!(session.holds.remove(name), Some(hold.token));
+        self.state.count_stake(name, session_id, Stake::Hold, false);
         if let Some(at_ms) = hold.lease_expires_at_ms {
             let kind = DeadlineKind::LeaseExpiry {
                 name: name.to_string(),
@@ -367,6 +372,7 @@ impl<H: PolicyHost + ?Sized> Applier<'_, H> {
             .get_mut(&session_id)
             .expect("waiter of a missing session");
         assert!(session.waiting.remove(name));
+        self.state.count_stake(name, session_id, Stake::Wait, false);
         let kind = DeadlineKind::WaitTimeout {
             name: name.to_string(),
             session_id,

@@ -130,10 +130,9 @@ pub fn apply<H: PolicyHost + ?Sized>(state: &mut State, entry: &Entry, host: &mu
         }
     }
     applier.handoff_dirty();
-    Applied {
-        outcome,
-        events: applier.events,
-    }
+    let events = applier.events;
+    state.settle();
+    Applied { outcome, events }
 }
 
 /// One entry being applied: the state, the policy host, and what the entry produced so far.

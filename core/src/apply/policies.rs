@@ -16,12 +16,12 @@ use sha2::{Digest, Sha256};
 
 use super::{Applier, Route, invalid};
 use crate::limits;
-use crate::model::{AcquireRequest, BindMode, Event, Outcome, Rejection, SessionId};
+use crate::model::{AcquireRequest, BindMode, Event, Outcome, Rejection};
 use crate::policy::{
     self, AdmitDecision, AdmitInput, BoundModule, Counters, POLICY_ABI_LIMITS, PolicyHost,
     PolicyRuntime,
 };
-use crate::state::{BUILTIN_POLICY, Bound, Deployed, State, policy_name_is_valid};
+use crate::state::{BUILTIN_POLICY, Binding, Bound, Deployed, State, policy_name_is_valid};
 
 impl<H: PolicyHost + ?Sized> Applier<'_, H> {
     /// The enforcing and the shadow binding deciding for lock `name` (None: no binding).
@@ -172,7 +172,10 @@ impl<H: PolicyHost + ?Sized> Applier<'_, H> {
                 .map(|hook| hook.name().to_string())
                 .collect(),
         };
-        let versions = self.state.policies.entry(name.to_string()).or_default();
+        let versions = self
+            .state
+            .policies
+            .get_or_insert_with(name.to_string(), BTreeMap::new);
         if let Some(old) = evict {
             versions.remove(&old);
         }
@@ -260,9 +263,9 @@ impl<H: PolicyHost + ?Sized> Applier<'_, H> {
         *self
             .state
             .bindings
-            .entry(prefix.to_string())
-            .or_default()
+            .get_or_insert_with(prefix.to_string(), Binding::default)
             .slot(mode) = Some(bound);
+        self.state.refresh_counts(prefix);
         self.events.push(Event::PolicyBound {
             prefix: prefix.to_string(),
             policy: policy.to_string(),
@@ -293,6 +296,7 @@ impl<H: PolicyHost + ?Sized> Applier<'_, H> {
         if binding.enforce.is_none() && binding.shadow.is_none() {
             self.state.bindings.remove(prefix);
         }
+        self.state.refresh_counts(prefix);
         self.events.push(Event::PolicyUnbound {
             prefix: prefix.to_string(),
             mode,
@@ -364,46 +368,10 @@ pub(super) fn admit_input<'s>(
         waiters: lock.map(|lock| lock.waiter_views()).unwrap_or_default(),
         state,
         counters: counting.map_or_else(Counters::default, |prefix| {
-            counters(state, prefix, request.session_id)
+            state.counters(prefix, request.session_id)
         }),
         now_ms: state.now_ms,
         log_index,
-    }
-}
-
-/// Holds and waits under `prefix` of `session_id`'s principal and of its tenant.
-pub(super) fn counters(state: &State, prefix: &str, session_id: SessionId) -> Counters {
-    let session = &state.sessions[&session_id];
-    let tenant = session.labels.get("tenant").cloned().unwrap_or_default();
-    let under = |names: &mut dyn Iterator<Item = &String>| {
-        names.filter(|name| name.starts_with(prefix)).count()
-    };
-    let (mut principal_holds, mut principal_waits) = (0usize, 0usize);
-    let (mut tenant_holds, mut tenant_waits) = (0usize, 0usize);
-    for other in state.sessions.values() {
-        let same_principal = other.principal == session.principal;
-        let same_tenant = !tenant.is_empty() && other.labels.get("tenant") == Some(&tenant);
-        if !same_principal && !same_tenant {
-            continue;
-        }
-        let holds = under(&mut other.holds.keys());
-        let waits = under(&mut other.waiting.iter());
-        if same_principal {
-            principal_holds += holds;
-            principal_waits += waits;
-        }
-        if same_tenant {
-            tenant_holds += holds;
-            tenant_waits += waits;
-        }
-    }
-    let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
-    Counters {
-        principal_holds: count(principal_holds),
-        principal_waits: count(principal_waits),
-        tenant,
-        tenant_holds: count(tenant_holds),
-        tenant_waits: count(tenant_waits),
     }
 }
 

@@ -62,8 +62,11 @@ impl State {
             ));
         }
         self.check_policies()?;
+        if self.counts != self.all_counts_from_scratch() {
+            return Err("policy counters do not count the holds and waits".to_string());
+        }
         let expected = self.expected_deadlines();
-        if expected != self.deadlines {
+        if expected != *self.deadlines {
             return Err(format!(
                 "deadline index out of sync: missing {:?}, extra {:?}",
                 expected.difference(&self.deadlines).next(),

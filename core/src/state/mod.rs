@@ -17,9 +17,21 @@ use crate::limits;
 use crate::model::{BindMode, FencingToken, Mode, Outcome, RequestId, SessionId};
 use crate::vec_map::VecMap;
 
+pub(crate) mod counts;
 mod invariants;
+pub(crate) mod records;
 
 pub(crate) mod views;
+
+use records::{RecordSet, Records};
+
+/// Digest tags: which collection a record belongs to (see `records.rs`).
+pub(crate) const HEADER_TAG: u8 = 0;
+pub(crate) type Sessions = Records<SessionId, Session, 1>;
+pub(crate) type Locks = Records<String, Box<Lock>, 2>;
+pub(crate) type Deadlines = RecordSet<Deadline, 3>;
+pub(crate) type Policies = Records<String, BTreeMap<u64, Deployed>, 4>;
+pub(crate) type Bindings = Records<String, Binding, 5>;
 
 /// The whole replicated state machine. Mutated only by [`crate::apply`].
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -28,26 +40,31 @@ pub struct State {
     pub(crate) applied_index: u64,
     /// Cluster time: the max of all applied entries' `now_ms` (clamped to `NOW_MS_MAX`).
     pub(crate) now_ms: u64,
-    pub(crate) sessions: BTreeMap<SessionId, Session>,
+    pub(crate) sessions: Sessions,
     /// Boxed: a B-tree node has room for 11 entries and is about half full after ascending
     /// inserts, so an unboxed `Lock` (128 bytes) cost about twice its size; boxed, the node
     /// holds 8 bytes per lock. Same encoding (a `Box<T>` serializes as `T`).
-    pub(crate) locks: BTreeMap<String, Box<Lock>>,
+    pub(crate) locks: Locks,
     /// Every pending deadline, ordered by time then kind then key. Derived data, kept in the
     /// snapshot so a restored replica fires in the same order without rebuilding it.
-    pub(crate) deadlines: BTreeSet<Deadline>,
+    pub(crate) deadlines: Deadlines,
     /// How many policy answers `apply` had to replace (invalid `choose_next`, out-of-range lease)
     /// or a policy runtime replaced with its fallback (guest failure).
     pub(crate) policy_fault_count: u64,
     /// Deployed policy modules: name -> version -> module.
-    pub(crate) policies: BTreeMap<String, BTreeMap<u64, Deployed>>,
+    pub(crate) policies: Policies,
     /// Policy bindings by prefix ("" = every lock).
-    pub(crate) bindings: BTreeMap<String, Binding>,
+    pub(crate) bindings: Bindings,
     /// Open sessions per principal (for `SESSIONS_PER_PRINCIPAL_MAX`). Derived from
     /// `sessions`: not in the snapshot bytes, rebuilt when a snapshot is decoded, checked by
     /// `check_invariants`.
     #[serde(skip)]
     pub(crate) sessions_by_principal: BTreeMap<String, usize>,
+    /// Policy counters per prefix where a deployed module is bound (`counts.rs`). Derived:
+    /// not in the snapshot bytes, rebuilt when a snapshot is decoded, checked by
+    /// `check_invariants`.
+    #[serde(skip)]
+    pub(crate) counts: BTreeMap<String, counts::PrefixCounts>,
 }
 
 /// The name of the native FIFO policy in bindings (version 0, nothing deployed).

@@ -254,10 +254,10 @@ impl Generator {
         let principal = self.random.pick(&["alice", "bob", "carol", ""]).to_string();
         let mut labels = std::collections::BTreeMap::new();
         if self.random.percent(30) {
-            labels.insert(
-                "zone".to_string(),
-                self.random.pick(&["eu", "us"]).to_string(),
-            );
+            let zone = self.random.pick(&["eu", "us"]).to_string();
+            // A tenant too (no extra draw: the stream stays as it was), for the counters.
+            labels.insert("tenant".to_string(), format!("t-{zone}"));
+            labels.insert("zone".to_string(), zone);
         }
         Command::OpenSession {
             ttl_ms,
@@ -489,6 +489,9 @@ fn determinism_for_seed(seed: u64) -> (Coverage, u64) {
     let mut coverage = Coverage::default();
     let mut model = EventModel::default();
     let restore_at = ENTRY_COUNT / 3 + generator.random.below(ENTRY_COUNT / 3);
+    // Its own stream, so the commands are the same as before the digest checks existed.
+    let mut digest_checks = SplitMix64::new(seed ^ 0x00D1_6E57);
+    let mut digests_recomputed = 0;
     for log_index in 1..=ENTRY_COUNT {
         // The first two entries deploy a module and bind "queue/" to it (the host answers with
         // ChaosPolicy for every binding), so those locks are elections.
@@ -534,10 +537,27 @@ fn determinism_for_seed(seed: u64) -> (Coverage, u64) {
                 "seed {seed:#x}: replica {replica} diverged at entry {log_index}"
             );
         }
+        let digest = replicas[0].digest();
+        assert!(
+            replicas.iter().all(|state| state.digest() == digest),
+            "seed {seed:#x}: maintained digests differ at entry {log_index}"
+        );
+        if digest_checks.below(50) == 0 {
+            digests_recomputed += 1;
+            check_counters_by_scan(&replicas[0], seed, log_index);
+            assert!(
+                replicas[0].digest_from_scratch() == digest,
+                "seed {seed:#x}: maintained digest is not the recomputed one at entry {log_index}"
+            );
+        }
         if log_index == restore_at {
             replicas[2] = State::from_snapshot_bytes(&bytes).unwrap_or_else(|error| {
                 panic!("seed {seed:#x}: snapshot at {log_index} refused: {error}")
             });
+            assert!(
+                replicas[2].digest() == digest && replicas[2].digest_from_scratch() == digest,
+                "seed {seed:#x}: restored digest differs at entry {log_index}"
+            );
         }
         if let Err(broken) = model.observe(&results[0], &replicas[0]) {
             panic!("seed {seed:#x}: after entry {log_index} ({entry:?}): {broken}");
@@ -545,12 +565,51 @@ fn determinism_for_seed(seed: u64) -> (Coverage, u64) {
         generator.observe(&results[0]);
         coverage.observe(&results[0], &replicas[0]);
     }
-    let digests = replicas.iter().map(State::digest).collect::<Vec<_>>();
     assert!(
-        digests.iter().all(|digest| *digest == digests[0]),
-        "seed {seed:#x}: digests differ"
+        digests_recomputed > 0,
+        "seed {seed:#x}: no digest recomputed"
+    );
+    assert_eq!(
+        replicas[0].digest(),
+        replicas[0].digest_from_scratch(),
+        "seed {seed:#x}: final digest"
     );
     (coverage, replicas[0].policy_fault_count())
+}
+
+/// The policy counters apply maintains, against the definition: a scan of every session's
+/// holds and waits under the prefix, for each counted prefix and every live session.
+fn check_counters_by_scan(state: &State, seed: u64, log_index: u64) {
+    for prefix in state.counts.keys() {
+        for (&session_id, session) in &state.sessions {
+            let tenant = session.labels.get("tenant").cloned().unwrap_or_default();
+            let mut expected = crate::Counters {
+                tenant: tenant.clone(),
+                ..crate::Counters::default()
+            };
+            for other in state.sessions.values() {
+                let holds = other.holds.keys().filter(|n| n.starts_with(prefix)).count() as u32;
+                let waits = other
+                    .waiting
+                    .iter()
+                    .filter(|n| n.starts_with(prefix))
+                    .count() as u32;
+                if other.principal == session.principal {
+                    expected.principal_holds += holds;
+                    expected.principal_waits += waits;
+                }
+                if !tenant.is_empty() && other.labels.get("tenant") == Some(&tenant) {
+                    expected.tenant_holds += holds;
+                    expected.tenant_waits += waits;
+                }
+            }
+            assert_eq!(
+                state.counters(prefix, session_id),
+                expected,
+                "seed {seed:#x}: counters of session {session_id} under {prefix:?} at entry {log_index}"
+            );
+        }
+    }
 }
 
 #[test]

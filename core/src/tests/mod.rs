@@ -173,6 +173,8 @@ impl<'p> Harness<'p> {
             let restored = State::from_snapshot_bytes(&bytes).expect("snapshot decodes");
             assert_eq!(restored, self.state);
             assert_eq!(restored.to_snapshot_bytes(), bytes);
+            assert_eq!(self.state.digest(), self.state.digest_from_scratch());
+            assert_eq!(restored.digest(), self.state.digest());
         }
         writeln!(
             self.out,

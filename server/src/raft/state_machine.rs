@@ -226,10 +226,14 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                         .record(&core_entry.command, &result, started.elapsed());
                     result
                 };
-                if cfg!(debug_assertions)
-                    && let Err(broken) = applied.state.check_invariants()
-                {
-                    panic!("state invariant broken after applying entry {log_index}: {broken}");
+                if cfg!(debug_assertions) {
+                    if let Err(broken) = applied.state.check_invariants() {
+                        panic!("state invariant broken after applying entry {log_index}: {broken}");
+                    }
+                    assert!(
+                        applied.state.digest() == applied.state.digest_from_scratch(),
+                        "maintained state digest is not the recomputed one after entry {log_index}"
+                    );
                 }
                 if self.diverge_at == Some(log_index) {
                     applied.state.perturb_for_divergence_test();

@@ -1,0 +1,400 @@
+//! Collections that keep the state digest current as `apply` changes them.
+//!
+//! The digest is a multiset hash: every record (a session, a lock, a pending deadline, a
+//! policy's versions, a binding) hashes on its own to `H(tag ‖ key ‖ value)` (SHA-256 of the
+//! record's canonical bincode encoding, `tag` naming its collection), and a collection keeps
+//! the sum of its records' hashes modulo 2^256. Adding a record adds its hash; removing it
+//! subtracts it; changing it subtracts the old hash and adds the new. So the sum depends only
+//! on which records the state holds, never on the order history built them in, and `apply`
+//! keeps it current in O(records it touched), not O(state).
+//!
+//! Why a sum is safe here: the digest detects replicas that diverged through a bug, not an
+//! adversary forging states. Two different record sets have sums that differ by a non-empty
+//! signed sum of SHA-256 outputs; modelling SHA-256 as a random function, that difference is
+//! uniform over 2^256 values, so equal digests of different states happen with probability
+//! 2^-256 per comparison. (Against an adversary who chooses records, additive hashes need a
+//! much larger modulus — Wagner's generalised birthday attack; see LtHash — but nobody outside
+//! the replicas chooses which of two divergent states a replica holds.)
+//!
+//! How a change is tracked: [`Records::get_mut`], `insert` and `remove` note the key and the
+//! record's hash *before* its first change in the current entry; [`Records::settle`] (run at
+//! the end of every `apply`) hashes the touched records as they are now and updates the sum.
+//! A record changed many times in one entry is hashed twice in all. Reads go through `Deref`
+//! to the underlying ordered map, so no read can change a record behind the digest's back.
+
+use std::borrow::Borrow;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::ops::Deref;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use sha2::{Digest as _, Sha256};
+
+/// A sum of record hashes modulo 2^256, as four little-endian 64-bit limbs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Sum([u64; 4]);
+
+impl Sum {
+    fn add(&mut self, hash: &Sum) {
+        let mut carry = false;
+        for (limb, &other) in self.0.iter_mut().zip(&hash.0) {
+            let (partial, overflow_a) = limb.overflowing_add(other);
+            let (total, overflow_b) = partial.overflowing_add(u64::from(carry));
+            *limb = total;
+            carry = overflow_a || overflow_b;
+        }
+    }
+
+    fn sub(&mut self, hash: &Sum) {
+        let mut borrow = false;
+        for (limb, &other) in self.0.iter_mut().zip(&hash.0) {
+            let (partial, underflow_a) = limb.overflowing_sub(other);
+            let (total, underflow_b) = partial.overflowing_sub(u64::from(borrow));
+            *limb = total;
+            borrow = underflow_a || underflow_b;
+        }
+    }
+
+    pub(crate) fn to_bytes(self) -> [u8; 32] {
+        let mut bytes = [0u8; 32];
+        for (chunk, limb) in bytes.chunks_exact_mut(8).zip(self.0) {
+            chunk.copy_from_slice(&limb.to_le_bytes());
+        }
+        bytes
+    }
+}
+
+/// `H(tag ‖ key ‖ value)`: SHA-256 of the tag byte and the bincode encodings (the snapshot's
+/// encoding) of key and value. Keys encode length-prefixed or fixed-width, so the split between
+/// key and value bytes is unambiguous.
+pub(crate) fn record_hash<K: Serialize + ?Sized, V: Serialize + ?Sized>(
+    tag: u8,
+    key: &K,
+    value: &V,
+) -> Sum {
+    let mut hasher = Sha256::new();
+    hasher.update([tag]);
+    let config = bincode::config::standard();
+    bincode::serde::encode_into_std_write(key, &mut hasher, config).expect("record key encodes");
+    bincode::serde::encode_into_std_write(value, &mut hasher, config)
+        .expect("record value encodes");
+    let digest: [u8; 32] = hasher.finalize().into();
+    let mut limbs = [0u64; 4];
+    for (limb, chunk) in limbs.iter_mut().zip(digest.chunks_exact(8)) {
+        *limb = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
+    }
+    Sum(limbs)
+}
+
+/// An ordered map of digest records tagged `TAG`, with the sum of their hashes. Serialized as
+/// the plain map (the snapshot bytes are unchanged by the tracking).
+pub(crate) struct Records<K, V, const TAG: u8> {
+    map: BTreeMap<K, V>,
+    sum: Sum,
+    /// Keys changed in the current entry, with their record's hash before the first change
+    /// (None: the key was absent). Empty between entries.
+    touched: BTreeMap<K, Option<Sum>>,
+}
+
+impl<K, V, const TAG: u8> Records<K, V, TAG>
+where
+    K: Ord + Clone + Serialize,
+    V: Serialize,
+{
+    /// The record under `key`, for changing it; the digest sees the change at `settle`.
+    pub(crate) fn get_mut<Q>(&mut self, key: &Q) -> Option<&mut V>
+    where
+        K: Borrow<Q>,
+        Q: Ord + ToOwned<Owned = K> + ?Sized,
+    {
+        self.touch(key);
+        self.map.get_mut(key)
+    }
+
+    /// The record under `key`, inserted from `make` if absent, for changing it.
+    pub(crate) fn get_or_insert_with(&mut self, key: K, make: impl FnOnce() -> V) -> &mut V {
+        self.touch(&key);
+        self.map.entry(key).or_insert_with(make)
+    }
+
+    pub(crate) fn insert(&mut self, key: K, value: V) -> Option<V> {
+        self.touch(&key);
+        self.map.insert(key, value)
+    }
+
+    pub(crate) fn remove<Q>(&mut self, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Ord + ToOwned<Owned = K> + ?Sized,
+    {
+        self.touch(key);
+        self.map.remove(key)
+    }
+
+    fn touch<Q>(&mut self, key: &Q)
+    where
+        K: Borrow<Q>,
+        Q: Ord + ToOwned<Owned = K> + ?Sized,
+    {
+        if self.touched.contains_key(key) {
+            return;
+        }
+        let (owned, before) = match self.map.get_key_value(key) {
+            Some((owned, value)) => (owned.clone(), Some(record_hash(TAG, owned, value))),
+            None => (key.to_owned(), None),
+        };
+        self.touched.insert(owned, before);
+    }
+
+    /// Folds the changes since the last settle into the sum: O(touched records).
+    pub(crate) fn settle(&mut self) {
+        for (key, before) in std::mem::take(&mut self.touched) {
+            if let Some(before) = before {
+                self.sum.sub(&before);
+            }
+            if let Some(value) = self.map.get(&key) {
+                self.sum.add(&record_hash(TAG, &key, value));
+            }
+        }
+    }
+
+    /// The sum of the records' hashes, kept current by `settle`.
+    pub(crate) fn sum(&self) -> Sum {
+        debug_assert!(self.touched.is_empty(), "digest read before settle");
+        self.sum
+    }
+
+    /// The sum recomputed from every record: O(collection).
+    pub(crate) fn recompute(&self) -> Sum {
+        let mut sum = Sum::default();
+        for (key, value) in &self.map {
+            sum.add(&record_hash(TAG, key, value));
+        }
+        sum
+    }
+}
+
+impl<K, V, const TAG: u8> Deref for Records<K, V, TAG> {
+    type Target = BTreeMap<K, V>;
+
+    fn deref(&self) -> &BTreeMap<K, V> {
+        &self.map
+    }
+}
+
+impl<'a, K, V, const TAG: u8> IntoIterator for &'a Records<K, V, TAG> {
+    type Item = (&'a K, &'a V);
+    type IntoIter = std::collections::btree_map::Iter<'a, K, V>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.map.iter()
+    }
+}
+
+impl<K, V, const TAG: u8> Default for Records<K, V, TAG> {
+    fn default() -> Self {
+        Records {
+            map: BTreeMap::new(),
+            sum: Sum::default(),
+            touched: BTreeMap::new(),
+        }
+    }
+}
+
+impl<K: Clone, V: Clone, const TAG: u8> Clone for Records<K, V, TAG> {
+    fn clone(&self) -> Self {
+        Records {
+            map: self.map.clone(),
+            sum: self.sum,
+            touched: self.touched.clone(),
+        }
+    }
+}
+
+impl<K: PartialEq, V: PartialEq, const TAG: u8> PartialEq for Records<K, V, TAG> {
+    fn eq(&self, other: &Self) -> bool {
+        self.map == other.map
+    }
+}
+
+impl<K: Eq, V: Eq, const TAG: u8> Eq for Records<K, V, TAG> {}
+
+impl<K: fmt::Debug, V: fmt::Debug, const TAG: u8> fmt::Debug for Records<K, V, TAG> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.map.fmt(f)
+    }
+}
+
+impl<K: Serialize, V: Serialize, const TAG: u8> Serialize for Records<K, V, TAG> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.map.serialize(serializer)
+    }
+}
+
+impl<'de, K, V, const TAG: u8> Deserialize<'de> for Records<K, V, TAG>
+where
+    K: Ord + Clone + Serialize + Deserialize<'de>,
+    V: Serialize + Deserialize<'de>,
+{
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let map = BTreeMap::deserialize(deserializer)?;
+        let mut records = Records {
+            map,
+            sum: Sum::default(),
+            touched: BTreeMap::new(),
+        };
+        records.sum = records.recompute();
+        Ok(records)
+    }
+}
+
+/// An ordered set of digest records tagged `TAG` (records with no value: the deadline index).
+/// A set member never changes in place, so inserts and removes update the sum at once.
+pub(crate) struct RecordSet<K, const TAG: u8> {
+    set: BTreeSet<K>,
+    sum: Sum,
+}
+
+impl<K: Ord + Serialize, const TAG: u8> RecordSet<K, TAG> {
+    pub(crate) fn insert(&mut self, key: K) -> bool {
+        let hash = record_hash(TAG, &key, &());
+        let inserted = self.set.insert(key);
+        if inserted {
+            self.sum.add(&hash);
+        }
+        inserted
+    }
+
+    pub(crate) fn remove(&mut self, key: &K) -> bool {
+        let removed = self.set.remove(key);
+        if removed {
+            self.sum.sub(&record_hash(TAG, key, &()));
+        }
+        removed
+    }
+
+    pub(crate) fn sum(&self) -> Sum {
+        self.sum
+    }
+
+    pub(crate) fn recompute(&self) -> Sum {
+        let mut sum = Sum::default();
+        for key in &self.set {
+            sum.add(&record_hash(TAG, key, &()));
+        }
+        sum
+    }
+}
+
+impl<K, const TAG: u8> Deref for RecordSet<K, TAG> {
+    type Target = BTreeSet<K>;
+
+    fn deref(&self) -> &BTreeSet<K> {
+        &self.set
+    }
+}
+
+impl<'a, K, const TAG: u8> IntoIterator for &'a RecordSet<K, TAG> {
+    type Item = &'a K;
+    type IntoIter = std::collections::btree_set::Iter<'a, K>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.set.iter()
+    }
+}
+
+impl<K, const TAG: u8> Default for RecordSet<K, TAG> {
+    fn default() -> Self {
+        RecordSet {
+            set: BTreeSet::new(),
+            sum: Sum::default(),
+        }
+    }
+}
+
+impl<K: Clone, const TAG: u8> Clone for RecordSet<K, TAG> {
+    fn clone(&self) -> Self {
+        RecordSet {
+            set: self.set.clone(),
+            sum: self.sum,
+        }
+    }
+}
+
+impl<K: PartialEq, const TAG: u8> PartialEq for RecordSet<K, TAG> {
+    fn eq(&self, other: &Self) -> bool {
+        self.set == other.set
+    }
+}
+
+impl<K: Eq, const TAG: u8> Eq for RecordSet<K, TAG> {}
+
+impl<K: fmt::Debug, const TAG: u8> fmt::Debug for RecordSet<K, TAG> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.set.fmt(f)
+    }
+}
+
+impl<K: Serialize, const TAG: u8> Serialize for RecordSet<K, TAG> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.set.serialize(serializer)
+    }
+}
+
+impl<'de, K, const TAG: u8> Deserialize<'de> for RecordSet<K, TAG>
+where
+    K: Ord + Serialize + Deserialize<'de>,
+{
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let set = BTreeSet::deserialize(deserializer)?;
+        let mut records = RecordSet {
+            set,
+            sum: Sum::default(),
+        };
+        records.sum = records.recompute();
+        Ok(records)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sum_adds_and_subtracts_modulo_2_256_with_carries() {
+        let mut sum = Sum([u64::MAX, u64::MAX, 0, 0]);
+        sum.add(&Sum([1, 0, 0, 0]));
+        assert_eq!(sum, Sum([0, 0, 1, 0]));
+        sum.sub(&Sum([1, 0, 0, 0]));
+        assert_eq!(sum, Sum([u64::MAX, u64::MAX, 0, 0]));
+        let mut wrap = Sum([u64::MAX; 4]);
+        wrap.add(&Sum([1, 0, 0, 0]));
+        assert_eq!(wrap, Sum::default());
+        wrap.sub(&Sum([1, 0, 0, 0]));
+        assert_eq!(wrap, Sum([u64::MAX; 4]));
+    }
+
+    #[test]
+    fn order_of_history_does_not_change_the_sum() {
+        let mut a: Records<String, u32, 9> = Records::default();
+        let mut b: Records<String, u32, 9> = Records::default();
+        for (key, value) in [("x", 1), ("y", 2), ("z", 3)] {
+            a.insert(key.to_string(), value);
+        }
+        a.settle();
+        for (key, value) in [("z", 3), ("w", 7), ("x", 5), ("y", 2)] {
+            b.insert(key.to_string(), value);
+            b.settle();
+        }
+        *b.get_mut("x").unwrap() = 1;
+        b.remove("w");
+        b.settle();
+        assert_eq!(a, b);
+        assert_eq!(a.sum(), b.sum());
+        assert_eq!(a.sum(), a.recompute());
+        *a.get_mut("y").unwrap() = 3;
+        a.settle();
+        assert_ne!(a.sum(), b.sum());
+        assert_eq!(a.sum(), a.recompute());
+    }
+}
