@@ -16,6 +16,7 @@ use holdfast_proto::v1 as pb;
 use tonic::transport::Channel;
 
 use crate::procs::{self, LocalCluster};
+use crate::report::percentile;
 
 /// Sessions live this long without keepalives (the server's maximum TTL).
 const SCALE_SESSION_TTL_MS: u64 = 3_600_000;
@@ -40,7 +41,19 @@ pub struct ScaleArgs {
     /// `--holdfast-flag=--checkpoint-every-entries=100000`.
     #[arg(long = "holdfast-flag", allow_hyphen_values = true)]
     holdfast_flags: Vec<String>,
+    /// A policy module to deploy and bind at the root ("") before loading, e.g. the
+    /// tenant-quota example (every session has a `tenant` label: one of `TENANTS`).
+    #[arg(long)]
+    policy: Option<PathBuf>,
+    /// The bound policy's config.
+    #[arg(long, default_value = "")]
+    policy_config: String,
 }
+
+/// Sessions are spread over this many tenants (`tenant` label `t-0` .. `t-9`).
+const TENANTS: u64 = 10;
+/// `Cluster.Status` calls timed once the locks are loaded.
+const STATUS_CALLS: usize = 500;
 
 fn mib(bytes: u64) -> f64 {
     bytes as f64 / f64::from(1 << 20)
@@ -67,6 +80,67 @@ where
                 tokio::time::sleep(Duration::from_millis(RETRY_PAUSE_MS)).await;
             }
             Err(status) => return Err(status.into()),
+        }
+    }
+}
+
+/// What the load saw: every acquire's latency, and when each `PROGRESS_EVERY_LOCKS`-th
+/// acquire completed.
+#[derive(Default)]
+struct Progress {
+    done: std::sync::atomic::AtomicU64,
+    latencies_us: std::sync::Mutex<Vec<u64>>,
+    /// (acquires done, seconds since the load began).
+    marks: std::sync::Mutex<Vec<(u64, f64)>>,
+}
+
+impl Progress {
+    /// Records one acquire; returns how many are done.
+    fn record(&self, took: Duration, since_start: Duration) -> u64 {
+        self.latencies_us
+            .lock()
+            .expect("latencies lock")
+            .push(took.as_micros() as u64);
+        let done = self.done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        if done.is_multiple_of(PROGRESS_EVERY_LOCKS) {
+            let mut marks = self.marks.lock().expect("marks lock");
+            marks.push((done, since_start.as_secs_f64()));
+        }
+        done
+    }
+
+    /// Prints the acquire latencies and the rate over the first and the last
+    /// `PROGRESS_EVERY_LOCKS` acquires.
+    fn report(&self, total: u64) {
+        let mut latencies = self.latencies_us.lock().expect("latencies lock").clone();
+        latencies.sort_unstable();
+        let ms = |p| percentile(&latencies, p) as f64 / 1e3;
+        println!(
+            "acquire latency while loading: p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.1} ms",
+            ms(0.50),
+            ms(0.99),
+            ms(0.999),
+            latencies.last().copied().unwrap_or(0) as f64 / 1e3
+        );
+        let mut marks = self.marks.lock().expect("marks lock").clone();
+        marks.sort_by_key(|(done, _)| *done);
+        let at = |done: u64| {
+            marks
+                .iter()
+                .find(|(count, _)| *count == done)
+                .map(|(_, seconds)| *seconds)
+        };
+        let window = PROGRESS_EVERY_LOCKS;
+        if total >= 2 * window
+            && let (Some(first), Some(before_last), Some(last)) =
+                (at(window), at(total - window), at(total))
+        {
+            let (first_rate, last_rate) =
+                (window as f64 / first, window as f64 / (last - before_last));
+            println!(
+                "load rate: first {window} locks {first_rate:.0}/s, last {window} {last_rate:.0}/s ({:.0}% of the first)",
+                100.0 * last_rate / first_rate
+            );
         }
     }
 }
@@ -115,6 +189,26 @@ pub async fn run(args: ScaleArgs) -> anyhow::Result<()> {
         .connect()
         .await?;
 
+    if let Some(path) = &args.policy {
+        let wasm = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let admin = Client::connect(&endpoints)?;
+        let deployed = admin.deploy_policy("scale-policy", &wasm).await?;
+        admin
+            .bind_policy(pb::BindPolicyRequest {
+                prefix: String::new(),
+                policy: "scale-policy".to_string(),
+                version: deployed.version,
+                config: args.policy_config.clone().into_bytes(),
+                mode: pb::BindMode::Enforce as i32,
+            })
+            .await?;
+        println!(
+            "policy {} bound at the root, config {:?}",
+            path.display(),
+            args.policy_config
+        );
+    }
+
     let ids = Arc::new(std::sync::Mutex::new(vec![0u64; args.sessions as usize]));
     let opened = {
         let (channel, ids) = (channel.clone(), Arc::clone(&ids));
@@ -125,7 +219,7 @@ pub async fn run(args: ScaleArgs) -> anyhow::Result<()> {
                 let request = pb::OpenSessionRequest {
                     ttl_ms: SCALE_SESSION_TTL_MS,
                     principal: format!("scale-{}", k % 100),
-                    labels: Default::default(),
+                    labels: [("tenant".to_string(), format!("t-{}", k % TENANTS))].into(),
                 };
                 // Not idempotent: a retried open after a lost answer leaves one extra session.
                 let response = with_retries(|| {
@@ -149,10 +243,14 @@ pub async fn run(args: ScaleArgs) -> anyhow::Result<()> {
     let ids: Arc<Vec<u64>> = Arc::new(ids.lock().expect("ids lock").clone());
     let sessions = args.sessions;
     let loading = Instant::now();
+    let progress = Arc::new(Progress::default());
+    let recorder = Arc::clone(&progress);
     let acquired = load(args.locks, args.concurrency, move |j| {
         let locks = pb::locks_client::LocksClient::<Channel>::new(channel.clone());
         let session_id = ids[(j % sessions) as usize];
+        let progress = Arc::clone(&recorder);
         async move {
+            let started = Instant::now();
             let request = pb::AcquireRequest {
                 session_id,
                 request_id: j / sessions + 1,
@@ -171,9 +269,10 @@ pub async fn run(args: ScaleArgs) -> anyhow::Result<()> {
             if response.status != pb::AcquireStatus::Acquired as i32 {
                 bail!("scale/{j:08} was not granted: {response:?}");
             }
-            if j > 0 && j % PROGRESS_EVERY_LOCKS == 0 {
+            let done = progress.record(started.elapsed(), loading.elapsed());
+            if done.is_multiple_of(PROGRESS_EVERY_LOCKS) {
                 println!(
-                    "  {j} locks acquired, {:.1} s",
+                    "  {done} locks acquired, {:.1} s",
                     loading.elapsed().as_secs_f64()
                 );
             }
@@ -188,19 +287,33 @@ pub async fn run(args: ScaleArgs) -> anyhow::Result<()> {
         args.locks as f64 / acquired.as_secs_f64()
     );
 
+    progress.report(args.locks);
     let client = Client::connect(&endpoints)?;
     let status = client.status(leader).await?;
     println!(
         "leader applied index {}, {} sessions",
         status.applied_index, status.session_count
     );
+    let mut status_us = Vec::with_capacity(STATUS_CALLS);
+    for _ in 0..STATUS_CALLS {
+        let started = Instant::now();
+        client.status(leader).await?;
+        status_us.push(started.elapsed().as_micros() as u64);
+    }
+    status_us.sort_unstable();
+    println!(
+        "Cluster.Status on the leader, {STATUS_CALLS} calls: p50 {:.2} ms, p99 {:.2} ms",
+        percentile(&status_us, 0.50) as f64 / 1e3,
+        percentile(&status_us, 0.99) as f64 / 1e3
+    );
     // Let a last snapshot and the metrics sampler catch up.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let rss_after = cluster.rss_bytes();
     for (index, (before, after)) in rss_before.iter().zip(&rss_after).enumerate() {
         let page = procs::scrape(&cluster.metrics_addrs()[index]).await?;
+        let ms = |name| procs::metric(&page, name).map_or(f64::NAN, |s| s * 1e3);
         println!(
-            "node {}: rss {:.0} MiB -> {:.0} MiB ({:.0} bytes per held lock, sessions included); last snapshot {:.1} MiB built in {:.2} s",
+            "node {}: rss {:.0} MiB -> {:.0} MiB ({:.0} bytes per held lock, sessions included); last snapshot {:.1} MiB built in {:.2} s, holding the state lock {:.1} ms at most; longest apply stall {:.1} ms",
             index + 1,
             mib(*before),
             mib(*after),
@@ -208,6 +321,8 @@ pub async fn run(args: ScaleArgs) -> anyhow::Result<()> {
             procs::metric(&page, "holdfast_snapshot_bytes")
                 .map_or(f64::NAN, |b| b / f64::from(1 << 20)),
             procs::metric(&page, "holdfast_snapshot_build_seconds").unwrap_or(f64::NAN),
+            ms("holdfast_snapshot_lock_hold_seconds"),
+            ms("holdfast_apply_stall_max_seconds"),
         );
     }
 

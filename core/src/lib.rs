@@ -26,7 +26,7 @@ pub use policy::{
     ElectInput, ExpireInput, HeldView, LeaseDecision, NextInput, POLICY_ABI_LIMITS, PolicyHost,
     PolicyRuntime,
 };
-pub use snapshot::{SNAPSHOT_FORMAT_VERSION, SnapshotError};
+pub use snapshot::{SNAPSHOT_FORMAT_VERSION, SnapshotAbandoned, SnapshotError, SnapshotWriter};
 pub use state::views::{
     BindingView, HolderView, LockView, PolicyView, SessionView, WaiterInfo, WaiterView,
 };

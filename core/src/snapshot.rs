@@ -60,6 +60,7 @@ impl State {
         let (mut state, read) = decode_bounded(body)?;
         state.sessions_by_principal = state.count_sessions_by_principal();
         state.counts = state.all_counts_from_scratch();
+        state.stakes = state.stakes_from_scratch();
         if read != body.len() {
             return Err(SnapshotError::TrailingBytes {
                 count: body.len() - read,
@@ -113,12 +114,122 @@ impl State {
     /// Folds the records changed since the last call into the digest. `apply` calls it once
     /// per entry; anything else that changes records (tests) calls it before reading the
     /// digest.
+    fn is_settled(&self) -> bool {
+        self.sessions.is_settled()
+            && self.locks.is_settled()
+            && self.deadlines.is_settled()
+            && self.policies.is_settled()
+            && self.bindings.is_settled()
+    }
+
     pub(crate) fn settle(&mut self) {
         self.sessions.settle();
         self.locks.settle();
+        self.deadlines.settle();
         self.policies.settle();
         self.bindings.settle();
     }
+}
+
+/// A snapshot being written from the state as it was at [`State::begin_snapshot`], a chunk at
+/// a time, while `apply` goes on between chunks. Each collection keeps the values, as of the
+/// freeze, of the records that change before the writer reaches them (`state/records.rs`), so
+/// the bytes are exactly [`State::to_snapshot_bytes`] of the frozen state.
+#[derive(Debug)]
+pub struct SnapshotWriter {
+    bytes: Vec<u8>,
+    /// The next field of `State` to write (see `write_snapshot_chunk`).
+    stage: usize,
+    applied_index: u64,
+    policy_fault_count: u64,
+}
+
+/// The state a snapshot was being written from was replaced (a snapshot was installed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the state was replaced while its snapshot was being written")]
+pub struct SnapshotAbandoned;
+
+impl SnapshotWriter {
+    /// The log index of the last entry the snapshot includes.
+    pub fn applied_index(&self) -> u64 {
+        self.applied_index
+    }
+
+    /// The snapshot bytes, once `write_snapshot_chunk` returned `Ok(true)`.
+    pub fn into_bytes(self) -> Vec<u8> {
+        assert_eq!(self.stage, SNAPSHOT_STAGES, "snapshot not fully written");
+        self.bytes
+    }
+}
+
+/// The collections of `State` written a chunk at a time, in field order.
+const SNAPSHOT_STAGES: usize = 5;
+
+impl State {
+    /// Freezes the state for a snapshot: O(1). Write it with
+    /// [`State::write_snapshot_chunk`] until that returns `Ok(true)`; entries may be applied
+    /// between chunks. One snapshot at a time.
+    pub fn begin_snapshot(&mut self) -> SnapshotWriter {
+        assert!(self.is_settled(), "snapshot begun inside an entry");
+        self.sessions.freeze();
+        self.locks.freeze();
+        self.deadlines.freeze();
+        self.policies.freeze();
+        self.bindings.freeze();
+        let mut bytes = vec![SNAPSHOT_FORMAT_VERSION];
+        // `State`'s field order: applied_index, now_ms, sessions, locks, deadlines,
+        // policy_fault_count, policies, bindings (the derived fields are skipped).
+        encode_field(&self.applied_index, &mut bytes);
+        encode_field(&self.now_ms, &mut bytes);
+        SnapshotWriter {
+            bytes,
+            stage: 0,
+            applied_index: self.applied_index,
+            policy_fault_count: self.policy_fault_count,
+        }
+    }
+
+    /// Writes up to `records` more records of the frozen state (at least one, unless done).
+    /// `Ok(true)`: the snapshot is complete.
+    pub fn write_snapshot_chunk(
+        &mut self,
+        writer: &mut SnapshotWriter,
+        records: usize,
+    ) -> Result<bool, SnapshotAbandoned> {
+        let mut budget = records.max(1);
+        while writer.stage < SNAPSHOT_STAGES && budget > 0 {
+            let out = &mut writer.bytes;
+            let frozen = match writer.stage {
+                0 => self.sessions.is_frozen(),
+                1 => self.locks.is_frozen(),
+                2 => self.deadlines.is_frozen(),
+                3 => self.policies.is_frozen(),
+                _ => self.bindings.is_frozen(),
+            };
+            if !frozen {
+                return Err(SnapshotAbandoned);
+            }
+            let done = match writer.stage {
+                0 => self.sessions.write_frozen(out, &mut budget),
+                1 => self.locks.write_frozen(out, &mut budget),
+                2 => self.deadlines.write_frozen(out, &mut budget),
+                3 => self.policies.write_frozen(out, &mut budget),
+                _ => self.bindings.write_frozen(out, &mut budget),
+            };
+            if done {
+                writer.stage += 1;
+                if writer.stage == 3 {
+                    encode_field(&writer.policy_fault_count, out);
+                }
+            }
+        }
+        Ok(writer.stage == SNAPSHOT_STAGES)
+    }
+}
+
+fn encode_field<T: serde::Serialize>(value: &T, out: &mut Vec<u8>) {
+    bincode::serde::encode_into_std_write(value, out, bincode::config::standard())
+        .expect("snapshot field encodes");
 }
 
 /// Decodes with bincode's allocation limit set from the input's size. bincode claims against

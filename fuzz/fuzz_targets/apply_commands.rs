@@ -124,6 +124,9 @@ fuzz_target!(|data: &[u8]| {
     let bytes = state.to_snapshot_bytes();
     let restored = State::from_snapshot_bytes(&bytes).expect("own snapshot decodes");
     assert_eq!(restored, state);
+    // The digest apply maintained is the digest of the records.
+    assert_eq!(state.digest(), state.digest_from_scratch());
+    assert_eq!(restored.digest(), state.digest());
     // Arbitrary bytes as a snapshot: refused or valid, never a panic.
     if let Ok(decoded) = State::from_snapshot_bytes(data) {
         assert!(decoded.check_invariants().is_ok());

@@ -48,6 +48,9 @@ pub struct ApplyMetrics {
     releases: BTreeMap<&'static str, Counter>,
     left_queue: BTreeMap<&'static str, Counter>,
     expiries: Counter,
+    /// The longest an entry took from asking for the state lock to releasing it (waiting
+    /// behind readers and the snapshot writer, then applying), in nanoseconds.
+    stall_max_nanos: std::sync::atomic::AtomicU64,
 }
 
 impl ApplyMetrics {
@@ -93,7 +96,21 @@ impl ApplyMetrics {
                 })
                 .collect(),
             expiries: counter!("holdfast_session_expiries_total", "node" => label()),
+            stall_max_nanos: std::sync::atomic::AtomicU64::new(0),
             node,
+        }
+    }
+
+    /// Records how long one entry held up the apply loop: waiting for the state lock plus
+    /// applying. Keeps the longest since start (`holdfast_apply_stall_max_seconds`).
+    pub fn record_stall(&self, took: Duration) {
+        let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        let before = self
+            .stall_max_nanos
+            .fetch_max(nanos, std::sync::atomic::Ordering::Relaxed);
+        if nanos > before {
+            gauge!("holdfast_apply_stall_max_seconds", "node" => self.node.clone())
+                .set(took.as_secs_f64());
         }
     }
 
@@ -236,10 +253,13 @@ pub fn record_snapshot(node: u64, bytes: usize) {
     gauge!("holdfast_snapshot_bytes", "node" => node.to_string()).set(bytes as f64);
 }
 
-/// A snapshot this node built: its size and how long encoding and persisting it took.
-pub fn record_snapshot_built(node: u64, bytes: usize, took: Duration) {
+/// A snapshot this node built: its size, how long encoding and persisting it took, and the
+/// longest it held the state lock (apply waits that long at most).
+pub fn record_snapshot_built(node: u64, bytes: usize, took: Duration, longest_hold: Duration) {
     record_snapshot(node, bytes);
     gauge!("holdfast_snapshot_build_seconds", "node" => node.to_string()).set(took.as_secs_f64());
+    gauge!("holdfast_snapshot_lock_hold_seconds", "node" => node.to_string())
+        .set(longest_hold.as_secs_f64());
 }
 
 /// What the sampler reads of one node every [`SAMPLE_INTERVAL_MS`]. The node fills it

@@ -31,6 +31,7 @@ pub struct RunningNode {
     forwarder: JoinHandle<()>,
     nudger: JoinHandle<()>,
     guard: JoinHandle<()>,
+    snapshots: JoinHandle<()>,
     sampler: JoinHandle<()>,
     shutdown: tokio::sync::oneshot::Sender<()>,
 }
@@ -101,6 +102,7 @@ impl RunningNode {
         self.forwarder.abort();
         self.nudger.abort();
         self.guard.abort();
+        self.snapshots.abort();
         self.sampler.abort();
         let _ = self.shutdown.send(());
         let _ = tokio::time::timeout(Duration::from_secs(5), self.server).await;
@@ -131,7 +133,8 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         heartbeat_interval: timing.heartbeat_ms,
         election_timeout_min: timing.election_timeout_min_ms,
         election_timeout_max: timing.election_timeout_max_ms,
-        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(timing.snapshot_every_entries),
+        // Snapshots follow cost instead (`Node::run_snapshot_scheduler`).
+        snapshot_policy: openraft::SnapshotPolicy::Never,
         max_in_snapshot_log_to_keep: timing.snapshot_keep_entries,
         install_snapshot_timeout: SNAPSHOT_SEND_TIMEOUT_MS,
         enable_pre_vote: Some(true),
@@ -300,6 +303,8 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         timing.election_timeout_min_ms,
     ));
     let guard = tokio::spawn(Arc::clone(&node).run_divergence_guard());
+    let snapshots =
+        tokio::spawn(Arc::clone(&node).run_snapshot_scheduler(timing.snapshot_every_entries));
     let sampled = Arc::clone(&node);
     let sampler = tokio::spawn(crate::metrics::run_sampler(
         node.id,
@@ -321,6 +326,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         forwarder,
         nudger,
         guard,
+        snapshots,
         sampler,
         shutdown,
     })

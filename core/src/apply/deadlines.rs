@@ -39,18 +39,20 @@ impl<H: PolicyHost + ?Sized> Applier<'_, H> {
             let kind = DeadlineKind::SessionExpiry {
                 session_id: *session_id,
             };
-            assert!(self.state.deadlines.remove(&Deadline {
+            assert!(self.state.deadlines.remove_key(&Deadline {
                 at_ms: old,
                 kind: kind.clone()
             }));
-            self.state.deadlines.insert(Deadline { at_ms: new, kind });
+            self.state
+                .deadlines
+                .insert_key(Deadline { at_ms: new, kind });
         }
         Outcome::None
     }
 
     pub(super) fn fire_due_deadlines(&mut self) {
         let now_ms = self.now_ms();
-        while let Some(deadline) = self.state.deadlines.first() {
+        while let Some(deadline) = self.state.deadlines.keys().next() {
             if deadline.at_ms > now_ms {
                 break;
             }
@@ -77,7 +79,8 @@ impl<H: PolicyHost + ?Sized> Applier<'_, H> {
             assert!(
                 self.state
                     .deadlines
-                    .first()
+                    .keys()
+                    .next()
                     .is_none_or(|first| first.at_ms >= deadline.at_ms)
             );
         }
@@ -98,7 +101,7 @@ impl<H: PolicyHost + ?Sized> Applier<'_, H> {
             .delayed_until_ms
             .take()
             .expect("lock-delay deadline of an undelayed lock");
-        assert!(self.state.deadlines.remove(&Deadline {
+        assert!(self.state.deadlines.remove_key(&Deadline {
             at_ms,
             kind: DeadlineKind::DelayEnd {
                 name: name.to_string()
@@ -123,13 +126,13 @@ impl<H: PolicyHost + ?Sized> Applier<'_, H> {
             if old >= until_ms {
                 return;
             }
-            assert!(self.state.deadlines.remove(&Deadline {
+            assert!(self.state.deadlines.remove_key(&Deadline {
                 at_ms: old,
                 kind: kind.clone()
             }));
         }
         lock.delayed_until_ms = Some(until_ms);
-        assert!(self.state.deadlines.insert(Deadline {
+        assert!(self.state.deadlines.insert_key(Deadline {
             at_ms: until_ms,
             kind
         }));

@@ -160,7 +160,7 @@ impl<H: PolicyHost + ?Sized> Applier<'_, H> {
         let kind = DeadlineKind::ElectionPreempt {
             name: name.to_string(),
         };
-        assert!(self.state.deadlines.insert(Deadline { at_ms, kind }));
+        assert!(self.state.deadlines.insert_key(Deadline { at_ms, kind }));
     }
 
     /// A scheduled preemption falls due (phase 2): if the winner still campaigns, the leader's
@@ -188,7 +188,7 @@ impl<H: PolicyHost + ?Sized> Applier<'_, H> {
         let kind = DeadlineKind::ElectionReevaluate {
             name: name.to_string(),
         };
-        assert!(self.state.deadlines.insert(Deadline { at_ms, kind }));
+        assert!(self.state.deadlines.insert_key(Deadline { at_ms, kind }));
     }
 
     pub(super) fn clear_preempt(&mut self, name: &str) {
@@ -201,7 +201,7 @@ impl<H: PolicyHost + ?Sized> Applier<'_, H> {
             let kind = DeadlineKind::ElectionPreempt {
                 name: name.to_string(),
             };
-            assert!(self.state.deadlines.remove(&Deadline { at_ms, kind }));
+            assert!(self.state.deadlines.remove_key(&Deadline { at_ms, kind }));
         }
     }
 
@@ -215,7 +215,7 @@ impl<H: PolicyHost + ?Sized> Applier<'_, H> {
             let kind = DeadlineKind::ElectionReevaluate {
                 name: name.to_string(),
             };
-            assert!(self.state.deadlines.remove(&Deadline { at_ms, kind }));
+            assert!(self.state.deadlines.remove_key(&Deadline { at_ms, kind }));
         }
     }
 

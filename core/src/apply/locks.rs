@@ -217,7 +217,7 @@ impl<H: PolicyHost + ?Sized> Applier<'_, H> {
             name: request.name.clone(),
             session_id: request.session_id,
         };
-        assert!(self.state.deadlines.insert(Deadline {
+        assert!(self.state.deadlines.insert_key(Deadline {
             at_ms: now_ms + wait_timeout_ms,
             kind
         }));
@@ -274,7 +274,7 @@ impl<H: PolicyHost + ?Sized> Applier<'_, H> {
                 name: request.name.clone(),
                 session_id: request.session_id,
             };
-            assert!(self.state.deadlines.insert(Deadline { at_ms, kind }));
+            assert!(self.state.deadlines.insert_key(Deadline { at_ms, kind }));
         }
         self.events.push(Event::Acquired {
             name: request.name.clone(),
@@ -317,7 +317,7 @@ impl<H: PolicyHost + ?Sized> Applier<'_, H> {
                 name: name.to_string(),
                 session_id,
             };
-            assert!(self.state.deadlines.remove(&Deadline { at_ms, kind }));
+            assert!(self.state.deadlines.remove_key(&Deadline { at_ms, kind }));
         }
         self.events.push(Event::Released {
             name: name.to_string(),
@@ -377,7 +377,7 @@ impl<H: PolicyHost + ?Sized> Applier<'_, H> {
             name: name.to_string(),
             session_id,
         };
-        assert!(self.state.deadlines.remove(&Deadline {
+        assert!(self.state.deadlines.remove_key(&Deadline {
             at_ms: waiter.deadline_ms,
             kind
         }));

@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 
 use super::{Applier, Route, invalid};
 use crate::limits;
-use crate::model::{AcquireRequest, BindMode, Event, Outcome, Rejection};
+use crate::model::{AcquireRequest, BindMode, Event, Outcome, Rejection, SessionId};
 use crate::policy::{
     self, AdmitDecision, AdmitInput, BoundModule, Counters, POLICY_ABI_LIMITS, PolicyHost,
     PolicyRuntime,
@@ -368,10 +368,24 @@ pub(super) fn admit_input<'s>(
         waiters: lock.map(|lock| lock.waiter_views()).unwrap_or_default(),
         state,
         counters: counting.map_or_else(Counters::default, |prefix| {
-            state.counters(prefix, request.session_id)
+            counters(state, prefix, request.session_id)
         }),
         now_ms: state.now_ms,
         log_index,
+    }
+}
+
+/// Holds and waits under `prefix` of `session_id`'s principal and of its tenant, as apply
+/// keeps them (`state/counts.rs`).
+pub(super) fn counters(state: &State, prefix: &str, session_id: SessionId) -> Counters {
+    let (principal, tenant, name) = state.stakes_under(prefix, session_id);
+    let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+    Counters {
+        principal_holds: count(principal.holds),
+        principal_waits: count(principal.waits),
+        tenant: name.to_string(),
+        tenant_holds: count(tenant.holds),
+        tenant_waits: count(tenant.waits),
     }
 }
 

@@ -85,7 +85,7 @@ impl<H: PolicyHost + ?Sized> Applier<'_, H> {
         };
         assert!(self.state.sessions.insert(session_id, session).is_none());
         let kind = DeadlineKind::SessionExpiry { session_id };
-        assert!(self.state.deadlines.insert(Deadline {
+        assert!(self.state.deadlines.insert_key(Deadline {
             at_ms: expires_at_ms,
             kind
         }));
@@ -152,7 +152,7 @@ impl<H: PolicyHost + ?Sized> Applier<'_, H> {
         }
         assert!(session.holds.is_empty() && session.waiting.is_empty());
         let kind = DeadlineKind::SessionExpiry { session_id };
-        assert!(self.state.deadlines.remove(&Deadline {
+        assert!(self.state.deadlines.remove_key(&Deadline {
             at_ms: session.expires_at_ms,
             kind
         }));

@@ -1,6 +1,7 @@
-//! Policy counters kept current by `apply`: for every prefix where a deployed module is bound,
+//! Counters kept current by `apply`: the holds and waits over all locks (for metrics), and,
+//! the policy counters: for every prefix where a deployed module is bound,
 //! how many locks under it each principal and each tenant holds and waits for. A module's
-//! `admit` reads them ([`crate::Counters`]) in O(log n) instead of a scan of every session.
+//! `admit` reads them (`Counters`) in O(log n) instead of a scan of every session.
 //!
 //! Derived data, like `sessions_by_principal`: not in the snapshot bytes or the digest,
 //! rebuilt when a snapshot is decoded, and compared with a from-scratch recount by
@@ -11,22 +12,21 @@
 
 use std::collections::BTreeMap;
 
-use super::{BUILTIN_POLICY, Session, State};
+use super::{BUILTIN_POLICY, PrefixCounts, Session, State, Tally};
 use crate::model::SessionId;
-use crate::policy::Counters;
 
-/// Holds and waits under one prefix, by principal and by tenant (no zero entries, so equal
-/// counts compare equal whatever history built them).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub(crate) struct PrefixCounts {
-    principals: BTreeMap<String, Tally>,
-    tenants: BTreeMap<String, Tally>,
-}
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-struct Tally {
-    holds: usize,
-    waits: usize,
+impl Tally {
+    fn adjust(&mut self, stake: Stake, began: bool) {
+        let count = match stake {
+            Stake::Hold => &mut self.holds,
+            Stake::Wait => &mut self.waits,
+        };
+        *count = if began {
+            *count + 1
+        } else {
+            count.checked_sub(1).expect("counted stake ends once")
+        };
+    }
 }
 
 /// What began or ended for a session on a lock.
@@ -56,23 +56,15 @@ fn adjust(tallies: &mut BTreeMap<String, Tally>, key: &str, stake: Stake, began:
         tallies.insert(key.to_string(), Tally::default());
     }
     let tally = tallies.get_mut(key).expect("inserted above");
-    let count = match stake {
-        Stake::Hold => &mut tally.holds,
-        Stake::Wait => &mut tally.waits,
-    };
-    *count = if began {
-        *count + 1
-    } else {
-        count.checked_sub(1).expect("counted stake ends once")
-    };
+    tally.adjust(stake, began);
     if *tally == Tally::default() {
         tallies.remove(key);
     }
 }
 
 impl State {
-    /// `session_id` began (or ended) holding or waiting for lock `name`: adjusts the counts of
-    /// every counted prefix of `name`. The session must exist.
+    /// `session_id` began (or ended) holding or waiting for lock `name`: adjusts the totals and
+    /// the counts of every counted prefix of `name`. The session must exist.
     pub(crate) fn count_stake(
         &mut self,
         name: &str,
@@ -80,6 +72,7 @@ impl State {
         stake: Stake,
         began: bool,
     ) {
+        self.stakes.adjust(stake, began);
         if self.counts.is_empty() {
             return;
         }
@@ -121,6 +114,16 @@ impl State {
         }
     }
 
+    /// Holds and waits over every lock, from scratch: O(locks).
+    pub(crate) fn stakes_from_scratch(&self) -> Tally {
+        self.locks
+            .values()
+            .fold(Tally::default(), |total, lock| Tally {
+                holds: total.holds + lock.holders.len(),
+                waits: total.waits + lock.waiters.len(),
+            })
+    }
+
     /// Every counted prefix's counts, from scratch: O(state). For decoding a snapshot and the
     /// invariant check.
     pub(crate) fn all_counts_from_scratch(&self) -> BTreeMap<String, PrefixCounts> {
@@ -153,13 +156,14 @@ impl State {
         counts
     }
 
-    /// What a module bound at `prefix` sees of `session_id`'s principal and tenant.
+    /// The holds and waits under `prefix` of `session_id`'s principal and of its tenant, and
+    /// the tenant ("" = none, with zero counts): what a module bound at `prefix` sees.
     ///
     /// # Panics
     /// If `prefix` is not counted (no deployed module bound there) or the session is missing:
     /// callers ask only for the prefix of the deployed module deciding a live session's
     /// request.
-    pub(crate) fn counters(&self, prefix: &str, session_id: SessionId) -> Counters {
+    pub(crate) fn stakes_under(&self, prefix: &str, session_id: SessionId) -> (Tally, Tally, &str) {
         let session = &self.sessions[&session_id];
         let counts = self
             .counts
@@ -167,20 +171,13 @@ impl State {
             .expect("counters asked for a prefix with a deployed module bound");
         let tenant = tenant_of(session);
         let principal = counts.principals.get(&session.principal).copied();
-        let tenant_tally = (!tenant.is_empty())
+        let of_tenant = (!tenant.is_empty())
             .then(|| counts.tenants.get(tenant).copied())
             .flatten();
-        let (principal, tenant_tally) = (
+        (
             principal.unwrap_or_default(),
-            tenant_tally.unwrap_or_default(),
-        );
-        let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
-        Counters {
-            principal_holds: count(principal.holds),
-            principal_waits: count(principal.waits),
-            tenant: tenant.to_string(),
-            tenant_holds: count(tenant_tally.holds),
-            tenant_waits: count(tenant_tally.waits),
-        }
+            of_tenant.unwrap_or_default(),
+            tenant,
+        )
     }
 }

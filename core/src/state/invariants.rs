@@ -62,15 +62,19 @@ impl State {
             ));
         }
         self.check_policies()?;
+        if self.stakes != self.stakes_from_scratch() {
+            return Err("hold and waiter totals do not count the locks".to_string());
+        }
         if self.counts != self.all_counts_from_scratch() {
             return Err("policy counters do not count the holds and waits".to_string());
         }
         let expected = self.expected_deadlines();
-        if expected != *self.deadlines {
+        if !expected.iter().eq(self.deadlines.keys()) {
+            let indexed: BTreeSet<&Deadline> = self.deadlines.keys().collect();
             return Err(format!(
                 "deadline index out of sync: missing {:?}, extra {:?}",
-                expected.difference(&self.deadlines).next(),
-                self.deadlines.difference(&expected).next()
+                expected.iter().find(|deadline| !indexed.contains(deadline)),
+                indexed.iter().find(|deadline| !expected.contains(deadline))
             ));
         }
         Ok(())

@@ -23,13 +23,13 @@ pub(crate) mod records;
 
 pub(crate) mod views;
 
-use records::{RecordSet, Records};
+use records::Records;
 
 /// Digest tags: which collection a record belongs to (see `records.rs`).
 pub(crate) const HEADER_TAG: u8 = 0;
 pub(crate) type Sessions = Records<SessionId, Session, 1>;
 pub(crate) type Locks = Records<String, Box<Lock>, 2>;
-pub(crate) type Deadlines = RecordSet<Deadline, 3>;
+pub(crate) type Deadlines = Records<Deadline, (), 3>;
 pub(crate) type Policies = Records<String, BTreeMap<u64, Deployed>, 4>;
 pub(crate) type Bindings = Records<String, Binding, 5>;
 
@@ -64,7 +64,10 @@ pub struct State {
     /// not in the snapshot bytes, rebuilt when a snapshot is decoded, checked by
     /// `check_invariants`.
     #[serde(skip)]
-    pub(crate) counts: BTreeMap<String, counts::PrefixCounts>,
+    pub(crate) counts: BTreeMap<String, PrefixCounts>,
+    /// Holds and waits over every lock. Derived like `counts`.
+    #[serde(skip)]
+    pub(crate) stakes: Tally,
 }
 
 /// The name of the native FIFO policy in bindings (version 0, nothing deployed).
@@ -187,6 +190,20 @@ pub(crate) struct Waiter {
     pub(crate) value: Vec<u8>,
 }
 
+/// Holds and waits under one prefix, by principal and by tenant (kept by `counts.rs`) (no zero entries, so equal
+/// counts compare equal whatever history built them).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct PrefixCounts {
+    pub(crate) principals: BTreeMap<String, Tally>,
+    pub(crate) tenants: BTreeMap<String, Tally>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Tally {
+    pub(crate) holds: usize,
+    pub(crate) waits: usize,
+}
+
 /// One pending deadline. Ordered by time, then kind (the declaration order below), then key.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub(crate) struct Deadline {
@@ -225,7 +242,7 @@ impl State {
     /// Earliest pending deadline (session expiry, lease expiry, waiter timeout, lock-delay
     /// end). The leader proposes a `Tick` once its cluster clock reaches it.
     pub fn next_deadline_ms(&self) -> Option<u64> {
-        self.deadlines.first().map(|deadline| deadline.at_ms)
+        self.deadlines.keys().next().map(|deadline| deadline.at_ms)
     }
 
     /// TEST ONLY: changes the state without a log entry, as a divergent replica would (the

@@ -23,8 +23,9 @@
 //! to the underlying ordered map, so no read can change a record behind the digest's back.
 
 use std::borrow::Borrow;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fmt;
+use std::ops::Bound::{Excluded, Unbounded};
 use std::ops::Deref;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -87,19 +88,37 @@ pub(crate) fn record_hash<K: Serialize + ?Sized, V: Serialize + ?Sized>(
 }
 
 /// An ordered map of digest records tagged `TAG`, with the sum of their hashes. Serialized as
-/// the plain map (the snapshot bytes are unchanged by the tracking).
+/// the plain map (the snapshot bytes are unchanged by the tracking). A map of `()` values is
+/// a set, encoded as one.
 pub(crate) struct Records<K, V, const TAG: u8> {
     map: BTreeMap<K, V>,
     sum: Sum,
     /// Keys changed in the current entry, with their record's hash before the first change
     /// (None: the key was absent). Empty between entries.
     touched: BTreeMap<K, Option<Sum>>,
+    /// While a snapshot is written a chunk at a time: what it has written and the frozen
+    /// values of records changed since.
+    frozen: Option<Frozen<K, V>>,
+}
+
+/// A snapshot's view of one collection as it was when the snapshot began (`Records::freeze`):
+/// the records past `cursor` are the live ones except where `kept` holds their value at the
+/// freeze (None: absent then). A record is copied into `kept` the first time it changes after
+/// the freeze, and only if the snapshot has not written it yet.
+struct Frozen<K, V> {
+    len: usize,
+    /// Whether the length is written.
+    started: bool,
+    written: usize,
+    /// The last key written; None before the first.
+    cursor: Option<K>,
+    kept: BTreeMap<K, Option<V>>,
 }
 
 impl<K, V, const TAG: u8> Records<K, V, TAG>
 where
     K: Ord + Clone + Serialize,
-    V: Serialize,
+    V: Clone + Serialize,
 {
     /// The record under `key`, for changing it; the digest sees the change at `settle`.
     pub(crate) fn get_mut<Q>(&mut self, key: &Q) -> Option<&mut V>
@@ -131,11 +150,23 @@ where
         self.map.remove(key)
     }
 
+    /// Called before every change of the record under `key`.
     fn touch<Q>(&mut self, key: &Q)
     where
         K: Borrow<Q>,
         Q: Ord + ToOwned<Owned = K> + ?Sized,
     {
+        if let Some(frozen) = &mut self.frozen {
+            let unwritten = frozen
+                .cursor
+                .as_ref()
+                .is_none_or(|cursor| key > cursor.borrow());
+            if unwritten && !frozen.kept.contains_key(key) {
+                frozen
+                    .kept
+                    .insert(key.to_owned(), self.map.get(key).cloned());
+            }
+        }
         if self.touched.contains_key(key) {
             return;
         }
@@ -158,9 +189,14 @@ where
         }
     }
 
+    /// Whether every change is folded into the sum (true between entries).
+    pub(crate) fn is_settled(&self) -> bool {
+        self.touched.is_empty()
+    }
+
     /// The sum of the records' hashes, kept current by `settle`.
     pub(crate) fn sum(&self) -> Sum {
-        debug_assert!(self.touched.is_empty(), "digest read before settle");
+        debug_assert!(self.is_settled(), "digest read before settle");
         self.sum
     }
 
@@ -172,6 +208,111 @@ where
         }
         sum
     }
+
+    /// Starts a snapshot of the collection as it is now. O(1).
+    pub(crate) fn freeze(&mut self) {
+        self.frozen = Some(Frozen {
+            len: self.map.len(),
+            started: false,
+            written: 0,
+            cursor: None,
+            kept: BTreeMap::new(),
+        });
+    }
+
+    /// Whether a snapshot is being written.
+    pub(crate) fn is_frozen(&self) -> bool {
+        self.frozen.is_some()
+    }
+
+    /// Appends to `out` the bincode encoding of the collection as it was at `freeze`: the
+    /// length first, then up to `*budget` records per call (counted off `budget`). Returns true
+    /// once every record is written, and ends the freeze.
+    ///
+    /// # Panics
+    /// If the collection is not frozen.
+    pub(crate) fn write_frozen(&mut self, out: &mut Vec<u8>, budget: &mut usize) -> bool {
+        let frozen = self
+            .frozen
+            .as_mut()
+            .expect("writing an unfrozen collection");
+        if !frozen.started {
+            encode(&(frozen.len as u64), out);
+            frozen.started = true;
+        }
+        let after = |cursor: &Option<K>| match cursor {
+            Some(key) => (Excluded(key.clone()), Unbounded),
+            None => (Unbounded, Unbounded),
+        };
+        let mut live = self.map.range(after(&frozen.cursor)).peekable();
+        let mut kept = frozen.kept.range(after(&frozen.cursor)).peekable();
+        let mut last = None;
+        while *budget > 0 {
+            // The next key of the frozen view: the smaller of the next live and next kept key;
+            // a kept value replaces the live one under the same key.
+            let (key, value) = match (live.peek(), kept.peek()) {
+                (None, None) => break,
+                (Some((live_key, _)), Some((kept_key, _))) if kept_key <= live_key => {
+                    if kept_key == live_key {
+                        live.next();
+                    }
+                    let (key, value) = kept.next().expect("peeked");
+                    (key, value.as_ref())
+                }
+                (Some(_), _) => {
+                    let (key, value) = live.next().expect("peeked");
+                    (key, Some(value))
+                }
+                (None, Some(_)) => {
+                    let (key, value) = kept.next().expect("peeked");
+                    (key, value.as_ref())
+                }
+            };
+            last = Some(key);
+            if let Some(value) = value {
+                encode(key, out);
+                encode(value, out);
+                frozen.written += 1;
+                *budget -= 1;
+            }
+        }
+        let done = live.peek().is_none() && kept.peek().is_none();
+        if let Some(key) = last.cloned() {
+            // Kept values at or before the cursor are written: drop them.
+            frozen.kept = frozen.kept.split_off(&key);
+            frozen.kept.remove(&key);
+            frozen.cursor = Some(key);
+        }
+        if done {
+            assert_eq!(
+                frozen.written, frozen.len,
+                "a frozen collection wrote another number of records than it had"
+            );
+            self.frozen = None;
+        }
+        done
+    }
+}
+
+impl<K, const TAG: u8> Records<K, (), TAG>
+where
+    K: Ord + Clone + Serialize,
+{
+    /// Adds `key` to the set; false if it was there.
+    pub(crate) fn insert_key(&mut self, key: K) -> bool {
+        self.insert(key, ()).is_none()
+    }
+
+    /// Removes `key` from the set; false if it was not there.
+    pub(crate) fn remove_key(&mut self, key: &K) -> bool {
+        self.remove(key).is_some()
+    }
+}
+
+/// Appends the bincode encoding (the snapshot's) of `value`.
+fn encode<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) {
+    bincode::serde::encode_into_std_write(value, out, bincode::config::standard())
+        .expect("snapshot record encodes");
 }
 
 impl<K, V, const TAG: u8> Deref for Records<K, V, TAG> {
@@ -197,16 +338,19 @@ impl<K, V, const TAG: u8> Default for Records<K, V, TAG> {
             map: BTreeMap::new(),
             sum: Sum::default(),
             touched: BTreeMap::new(),
+            frozen: None,
         }
     }
 }
 
+/// A clone is not part of a snapshot being written.
 impl<K: Clone, V: Clone, const TAG: u8> Clone for Records<K, V, TAG> {
     fn clone(&self) -> Self {
         Records {
             map: self.map.clone(),
             sum: self.sum,
             touched: self.touched.clone(),
+            frozen: None,
         }
     }
 }
@@ -234,122 +378,13 @@ impl<K: Serialize, V: Serialize, const TAG: u8> Serialize for Records<K, V, TAG>
 impl<'de, K, V, const TAG: u8> Deserialize<'de> for Records<K, V, TAG>
 where
     K: Ord + Clone + Serialize + Deserialize<'de>,
-    V: Serialize + Deserialize<'de>,
+    V: Clone + Serialize + Deserialize<'de>,
 {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let map = BTreeMap::deserialize(deserializer)?;
         let mut records = Records {
             map,
-            sum: Sum::default(),
-            touched: BTreeMap::new(),
-        };
-        records.sum = records.recompute();
-        Ok(records)
-    }
-}
-
-/// An ordered set of digest records tagged `TAG` (records with no value: the deadline index).
-/// A set member never changes in place, so inserts and removes update the sum at once.
-pub(crate) struct RecordSet<K, const TAG: u8> {
-    set: BTreeSet<K>,
-    sum: Sum,
-}
-
-impl<K: Ord + Serialize, const TAG: u8> RecordSet<K, TAG> {
-    pub(crate) fn insert(&mut self, key: K) -> bool {
-        let hash = record_hash(TAG, &key, &());
-        let inserted = self.set.insert(key);
-        if inserted {
-            self.sum.add(&hash);
-        }
-        inserted
-    }
-
-    pub(crate) fn remove(&mut self, key: &K) -> bool {
-        let removed = self.set.remove(key);
-        if removed {
-            self.sum.sub(&record_hash(TAG, key, &()));
-        }
-        removed
-    }
-
-    pub(crate) fn sum(&self) -> Sum {
-        self.sum
-    }
-
-    pub(crate) fn recompute(&self) -> Sum {
-        let mut sum = Sum::default();
-        for key in &self.set {
-            sum.add(&record_hash(TAG, key, &()));
-        }
-        sum
-    }
-}
-
-impl<K, const TAG: u8> Deref for RecordSet<K, TAG> {
-    type Target = BTreeSet<K>;
-
-    fn deref(&self) -> &BTreeSet<K> {
-        &self.set
-    }
-}
-
-impl<'a, K, const TAG: u8> IntoIterator for &'a RecordSet<K, TAG> {
-    type Item = &'a K;
-    type IntoIter = std::collections::btree_set::Iter<'a, K>;
-
-    fn into_iter(self) -> Self::IntoIter {
-        self.set.iter()
-    }
-}
-
-impl<K, const TAG: u8> Default for RecordSet<K, TAG> {
-    fn default() -> Self {
-        RecordSet {
-            set: BTreeSet::new(),
-            sum: Sum::default(),
-        }
-    }
-}
-
-impl<K: Clone, const TAG: u8> Clone for RecordSet<K, TAG> {
-    fn clone(&self) -> Self {
-        RecordSet {
-            set: self.set.clone(),
-            sum: self.sum,
-        }
-    }
-}
-
-impl<K: PartialEq, const TAG: u8> PartialEq for RecordSet<K, TAG> {
-    fn eq(&self, other: &Self) -> bool {
-        self.set == other.set
-    }
-}
-
-impl<K: Eq, const TAG: u8> Eq for RecordSet<K, TAG> {}
-
-impl<K: fmt::Debug, const TAG: u8> fmt::Debug for RecordSet<K, TAG> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.set.fmt(f)
-    }
-}
-
-impl<K: Serialize, const TAG: u8> Serialize for RecordSet<K, TAG> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        self.set.serialize(serializer)
-    }
-}
-
-impl<'de, K, const TAG: u8> Deserialize<'de> for RecordSet<K, TAG>
-where
-    K: Ord + Serialize + Deserialize<'de>,
-{
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let set = BTreeSet::deserialize(deserializer)?;
-        let mut records = RecordSet {
-            set,
-            sum: Sum::default(),
+            ..Records::default()
         };
         records.sum = records.recompute();
         Ok(records)

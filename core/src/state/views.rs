@@ -179,17 +179,19 @@ impl State {
             .map(|session| (session.principal.as_str(), &session.labels))
     }
 
-    /// (locks, holds, waiters) over the whole lock table. O(locks).
+    /// (locks, holds, waiters) over the whole lock table. O(1).
     pub fn lock_counts(&self) -> (usize, usize, usize) {
-        self.locks
-            .values()
-            .fold((0, 0, 0), |(locks, holds, waits), lock| {
-                (
-                    locks + 1,
-                    holds + lock.holders.len(),
-                    waits + lock.waiters.len(),
-                )
-            })
+        (self.locks.len(), self.stakes.holds, self.stakes.waits)
+    }
+
+    /// Records in the state (sessions, locks, pending deadlines, policies, bindings): what a
+    /// snapshot's size and build time grow with. O(1).
+    pub fn record_count(&self) -> usize {
+        self.sessions.len()
+            + self.locks.len()
+            + self.deadlines.len()
+            + self.policies.len()
+            + self.bindings.len()
     }
 
     pub fn session_count(&self) -> usize {

@@ -492,6 +492,8 @@ fn determinism_for_seed(seed: u64) -> (Coverage, u64) {
     // Its own stream, so the commands are the same as before the digest checks existed.
     let mut digest_checks = SplitMix64::new(seed ^ 0x00D1_6E57);
     let mut digests_recomputed = 0;
+    let mut frozen: Option<(crate::SnapshotWriter, Vec<u8>)> = None;
+    let mut snapshots_written = 0;
     for log_index in 1..=ENTRY_COUNT {
         // The first two entries deploy a module and bind "queue/" to it (the host answers with
         // ChaosPolicy for every binding), so those locks are elections.
@@ -537,6 +539,26 @@ fn determinism_for_seed(seed: u64) -> (Coverage, u64) {
                 "seed {seed:#x}: replica {replica} diverged at entry {log_index}"
             );
         }
+        // Replica 1 writes snapshots a few records per entry while entries keep coming: each
+        // must be the bytes of the state when it began.
+        match &mut frozen {
+            None if digest_checks.below(200) == 0 => {
+                let writer = replicas[1].begin_snapshot();
+                frozen = Some((writer, replicas[1].to_snapshot_bytes()));
+            }
+            None => {}
+            Some((writer, _)) => {
+                let records = 1 + digest_checks.below(4) as usize;
+                if replicas[1].write_snapshot_chunk(writer, records) == Ok(true) {
+                    let (writer, expected) = frozen.take().expect("matched Some");
+                    snapshots_written += 1;
+                    assert!(
+                        writer.into_bytes() == expected,
+                        "seed {seed:#x}: snapshot written while applying differs (entry {log_index})"
+                    );
+                }
+            }
+        }
         let digest = replicas[0].digest();
         assert!(
             replicas.iter().all(|state| state.digest() == digest),
@@ -569,12 +591,28 @@ fn determinism_for_seed(seed: u64) -> (Coverage, u64) {
         digests_recomputed > 0,
         "seed {seed:#x}: no digest recomputed"
     );
+    assert!(
+        snapshots_written > 3,
+        "seed {seed:#x}: {snapshots_written} snapshots written while applying"
+    );
     assert_eq!(
         replicas[0].digest(),
         replicas[0].digest_from_scratch(),
         "seed {seed:#x}: final digest"
     );
     (coverage, replicas[0].policy_fault_count())
+}
+
+/// The counters apply keeps, as a policy sees them.
+fn counters_kept(state: &State, prefix: &str, session_id: SessionId) -> crate::Counters {
+    let (principal, tenant, name) = state.stakes_under(prefix, session_id);
+    crate::Counters {
+        principal_holds: principal.holds as u32,
+        principal_waits: principal.waits as u32,
+        tenant: name.to_string(),
+        tenant_holds: tenant.holds as u32,
+        tenant_waits: tenant.waits as u32,
+    }
 }
 
 /// The policy counters apply maintains, against the definition: a scan of every session's
@@ -604,7 +642,7 @@ fn check_counters_by_scan(state: &State, seed: u64, log_index: u64) {
                 }
             }
             assert_eq!(
-                state.counters(prefix, session_id),
+                counters_kept(state, prefix, session_id),
                 expected,
                 "seed {seed:#x}: counters of session {session_id} under {prefix:?} at entry {log_index}"
             );

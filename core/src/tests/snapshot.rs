@@ -92,8 +92,8 @@ fn refuses_a_decodable_but_invalid_state() {
     );
 
     let mut state = build(SCRIPT);
-    let last = state.deadlines.last().unwrap().clone();
-    state.deadlines.remove(&last);
+    let last = state.deadlines.keys().next_back().unwrap().clone();
+    state.deadlines.remove_key(&last);
     let result = State::from_snapshot_bytes(&state.to_snapshot_bytes());
     assert!(
         matches!(&result, Err(SnapshotError::Invalid(reason)) if reason.contains("deadline")),
@@ -189,5 +189,55 @@ fn a_one_bit_change_to_any_record_changes_the_digest() {
         changed > bytes.len() * 4,
         "{changed} of {} bits",
         bytes.len() * 8
+    );
+}
+
+#[test]
+fn a_snapshot_written_in_chunks_is_the_state_it_began_from() {
+    let mut policy = BuiltinFifo;
+    let mut harness = Harness::new(&mut policy);
+    for line in SCRIPT.lines() {
+        harness.line(line);
+    }
+    let expected = harness.state.to_snapshot_bytes();
+    let mut writer = harness.state.begin_snapshot();
+    assert_eq!(writer.applied_index(), harness.state.applied_index());
+    // Entries between chunks change, add and remove records before and after the cursor.
+    let later = [
+        "open ttl=60000",
+        "acquire 4 a2",
+        "release 1 a 4",
+        "acquire 4 zz wait=1000",
+        "close 3",
+        "@30000 tick 1 2 4",
+        "acquire 2 b",
+    ];
+    let mut later = later.into_iter();
+    let mut chunks = 0;
+    while harness.state.write_snapshot_chunk(&mut writer, 1) != Ok(true) {
+        chunks += 1;
+        if let Some(line) = later.next() {
+            harness.line(line);
+        }
+    }
+    assert!(later.next().is_none() && chunks > 7, "{chunks} chunks");
+    let bytes = writer.into_bytes();
+    assert_eq!(bytes, expected);
+    assert!(State::from_snapshot_bytes(&bytes).is_ok());
+    // The next snapshot starts from the state as it is now.
+    let mut writer = harness.state.begin_snapshot();
+    while harness.state.write_snapshot_chunk(&mut writer, 1000) != Ok(true) {}
+    assert_eq!(writer.into_bytes(), harness.state.to_snapshot_bytes());
+}
+
+#[test]
+fn a_snapshot_of_a_replaced_state_is_abandoned() {
+    let mut state = build(SCRIPT);
+    let mut writer = state.begin_snapshot();
+    assert_eq!(state.write_snapshot_chunk(&mut writer, 1), Ok(false));
+    state = State::from_snapshot_bytes(&state.to_snapshot_bytes()).unwrap();
+    assert_eq!(
+        state.write_snapshot_chunk(&mut writer, 1),
+        Err(crate::SnapshotAbandoned)
     );
 }

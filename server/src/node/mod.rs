@@ -59,6 +59,13 @@ pub const ELECTION_NUDGE_STAGGER_MS: u64 = 15;
 /// While sessions exist, the leader ticks at least this often, so that little cluster time is
 /// lost if it dies.
 pub const TICK_IDLE_INTERVAL_MS: u64 = 1_000;
+/// How often the snapshot scheduler compares the log since the last snapshot with the state.
+pub const SNAPSHOT_POLL_MS: u64 = 100;
+/// A snapshot is due once the entries applied since the last one reach the state's record
+/// count divided by this (and `snapshot_every_entries`, the floor). A snapshot costs time in
+/// proportion to the state, so this bounds its amortized cost to this many records encoded per
+/// entry, and keeps a restart's log replay to 1/this of the state's size in entries.
+pub const SNAPSHOT_RECORDS_PER_LOG_ENTRY: u64 = 8;
 /// Most keepalives buffered on the leader between two ticks (and on a follower between two
 /// forwards).
 pub const PENDING_RENEWALS_MAX: usize = holdfast_core::limits::RENEWALS_PER_TICK_MAX;

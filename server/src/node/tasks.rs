@@ -10,8 +10,8 @@ use holdfast_core::Command;
 use openraft::async_runtime::WatchReceiver as _;
 
 use super::{
-    ELECTION_NUDGE_POLL_MS, ELECTION_NUDGE_STAGGER_MS, Node, TICK_IDLE_INTERVAL_MS,
-    TICK_INTERVAL_MS,
+    ELECTION_NUDGE_POLL_MS, ELECTION_NUDGE_STAGGER_MS, Node, SNAPSHOT_POLL_MS,
+    SNAPSHOT_RECORDS_PER_LOG_ENTRY, TICK_IDLE_INTERVAL_MS, TICK_INTERVAL_MS,
 };
 use crate::raft::NodeId;
 use crate::raft::network::PeerRpc;
@@ -81,6 +81,36 @@ impl Node {
                          index; a replica diverged"
                     );
                 }
+            }
+        }
+    }
+
+    /// Snapshot cadence by cost (openraft's own policy is off): every `SNAPSHOT_POLL_MS`,
+    /// asks for a snapshot once the entries applied since the last one reach
+    /// `snapshot_due_after(floor, records)`. A small state still snapshots (and purges its log)
+    /// every `floor` entries; a large one only once the log has grown in proportion to it.
+    pub async fn run_snapshot_scheduler(self: Arc<Node>, floor: u64) {
+        let mut poll = tokio::time::interval(Duration::from_millis(SNAPSHOT_POLL_MS));
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The applied index of the last request: a build in progress is not asked for again.
+        let mut requested_at = 0;
+        loop {
+            poll.tick().await;
+            let snapshot_at = self
+                .raft
+                .metrics()
+                .borrow_watched()
+                .snapshot
+                .map_or(0, |log_id| log_id.index);
+            let (applied, records) = self.shared.read(|s| (s.applied_index(), s.record_count()));
+            let since = applied.saturating_sub(snapshot_at.max(requested_at));
+            if since < snapshot_due_after(floor, records as u64) {
+                continue;
+            }
+            requested_at = applied;
+            tracing::debug!(applied, snapshot_at, records, "snapshot due");
+            if self.raft.trigger().snapshot().await.is_err() {
+                return;
             }
         }
     }
@@ -170,4 +200,9 @@ impl Node {
             round.finish(result);
         }
     }
+}
+
+/// Entries after which a snapshot is due, for a state of `records` records.
+fn snapshot_due_after(floor: u64, records: u64) -> u64 {
+    floor.max(records / SNAPSHOT_RECORDS_PER_LOG_ENTRY)
 }
