@@ -313,7 +313,7 @@ pub async fn run(args: ScaleArgs) -> anyhow::Result<()> {
         let page = procs::scrape(&cluster.metrics_addrs()[index]).await?;
         let ms = |name| procs::metric(&page, name).map_or(f64::NAN, |s| s * 1e3);
         println!(
-            "node {}: rss {:.0} MiB -> {:.0} MiB ({:.0} bytes per held lock, sessions included); last snapshot {:.1} MiB built in {:.2} s, holding the state lock {:.1} ms at most; longest apply stall {:.1} ms",
+            "node {}: rss {:.0} MiB -> {:.0} MiB ({:.0} bytes per held lock, sessions included); last snapshot {:.1} MiB built in {:.2} s, holding the state lock {:.1} ms at most; longest apply stall {:.1} ms (longest apply {:.1} ms)",
             index + 1,
             mib(*before),
             mib(*after),
@@ -323,6 +323,7 @@ pub async fn run(args: ScaleArgs) -> anyhow::Result<()> {
             procs::metric(&page, "holdfast_snapshot_build_seconds").unwrap_or(f64::NAN),
             ms("holdfast_snapshot_lock_hold_seconds"),
             ms("holdfast_apply_stall_max_seconds"),
+            ms("holdfast_apply_max_seconds"),
         );
     }
 

@@ -31,3 +31,4 @@ pub use state::views::{
     BindingView, HolderView, LockView, PolicyView, SessionView, WaiterInfo, WaiterView,
 };
 pub use state::{BUILTIN_POLICY, State};
+pub use vec_map::VecMap;

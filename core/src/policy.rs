@@ -9,7 +9,7 @@
 //! policy can therefore be unfair, never unsafe. The wasm host in `server` implements the same
 //! trait; every replica calls it with the same inputs, so it must be a pure function of them.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use crate::limits;
 
@@ -24,6 +24,7 @@ pub const POLICY_ABI_LIMITS: holdfast_policy_abi::Limits = holdfast_policy_abi::
 use crate::model::{AcquireRequest, FencingToken, Mode, SessionId};
 use crate::state::State;
 use crate::state::views::{HolderView, WaiterView};
+use crate::vec_map::VecMap;
 
 /// Lock decisions that are up to a policy. Called only while applying a committed entry, with
 /// inputs built from replicated state, so every replica gets the same calls in the same order.
@@ -130,7 +131,7 @@ pub struct AdmitInput<'a> {
     /// Principal of the requesting session.
     pub principal: &'a str,
     /// Labels of the requesting session.
-    pub labels: &'a BTreeMap<String, String>,
+    pub labels: &'a VecMap<String, String>,
     /// Current holders of the lock, by session id.
     pub holders: Vec<HolderView>,
     /// Current waiters of the lock, in queue order.
@@ -188,7 +189,7 @@ pub enum ElectDecision {
 pub struct ExpireInput<'a> {
     pub session_id: SessionId,
     pub principal: &'a str,
-    pub labels: &'a BTreeMap<String, String>,
+    pub labels: &'a VecMap<String, String>,
     /// The expired session's holds under the binding, by lock name.
     pub held: Vec<HeldView>,
     pub state: &'a State,

@@ -10,8 +10,9 @@
 
 use sha2::{Digest, Sha256};
 
+use crate::model::{FencingToken, RequestId, SessionId};
 use crate::state::records::{Sum, record_hash};
-use crate::state::{HEADER_TAG, State};
+use crate::state::{HEADER_TAG, Recorded, State};
 
 /// First byte of every snapshot. Bump on any change to `State`'s serialized shape.
 pub const SNAPSHOT_FORMAT_VERSION: u8 = 2;
@@ -58,9 +59,7 @@ impl State {
             });
         }
         let (mut state, read) = decode_bounded(body)?;
-        state.sessions_by_principal = state.count_sessions_by_principal();
-        state.counts = state.all_counts_from_scratch();
-        state.stakes = state.stakes_from_scratch();
+        state.rebuild_derived();
         if read != body.len() {
             return Err(SnapshotError::TrailingBytes {
                 count: body.len() - read,
@@ -81,8 +80,10 @@ impl State {
     /// The digest recomputed from every record, O(state): an explicit check that the digest
     /// `apply` maintains is the digest of the state it holds.
     pub fn digest_from_scratch(&self) -> [u8; 32] {
+        let mut sessions = self.sessions.recompute();
+        sessions.add(&self.session_parts_from_scratch());
         self.digest_of([
-            self.sessions.recompute(),
+            sessions,
             self.locks.recompute(),
             self.deadlines.recompute(),
             self.policies.recompute(),
@@ -91,8 +92,10 @@ impl State {
     }
 
     fn record_sums(&self) -> [Sum; 5] {
+        let mut sessions = self.sessions.sum();
+        sessions.add(&self.session_parts);
         [
-            self.sessions.sum(),
+            sessions,
             self.locks.sum(),
             self.deadlines.sum(),
             self.policies.sum(),
@@ -114,6 +117,41 @@ impl State {
     /// Folds the records changed since the last call into the digest. `apply` calls it once
     /// per entry; anything else that changes records (tests) calls it before reading the
     /// digest.
+    /// Recomputes what is derived from the records and not in the snapshot bytes: per-principal
+    /// session counts, policy counters, hold and wait totals, the sessions' parts of the digest.
+    pub(crate) fn rebuild_derived(&mut self) {
+        self.sessions_by_principal = self.count_sessions_by_principal();
+        self.counts = self.all_counts_from_scratch();
+        self.stakes = self.stakes_from_scratch();
+        self.session_parts = self.session_parts_from_scratch();
+    }
+
+    /// A part of a session began (`added`) or ended: adds or subtracts its digest record.
+    pub(crate) fn session_part(&mut self, part: SessionPart<'_>, added: bool) {
+        let hash = part.hash();
+        if added {
+            self.session_parts.add(&hash);
+        } else {
+            self.session_parts.sub(&hash);
+        }
+    }
+
+    /// The digest sum of every session's parts, from scratch: O(sessions' parts).
+    pub(crate) fn session_parts_from_scratch(&self) -> Sum {
+        let mut sum = Sum::default();
+        for (&id, session) in &self.sessions {
+            let holds =
+                (session.holds.iter()).map(|(name, &token)| SessionPart::Hold(id, name, token));
+            let waits = (session.waiting.iter()).map(|name| SessionPart::Wait(id, name));
+            let recent = (session.recent.iter())
+                .map(|(&request_id, recorded)| SessionPart::Recent(id, request_id, recorded));
+            for part in holds.chain(waits).chain(recent) {
+                sum.add(&part.hash());
+            }
+        }
+        sum
+    }
+
     fn is_settled(&self) -> bool {
         self.sessions.is_settled()
             && self.locks.is_settled()
@@ -138,6 +176,10 @@ impl State {
 #[derive(Debug)]
 pub struct SnapshotWriter {
     bytes: Vec<u8>,
+    /// What the last chunks wrote, not yet moved to `bytes` ([`SnapshotWriter::absorb`]): a
+    /// chunk is written into this small buffer while apply waits, and the big one grows (and
+    /// copies itself, tens of MB at a time) after the state lock is released.
+    pending: Vec<u8>,
     /// The next field of `State` to write (see `write_snapshot_chunk`).
     stage: usize,
     applied_index: u64,
@@ -155,9 +197,17 @@ impl SnapshotWriter {
         self.applied_index
     }
 
+    /// Moves what the chunks wrote so far into the snapshot. Call it between chunks, outside
+    /// the state lock; the result is the same whether or not it is called.
+    pub fn absorb(&mut self) {
+        self.bytes.extend_from_slice(&self.pending);
+        self.pending.clear();
+    }
+
     /// The snapshot bytes, once `write_snapshot_chunk` returned `Ok(true)`.
-    pub fn into_bytes(self) -> Vec<u8> {
+    pub fn into_bytes(mut self) -> Vec<u8> {
         assert_eq!(self.stage, SNAPSHOT_STAGES, "snapshot not fully written");
+        self.absorb();
         self.bytes
     }
 }
@@ -183,6 +233,7 @@ impl State {
         encode_field(&self.now_ms, &mut bytes);
         SnapshotWriter {
             bytes,
+            pending: Vec::new(),
             stage: 0,
             applied_index: self.applied_index,
             policy_fault_count: self.policy_fault_count,
@@ -198,7 +249,7 @@ impl State {
     ) -> Result<bool, SnapshotAbandoned> {
         let mut budget = records.max(1);
         while writer.stage < SNAPSHOT_STAGES && budget > 0 {
-            let out = &mut writer.bytes;
+            let out = &mut writer.pending;
             let frozen = match writer.stage {
                 0 => self.sessions.is_frozen(),
                 1 => self.locks.is_frozen(),
@@ -230,6 +281,29 @@ impl State {
 fn encode_field<T: serde::Serialize>(value: &T, out: &mut Vec<u8>) {
     bincode::serde::encode_into_std_write(value, out, bincode::config::standard())
         .expect("snapshot field encodes");
+}
+
+/// A session's part that is a digest record of its own (tags 6, 7, 8; see
+/// `Record for Box<Session>`).
+pub(crate) enum SessionPart<'a> {
+    /// The session holds lock `name` with this token.
+    Hold(SessionId, &'a str, FencingToken),
+    /// The session waits for lock `name`.
+    Wait(SessionId, &'a str),
+    /// The recorded outcome of one of the session's requests.
+    Recent(SessionId, RequestId, &'a Recorded),
+}
+
+impl SessionPart<'_> {
+    fn hash(&self) -> Sum {
+        match self {
+            SessionPart::Hold(id, name, token) => record_hash(6, &(id, name), token),
+            SessionPart::Wait(id, name) => record_hash(7, &(id, name), &()),
+            SessionPart::Recent(id, request_id, recorded) => {
+                record_hash(8, &(id, request_id), recorded)
+            }
+        }
+    }
 }
 
 /// Decodes with bincode's allocation limit set from the input's size. bincode claims against

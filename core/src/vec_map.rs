@@ -1,5 +1,6 @@
 //! [`VecMap`]: an ordered map kept as a sorted `Vec`, for the small maps the state holds once per
-//! lock (a lock's holders: one for an exclusive lock, at most `HOLDERS_PER_LOCK_MAX`).
+//! lock or session (a lock's holders: one for an exclusive lock, at most
+//! `HOLDERS_PER_LOCK_MAX`; a session's labels, holds and recent outcomes).
 //!
 //! A `BTreeMap` allocates a whole leaf node (room for 11 entries) for its first entry: for a
 //! lock's single holder that was about 1 KB, two thirds of the memory a held lock cost
@@ -8,6 +9,7 @@
 //! Iteration is in key order, as with a `BTreeMap`, and the serde form is the same (a map), so
 //! snapshot bytes and digests are unchanged.
 
+use std::borrow::Borrow;
 use std::fmt;
 use std::marker::PhantomData;
 
@@ -34,19 +36,31 @@ impl<K: Ord, V> VecMap<K, V> {
         VecMap::default()
     }
 
-    fn find(&self, key: &K) -> Result<usize, usize> {
-        self.entries.binary_search_by(|(k, _)| k.cmp(key))
+    fn find<Q: Ord + ?Sized>(&self, key: &Q) -> Result<usize, usize>
+    where
+        K: Borrow<Q>,
+    {
+        self.entries.binary_search_by(|(k, _)| k.borrow().cmp(key))
     }
 
-    pub fn get(&self, key: &K) -> Option<&V> {
+    pub fn get<Q: Ord + ?Sized>(&self, key: &Q) -> Option<&V>
+    where
+        K: Borrow<Q>,
+    {
         self.find(key).ok().map(|i| &self.entries[i].1)
     }
 
-    pub fn get_mut(&mut self, key: &K) -> Option<&mut V> {
+    pub fn get_mut<Q: Ord + ?Sized>(&mut self, key: &Q) -> Option<&mut V>
+    where
+        K: Borrow<Q>,
+    {
         self.find(key).ok().map(|i| &mut self.entries[i].1)
     }
 
-    pub fn contains_key(&self, key: &K) -> bool {
+    pub fn contains_key<Q: Ord + ?Sized>(&self, key: &Q) -> bool
+    where
+        K: Borrow<Q>,
+    {
         self.find(key).is_ok()
     }
 
@@ -63,13 +77,28 @@ impl<K: Ord, V> VecMap<K, V> {
         }
     }
 
-    pub fn remove(&mut self, key: &K) -> Option<V> {
+    pub fn remove<Q: Ord + ?Sized>(&mut self, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+    {
         let i = self.find(key).ok()?;
         let (_, value) = self.entries.remove(i);
         if self.entries.is_empty() {
             self.entries = Vec::new();
         }
         Some(value)
+    }
+
+    /// Removes and returns the entry with the smallest key.
+    pub fn pop_first(&mut self) -> Option<(K, V)> {
+        if self.entries.is_empty() {
+            return None;
+        }
+        let first = self.entries.remove(0);
+        if self.entries.is_empty() {
+            self.entries = Vec::new();
+        }
+        Some(first)
     }
 
     pub fn len(&self) -> usize {
@@ -91,6 +120,24 @@ impl<K: Ord, V> VecMap<K, V> {
 
     pub fn values(&self) -> impl DoubleEndedIterator<Item = &V> + ExactSizeIterator {
         self.entries.iter().map(|(_, v)| v)
+    }
+}
+
+/// Later entries win over earlier ones with the same key, as with a `BTreeMap`.
+impl<K: Ord, V> FromIterator<(K, V)> for VecMap<K, V> {
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
+        let mut entries: Vec<(K, V)> = iter.into_iter().collect();
+        // Stable: equal keys stay in arrival order, and the last of each run is kept.
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut kept: Vec<(K, V)> = Vec::with_capacity(entries.len());
+        for entry in entries {
+            match kept.last_mut() {
+                Some(last) if last.0 == entry.0 => *last = entry,
+                _ => kept.push(entry),
+            }
+        }
+        kept.shrink_to_fit();
+        VecMap { entries: kept }
     }
 }
 

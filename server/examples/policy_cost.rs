@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use holdfast_core::{
     AcquireRequest, AdmitInput, BindMode, BuiltinFifo, Command, Counters, HolderView, Mode,
-    NextInput, Outcome, PolicyRuntime, State, WaiterView,
+    NextInput, Outcome, PolicyRuntime, State, VecMap, WaiterView,
 };
 use holdfast_server::policy::{ApplyPolicies, PolicyModule, WasmPolicy, policy_engine};
 
@@ -53,7 +53,7 @@ fn main() -> anyhow::Result<()> {
         priority: 0,
         value: Vec::new(),
     };
-    let labels = BTreeMap::from([("tenant".to_string(), "bench".to_string())]);
+    let labels = VecMap::from_iter([("tenant".to_string(), "bench".to_string())]);
     let waiters: Vec<WaiterView> = (1..=4)
         .map(|session_id| WaiterView {
             session_id,

@@ -18,7 +18,7 @@ pub struct RaftTiming {
     pub election_timeout_min_ms: u64,
     pub election_timeout_max_ms: u64,
     /// Build a snapshot (and purge the log behind it) after this many applied entries, or, for
-    /// a large state, once the entries since the last one reach its record count / 8
+    /// a large state, once the entries since the last one reach its record count / 2
     /// (`SNAPSHOT_RECORDS_PER_LOG_ENTRY`), whichever is more: the floor of the cadence.
     pub snapshot_every_entries: u64,
     /// Log entries kept behind the last snapshot, so that a slightly lagging follower catches up

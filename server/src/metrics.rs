@@ -49,8 +49,35 @@ pub struct ApplyMetrics {
     left_queue: BTreeMap<&'static str, Counter>,
     expiries: Counter,
     /// The longest an entry took from asking for the state lock to releasing it (waiting
-    /// behind readers and the snapshot writer, then applying), in nanoseconds.
-    stall_max_nanos: std::sync::atomic::AtomicU64,
+    /// behind readers and the snapshot writer, then applying).
+    stall_max: MaxGauge,
+    /// The longest `holdfast_core::apply` of one entry.
+    apply_max: MaxGauge,
+}
+
+/// A gauge holding the largest duration recorded since start.
+struct MaxGauge {
+    nanos: std::sync::atomic::AtomicU64,
+    gauge: metrics::Gauge,
+}
+
+impl MaxGauge {
+    fn new(gauge: metrics::Gauge) -> MaxGauge {
+        MaxGauge {
+            nanos: std::sync::atomic::AtomicU64::new(0),
+            gauge,
+        }
+    }
+
+    fn record(&self, took: Duration) {
+        let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        let before = self
+            .nanos
+            .fetch_max(nanos, std::sync::atomic::Ordering::Relaxed);
+        if nanos > before {
+            self.gauge.set(took.as_secs_f64());
+        }
+    }
 }
 
 impl ApplyMetrics {
@@ -96,7 +123,8 @@ impl ApplyMetrics {
                 })
                 .collect(),
             expiries: counter!("holdfast_session_expiries_total", "node" => label()),
-            stall_max_nanos: std::sync::atomic::AtomicU64::new(0),
+            stall_max: MaxGauge::new(gauge!("holdfast_apply_stall_max_seconds", "node" => label())),
+            apply_max: MaxGauge::new(gauge!("holdfast_apply_max_seconds", "node" => label())),
             node,
         }
     }
@@ -104,14 +132,7 @@ impl ApplyMetrics {
     /// Records how long one entry held up the apply loop: waiting for the state lock plus
     /// applying. Keeps the longest since start (`holdfast_apply_stall_max_seconds`).
     pub fn record_stall(&self, took: Duration) {
-        let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
-        let before = self
-            .stall_max_nanos
-            .fetch_max(nanos, std::sync::atomic::Ordering::Relaxed);
-        if nanos > before {
-            gauge!("holdfast_apply_stall_max_seconds", "node" => self.node.clone())
-                .set(took.as_secs_f64());
-        }
+        self.stall_max.record(took);
     }
 
     /// Records what one applied entry did: its command, its events (grants, releases by
@@ -122,6 +143,7 @@ impl ApplyMetrics {
             counter.increment(1);
         }
         self.apply_seconds.record(took.as_secs_f64());
+        self.apply_max.record(took);
         for event in &applied.events {
             match event {
                 Event::Acquired {

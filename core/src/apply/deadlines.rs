@@ -163,7 +163,7 @@ impl<H: PolicyHost + ?Sized> Applier<'_, H> {
                 let held = names
                     .iter()
                     .map(|name| {
-                        let hold = &state.locks[name].holders[&session_id];
+                        let hold = &state.locks[name.as_str()].holders[&session_id];
                         HeldView {
                             name: name.clone(),
                             token: hold.token,

@@ -156,7 +156,7 @@ impl<H: PolicyHost + ?Sized> Applier<'_, H> {
     pub(super) fn schedule_preempt(&mut self, name: &str, at_ms: u64, winner: SessionId) {
         self.clear_preempt(name);
         let lock = self.state.locks.get_mut(name).expect("election lock");
-        lock.preempt = Some((at_ms, winner));
+        lock.set_preempt(Some((at_ms, winner)));
         let kind = DeadlineKind::ElectionPreempt {
             name: name.to_string(),
         };
@@ -168,7 +168,7 @@ impl<H: PolicyHost + ?Sized> Applier<'_, H> {
     /// phase, by asking the policy again (among the candidates still there).
     pub(super) fn fire_preempt(&mut self, name: &str) {
         let (_, winner) = self.state.locks[name]
-            .preempt
+            .preempt()
             .expect("preempt deadline of a lock without one");
         self.clear_preempt(name);
         let lock = &self.state.locks[name];
@@ -184,7 +184,7 @@ impl<H: PolicyHost + ?Sized> Applier<'_, H> {
     pub(super) fn set_reevaluate(&mut self, name: &str, at_ms: u64) {
         self.clear_reevaluate(name);
         let lock = self.state.locks.get_mut(name).expect("election lock");
-        lock.reevaluate_at_ms = Some(at_ms);
+        lock.set_reevaluate_at_ms(Some(at_ms));
         let kind = DeadlineKind::ElectionReevaluate {
             name: name.to_string(),
         };
@@ -196,7 +196,7 @@ impl<H: PolicyHost + ?Sized> Applier<'_, H> {
             .state
             .locks
             .get_mut(name)
-            .and_then(|l| l.preempt.take())
+            .and_then(|l| l.set_preempt(None))
         {
             let kind = DeadlineKind::ElectionPreempt {
                 name: name.to_string(),
@@ -210,7 +210,7 @@ impl<H: PolicyHost + ?Sized> Applier<'_, H> {
             .state
             .locks
             .get_mut(name)
-            .and_then(|lock| lock.reevaluate_at_ms.take());
+            .and_then(|lock| lock.set_reevaluate_at_ms(None));
         if let Some(at_ms) = taken {
             let kind = DeadlineKind::ElectionReevaluate {
                 name: name.to_string(),
@@ -258,7 +258,7 @@ impl<H: PolicyHost + ?Sized> Applier<'_, H> {
             .and_then(|lock| lock.holders.get_mut(&session_id))
             .expect("a session's hold is in its lock");
         assert_eq!(hold.token, token);
-        hold.value = value.to_vec();
+        hold.value = value.into();
         self.events.push(Event::Proclaimed {
             name: name.to_string(),
             session_id,

@@ -12,7 +12,8 @@ use super::Applier;
 use crate::limits;
 use crate::model::{Outcome, Rejection, RequestId, SessionId};
 use crate::policy::PolicyHost;
-use crate::state::position_u32;
+use crate::snapshot::SessionPart;
+use crate::state::{Recorded, position_u32};
 
 impl<H: PolicyHost + ?Sized> Applier<'_, H> {
     /// The recorded outcome of a retried request, if any. A still-queued acquire reports its
@@ -30,8 +31,8 @@ impl<H: PolicyHost + ?Sized> Applier<'_, H> {
         if request_id < session.request_id_floor {
             return Some(Outcome::Rejected(Rejection::RequestTooOld { request_id }));
         }
-        let outcome = session.recent.get(&request_id)?;
-        if let Outcome::Queued { .. } = outcome
+        let recorded = session.recent.get(&request_id)?;
+        if let Recorded::Queued { .. } = recorded
             && let Some(position) = self
                 .state
                 .locks
@@ -42,7 +43,7 @@ impl<H: PolicyHost + ?Sized> Applier<'_, H> {
                 position: position_u32(position),
             });
         }
-        Some(outcome.clone())
+        Some(recorded.clone().into())
     }
 
     /// Records a new request's outcome, evicting the smallest request ids beyond the cap.
@@ -61,10 +62,24 @@ impl<H: PolicyHost + ?Sized> Applier<'_, H> {
             .get_mut(&session_id)
             .expect("recording for a missing session");
         assert!(request_id >= session.request_id_floor);
-        assert!(session.recent.insert(request_id, outcome.clone()).is_none());
+        let recorded = Recorded::try_from(outcome.clone()).expect("an acquire or release outcome");
+        assert!(
+            session
+                .recent
+                .insert(request_id, recorded.clone())
+                .is_none()
+        );
+        let mut evicted = Vec::new();
         while session.recent.len() > limits::RECENT_REQUESTS_PER_SESSION_MAX {
-            let (evicted, _) = session.recent.pop_first().expect("non-empty");
-            session.request_id_floor = session.request_id_floor.max(evicted + 1);
+            let (request_id, recorded) = session.recent.pop_first().expect("non-empty");
+            session.request_id_floor = session.request_id_floor.max(request_id + 1);
+            evicted.push((request_id, recorded));
+        }
+        let part = SessionPart::Recent(session_id, request_id, &recorded);
+        self.state.session_part(part, true);
+        for (request_id, recorded) in &evicted {
+            let part = SessionPart::Recent(session_id, *request_id, recorded);
+            self.state.session_part(part, false);
         }
     }
 
@@ -78,9 +93,15 @@ impl<H: PolicyHost + ?Sized> Applier<'_, H> {
         let Some(session) = self.state.sessions.get_mut(&session_id) else {
             return;
         };
-        if let Some(recorded) = session.recent.get_mut(&request_id) {
-            assert!(matches!(recorded, Outcome::Queued { .. }));
-            *recorded = outcome;
-        }
+        let Some(recorded) = session.recent.get_mut(&request_id) else {
+            return;
+        };
+        assert!(matches!(recorded, Recorded::Queued { .. }));
+        let now = Recorded::try_from(outcome).expect("a queued acquire's outcome");
+        let before = std::mem::replace(recorded, now.clone());
+        let part = SessionPart::Recent(session_id, request_id, &before);
+        self.state.session_part(part, false);
+        let part = SessionPart::Recent(session_id, request_id, &now);
+        self.state.session_part(part, true);
     }
 }

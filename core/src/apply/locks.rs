@@ -129,7 +129,7 @@ impl<H: PolicyHost + ?Sized> Applier<'_, H> {
     /// Re-entrant acquire, already-queued acquire, or a shared capacity that disagrees with
     /// the lock's: answered without asking the policy.
     pub(super) fn acquire_existing(&self, request: &AcquireRequest) -> Option<Outcome> {
-        let lock = self.state.locks.get(&request.name)?;
+        let lock = self.state.locks.get(request.name.as_str())?;
         let max_holders = requested_max_holders(request);
         let conflict = |held: Mode| {
             let max_holders = if held == Mode::Exclusive {
@@ -176,7 +176,9 @@ impl<H: PolicyHost + ?Sized> Applier<'_, H> {
         let lock = self
             .state
             .locks
-            .get_or_insert_with(request.name.clone(), || Box::new(Lock::new(max_holders)));
+            .get_or_insert_with(request.name.as_str().into(), || {
+                Box::new(Lock::new(max_holders))
+            });
         if request.mode == Mode::Shared && !lock.shared_in_use() {
             lock.max_holders = max_holders;
         }
@@ -200,7 +202,7 @@ impl<H: PolicyHost + ?Sized> Applier<'_, H> {
         let lock = self
             .state
             .locks
-            .get_mut(&request.name)
+            .get_mut(request.name.as_str())
             .expect("enqueue on a missing lock");
         assert!(lock.waiters.len() < limits::WAITERS_PER_LOCK_MAX);
         let position = position_u32(lock.waiters.len());
@@ -239,7 +241,7 @@ impl<H: PolicyHost + ?Sized> Applier<'_, H> {
         let lock = self
             .state
             .locks
-            .get_mut(&request.name)
+            .get_mut(request.name.as_str())
             .expect("grant on a missing lock");
         assert!(lock.delayed_until_ms.is_none() && lock.fits(request.mode));
         assert!(
@@ -256,7 +258,7 @@ impl<H: PolicyHost + ?Sized> Applier<'_, H> {
             lease_ms: lease.lease_ms,
             lease_expires_at_ms,
             lock_delay_ms: lease.lock_delay_ms,
-            value: request.value.clone(),
+            value: request.value.as_slice().into(),
             priority: request.priority,
         };
         assert!(lock.holders.insert(request.session_id, hold).is_none());
@@ -266,9 +268,18 @@ impl<H: PolicyHost + ?Sized> Applier<'_, H> {
             .get_mut(&request.session_id)
             .expect("grant to a missing session");
         assert!(!session.waiting.contains(&request.name));
-        assert!(session.holds.insert(request.name.clone(), token).is_none());
-        self.state
-            .count_stake(&request.name, request.session_id, Stake::Hold, true);
+        assert!(
+            session
+                .holds
+                .insert(request.name.as_str().into(), token)
+                .is_none()
+        );
+        self.state.count_stake(
+            &request.name,
+            request.session_id,
+            Stake::Hold { token },
+            true,
+        );
         if let Some(at_ms) = lease_expires_at_ms {
             let kind = DeadlineKind::LeaseExpiry {
                 name: request.name.clone(),
@@ -311,7 +322,8 @@ impl<H: PolicyHost + ?Sized> Applier<'_, H> {
             .get_mut(&session_id)
             .expect("hold of a missing session");
         assert_eq!(session.holds.remove(name), Some(hold.token));
-        self.state.count_stake(name, session_id, Stake::Hold, false);
+        let stake = Stake::Hold { token: hold.token };
+        self.state.count_stake(name, session_id, stake, false);
         if let Some(at_ms) = hold.lease_expires_at_ms {
             let kind = DeadlineKind::LeaseExpiry {
                 name: name.to_string(),

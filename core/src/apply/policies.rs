@@ -358,7 +358,7 @@ pub(super) fn admit_input<'s>(
     counting: Option<&str>,
     log_index: u64,
 ) -> AdmitInput<'s> {
-    let lock = state.locks.get(&request.name);
+    let lock = state.locks.get(request.name.as_str());
     let session = &state.sessions[&request.session_id];
     AdmitInput {
         request,

@@ -14,6 +14,7 @@ use super::{Applier, SessionEnd, invalid};
 use crate::limits;
 use crate::model::{Event, LeaveReason, Outcome, Rejection, ReleaseReason, SessionId};
 use crate::policy::PolicyHost;
+use crate::snapshot::SessionPart;
 use crate::state::{Deadline, DeadlineKind, Session, label_is_valid};
 
 impl<H: PolicyHost + ?Sized> Applier<'_, H> {
@@ -75,7 +76,7 @@ impl<H: PolicyHost + ?Sized> Applier<'_, H> {
         let expires_at_ms = self.now_ms() + ttl_ms;
         let session = Session {
             principal: principal.to_string(),
-            labels: labels.clone(),
+            labels: labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             ttl_ms,
             expires_at_ms,
             holds: Default::default(),
@@ -83,7 +84,12 @@ impl<H: PolicyHost + ?Sized> Applier<'_, H> {
             recent: Default::default(),
             request_id_floor: 0,
         };
-        assert!(self.state.sessions.insert(session_id, session).is_none());
+        assert!(
+            self.state
+                .sessions
+                .insert(session_id, Box::new(session))
+                .is_none()
+        );
         let kind = DeadlineKind::SessionExpiry { session_id };
         assert!(self.state.deadlines.insert_key(Deadline {
             at_ms: expires_at_ms,
@@ -114,7 +120,7 @@ impl<H: PolicyHost + ?Sized> Applier<'_, H> {
             .get(&session_id)
             .expect("ending a missing session");
         let waiting: Vec<String> = session.waiting.iter().cloned().collect();
-        let held: Vec<String> = session.holds.keys().cloned().collect();
+        let held: Vec<String> = session.holds.keys().map(|name| name.to_string()).collect();
         let (leave_reason, release_reason) = match end {
             SessionEnd::Closed => (LeaveReason::SessionClosed, ReleaseReason::SessionClosed),
             SessionEnd::Expired => (LeaveReason::SessionExpired, ReleaseReason::SessionExpired),
@@ -129,10 +135,9 @@ impl<H: PolicyHost + ?Sized> Applier<'_, H> {
         };
         for name in &held {
             // Delay first, so the lock survives the end of its last hold.
-            let lock_delay_ms = delays
-                .get(name)
-                .copied()
-                .unwrap_or_else(|| self.state.locks[name].holders[&session_id].lock_delay_ms);
+            let lock_delay_ms = delays.get(name).copied().unwrap_or_else(|| {
+                self.state.locks[name.as_str()].holders[&session_id].lock_delay_ms
+            });
             if end == SessionEnd::Expired && lock_delay_ms > 0 {
                 self.delay_lock(name, self.now_ms() + lock_delay_ms);
             }
@@ -151,6 +156,10 @@ impl<H: PolicyHost + ?Sized> Applier<'_, H> {
             None => unreachable!("an open session's principal is counted"),
         }
         assert!(session.holds.is_empty() && session.waiting.is_empty());
+        for (&request_id, recorded) in session.recent.iter() {
+            let part = SessionPart::Recent(session_id, request_id, recorded);
+            self.state.session_part(part, false);
+        }
         let kind = DeadlineKind::SessionExpiry { session_id };
         assert!(self.state.deadlines.remove_key(&Deadline {
             at_ms: session.expires_at_ms,

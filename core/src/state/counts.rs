@@ -13,12 +13,13 @@
 use std::collections::BTreeMap;
 
 use super::{BUILTIN_POLICY, PrefixCounts, Session, State, Tally};
-use crate::model::SessionId;
+use crate::model::{FencingToken, SessionId};
+use crate::snapshot::SessionPart;
 
 impl Tally {
     fn adjust(&mut self, stake: Stake, began: bool) {
         let count = match stake {
-            Stake::Hold => &mut self.holds,
+            Stake::Hold { .. } => &mut self.holds,
             Stake::Wait => &mut self.waits,
         };
         *count = if began {
@@ -32,7 +33,7 @@ impl Tally {
 /// What began or ended for a session on a lock.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Stake {
-    Hold,
+    Hold { token: FencingToken },
     Wait,
 }
 
@@ -63,8 +64,9 @@ fn adjust(tallies: &mut BTreeMap<String, Tally>, key: &str, stake: Stake, began:
 }
 
 impl State {
-    /// `session_id` began (or ended) holding or waiting for lock `name`: adjusts the totals and
-    /// the counts of every counted prefix of `name`. The session must exist.
+    /// `session_id` began (or ended) holding or waiting for lock `name`: adjusts the totals, the
+    /// counts of every counted prefix of `name`, and the session's part of the digest. The
+    /// session must exist.
     pub(crate) fn count_stake(
         &mut self,
         name: &str,
@@ -73,6 +75,11 @@ impl State {
         began: bool,
     ) {
         self.stakes.adjust(stake, began);
+        let part = match stake {
+            Stake::Hold { token } => SessionPart::Hold(session_id, name, token),
+            Stake::Wait => SessionPart::Wait(session_id, name),
+        };
+        self.session_part(part, began);
         if self.counts.is_empty() {
             return;
         }
@@ -145,7 +152,8 @@ impl State {
             ))
             .take_while(|(name, _)| name.starts_with(prefix));
         for (_, lock) in under {
-            let stakes = (lock.holders.keys().map(|id| (*id, Stake::Hold)))
+            let stakes = (lock.holders.iter())
+                .map(|(id, hold)| (*id, Stake::Hold { token: hold.token }))
                 .chain(lock.waiters.iter().map(|w| (w.session_id, Stake::Wait)));
             for (session_id, stake) in stakes {
                 if let Some(session) = self.sessions.get(&session_id) {

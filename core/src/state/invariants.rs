@@ -9,11 +9,11 @@
 use std::collections::BTreeSet;
 
 use super::{
-    BUILTIN_POLICY, Deadline, DeadlineKind, Lock, Session, State, label_is_valid, name_is_valid,
-    policy_name_is_valid,
+    BUILTIN_POLICY, Deadline, DeadlineKind, Lock, Recorded, Session, State, label_is_valid,
+    name_is_valid, policy_name_is_valid,
 };
 use crate::limits;
-use crate::model::{Mode, Outcome, SessionId};
+use crate::model::{Mode, SessionId};
 
 impl State {
     /// Checks every structural invariant; `Err` names the first one broken. Runs after every
@@ -166,7 +166,10 @@ impl State {
             return Err("recent outcomes beyond limits or below the floor".to_string());
         }
         for (name, token) in &session.holds {
-            let hold = self.locks.get(name).and_then(|lock| lock.holders.get(&id));
+            let hold = self
+                .locks
+                .get(&**name)
+                .and_then(|lock| lock.holders.get(&id));
             if hold.map(|hold| hold.token) != Some(*token) {
                 return Err(format!(
                     "holds {name:?} with token {token}, the lock disagrees"
@@ -178,7 +181,7 @@ impl State {
         if let Some(name) = session
             .waiting
             .iter()
-            .find(|name| session.holds.contains_key(*name))
+            .find(|name| session.holds.contains_key(name.as_str()))
         {
             return Err(format!("both holds and waits for {name:?}"));
         }
@@ -215,12 +218,13 @@ impl State {
             return Err("free and not delayed, yet waiters are queued".to_string());
         }
         let max_at = self.now_ms + limits::ELECTION_DELAY_MS_MAX;
-        if (lock.preempt.is_some() || lock.reevaluate_at_ms.is_some()) && lock.holders.is_empty()
+        if (lock.preempt().is_some() || lock.reevaluate_at_ms().is_some())
+            && lock.holders.is_empty()
             || lock
-                .preempt
+                .preempt()
                 .is_some_and(|(at, _)| at <= self.now_ms || at > max_at)
             || lock
-                .reevaluate_at_ms
+                .reevaluate_at_ms()
                 .is_some_and(|at| at <= self.now_ms || at > max_at)
         {
             return Err("election timers without a leader or out of range".to_string());
@@ -307,7 +311,7 @@ impl State {
                 return Err(format!("waiter {session_id}: deadline inconsistent"));
             }
             if let Some(outcome) = session.recent.get(&waiter.request_id)
-                && !matches!(outcome, Outcome::Queued { .. })
+                && !matches!(outcome, Recorded::Queued { .. })
             {
                 return Err(format!(
                     "waiter {session_id}: recorded outcome {outcome:?} is not Queued"
@@ -333,7 +337,7 @@ impl State {
             for (session_id, hold) in &lock.holders {
                 if let Some(at_ms) = hold.lease_expires_at_ms {
                     let kind = DeadlineKind::LeaseExpiry {
-                        name: name.clone(),
+                        name: name.to_string(),
                         session_id: *session_id,
                     };
                     deadlines.insert(Deadline { at_ms, kind });
@@ -341,7 +345,7 @@ impl State {
             }
             for waiter in &lock.waiters {
                 let kind = DeadlineKind::WaitTimeout {
-                    name: name.clone(),
+                    name: name.to_string(),
                     session_id: waiter.session_id,
                 };
                 deadlines.insert(Deadline {
@@ -352,19 +356,25 @@ impl State {
             if let Some(at_ms) = lock.delayed_until_ms {
                 deadlines.insert(Deadline {
                     at_ms,
-                    kind: DeadlineKind::DelayEnd { name: name.clone() },
+                    kind: DeadlineKind::DelayEnd {
+                        name: name.to_string(),
+                    },
                 });
             }
-            if let Some((at_ms, _)) = lock.preempt {
+            if let Some((at_ms, _)) = lock.preempt() {
                 deadlines.insert(Deadline {
                     at_ms,
-                    kind: DeadlineKind::ElectionPreempt { name: name.clone() },
+                    kind: DeadlineKind::ElectionPreempt {
+                        name: name.to_string(),
+                    },
                 });
             }
-            if let Some(at_ms) = lock.reevaluate_at_ms {
+            if let Some(at_ms) = lock.reevaluate_at_ms() {
                 deadlines.insert(Deadline {
                     at_ms,
-                    kind: DeadlineKind::ElectionReevaluate { name: name.clone() },
+                    kind: DeadlineKind::ElectionReevaluate {
+                        name: name.to_string(),
+                    },
                 });
             }
         }

@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use serde::{Deserialize, Serialize};
 
 use crate::limits;
-use crate::model::{BindMode, FencingToken, Mode, Outcome, RequestId, SessionId};
+use crate::model::{BindMode, FencingToken, Mode, Outcome, Rejection, RequestId, SessionId};
 use crate::vec_map::VecMap;
 
 pub(crate) mod counts;
@@ -23,12 +23,15 @@ pub(crate) mod records;
 
 pub(crate) mod views;
 
-use records::Records;
+use records::{Record, Records, Sum};
 
 /// Digest tags: which collection a record belongs to (see `records.rs`).
 pub(crate) const HEADER_TAG: u8 = 0;
-pub(crate) type Sessions = Records<SessionId, Session, 1>;
-pub(crate) type Locks = Records<String, Box<Lock>, 2>;
+/// Boxed for the same reason as locks (a `Session` is 144 bytes; B-tree nodes are about half
+/// full). Same encoding.
+pub(crate) type Sessions = Records<SessionId, Box<Session>, 1>;
+/// Keyed by boxed names: 8 bytes less per key than a `String`, same encoding.
+pub(crate) type Locks = Records<Box<str>, Box<Lock>, 2>;
 pub(crate) type Deadlines = Records<Deadline, (), 3>;
 pub(crate) type Policies = Records<String, BTreeMap<u64, Deployed>, 4>;
 pub(crate) type Bindings = Records<String, Binding, 5>;
@@ -68,7 +71,29 @@ pub struct State {
     /// Holds and waits over every lock. Derived like `counts`.
     #[serde(skip)]
     pub(crate) stakes: Tally,
+    /// The digest sum of every session's parts: its holds, waits and recent outcomes, each a
+    /// digest record of its own (`State::session_part`), so that a change to one costs O(1)
+    /// whatever the session holds. Rebuilt when a snapshot is decoded.
+    #[serde(skip)]
+    pub(crate) session_parts: Sum,
 }
+
+impl Record for Box<Session> {
+    /// A session without its parts (see `State::session_parts`).
+    fn digest_form(&self) -> impl Serialize + '_ {
+        (
+            &self.principal,
+            &self.labels,
+            self.ttl_ms,
+            self.expires_at_ms,
+            self.request_id_floor,
+        )
+    }
+}
+
+impl Record for Box<Lock> {}
+impl Record for BTreeMap<u64, Deployed> {}
+impl Record for Binding {}
 
 /// The name of the native FIFO policy in bindings (version 0, nothing deployed).
 pub const BUILTIN_POLICY: &str = "builtin";
@@ -128,20 +153,25 @@ pub(crate) struct Bound {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Session {
     pub(crate) principal: String,
-    pub(crate) labels: BTreeMap<String, String>,
+    pub(crate) labels: VecMap<String, String>,
     pub(crate) ttl_ms: u64,
     pub(crate) expires_at_ms: u64,
-    /// Lock name -> fencing token of this session's hold.
-    pub(crate) holds: BTreeMap<String, FencingToken>,
+    /// Lock name -> fencing token of this session's hold. A sorted `Vec` of boxed names: 24
+    /// bytes a hold, where a `BTreeMap` of `String`s cost a ~400-byte node per session.
+    pub(crate) holds: VecMap<Box<str>, FencingToken>,
     /// Locks this session is queued for.
     pub(crate) waiting: BTreeSet<String>,
-    /// Outcomes of recent requests, for idempotent retries.
-    pub(crate) recent: BTreeMap<RequestId, Outcome>,
+    /// Outcomes of recent requests, for idempotent retries. A sorted `Vec`: a session's few
+    /// records cost 32 bytes each instead of a B-tree node of ~1 KB.
+    pub(crate) recent: VecMap<RequestId, Recorded>,
     /// Request ids below this were evicted from `recent`: a retry is `RequestTooOld`.
     pub(crate) request_id_floor: RequestId,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// One lock. Encoded field by field as `LockFields` (the election timers inline), so the
+/// boxing below changes nothing in the snapshot bytes.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(from = "LockFields")]
 pub(crate) struct Lock {
     /// Capacity in shared mode; fixed by the first shared holder or waiter while any shared
     /// holder or waiter exists. Always in 1 ..= HOLDERS_PER_LOCK_MAX.
@@ -153,10 +183,60 @@ pub(crate) struct Lock {
     pub(crate) delayed_until_ms: Option<u64>,
     /// Highest fencing token ever granted on this lock.
     pub(crate) last_token: FencingToken,
-    /// Election: a preemption its policy scheduled, (at, winner's session). Only while held.
-    pub(crate) preempt: Option<(u64, SessionId)>,
-    /// Election: when its policy asked to decide again. Only while held.
-    pub(crate) reevaluate_at_ms: Option<u64>,
+    /// An election's timers, boxed: most locks are not elections, and inline they cost 40
+    /// bytes a lock. None whenever both are None (so equal locks compare equal).
+    timers: Option<Box<ElectionTimers>>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct ElectionTimers {
+    /// A preemption its policy scheduled, (at, winner's session). Only while held.
+    preempt: Option<(u64, SessionId)>,
+    /// When its policy asked to decide again. Only while held.
+    reevaluate_at_ms: Option<u64>,
+}
+
+/// `Lock` as encoded (format version 2).
+#[derive(Serialize, Deserialize)]
+struct LockFields<H = VecMap<SessionId, Hold>, W = VecDeque<Waiter>> {
+    max_holders: u32,
+    holders: H,
+    waiters: W,
+    delayed_until_ms: Option<u64>,
+    last_token: FencingToken,
+    preempt: Option<(u64, SessionId)>,
+    reevaluate_at_ms: Option<u64>,
+}
+
+impl From<LockFields> for Lock {
+    fn from(fields: LockFields) -> Lock {
+        let mut lock = Lock {
+            max_holders: fields.max_holders,
+            holders: fields.holders,
+            waiters: fields.waiters,
+            delayed_until_ms: fields.delayed_until_ms,
+            last_token: fields.last_token,
+            timers: None,
+        };
+        lock.set_preempt(fields.preempt);
+        lock.set_reevaluate_at_ms(fields.reevaluate_at_ms);
+        lock
+    }
+}
+
+impl Serialize for Lock {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        LockFields {
+            max_holders: self.max_holders,
+            holders: &self.holders,
+            waiters: &self.waiters,
+            delayed_until_ms: self.delayed_until_ms,
+            last_token: self.last_token,
+            preempt: self.preempt(),
+            reevaluate_at_ms: self.reevaluate_at_ms(),
+        }
+        .serialize(serializer)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -169,8 +249,9 @@ pub(crate) struct Hold {
     pub(crate) lease_expires_at_ms: Option<u64>,
     /// Lock-delay imposed if this hold ends by session expiry.
     pub(crate) lock_delay_ms: u64,
-    /// What the hold carries (election value); empty for plain locks.
-    pub(crate) value: Vec<u8>,
+    /// What the hold carries (election value); empty for plain locks. A boxed slice: 8 bytes
+    /// less than a `Vec`, same encoding.
+    pub(crate) value: Box<[u8]>,
     /// The priority of the request that was granted (an election incumbent's).
     pub(crate) priority: i32,
 }
@@ -202,6 +283,72 @@ pub(crate) struct PrefixCounts {
 pub(crate) struct Tally {
     pub(crate) holds: usize,
     pub(crate) waits: usize,
+}
+
+/// The recorded outcome of an Acquire or a Release: what a retry of it is answered with.
+/// 24 bytes (an `Outcome` is 80); encoded as the `Outcome` it stands for, so the snapshot
+/// bytes are those of the outcome.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "Outcome", try_from = "Outcome")]
+pub(crate) enum Recorded {
+    Acquired {
+        token: FencingToken,
+        lease_ms: u64,
+        reentrant: bool,
+    },
+    Queued {
+        position: u32,
+    },
+    Released {
+        token: FencingToken,
+        released_at: u64,
+    },
+    WaitCancelled,
+    Rejected(Box<Rejection>),
+}
+
+impl From<Recorded> for Outcome {
+    fn from(recorded: Recorded) -> Outcome {
+        match recorded {
+            Recorded::Acquired {
+                token,
+                lease_ms,
+                reentrant,
+            } => Outcome::Acquired {
+                token,
+                lease_ms,
+                reentrant,
+            },
+            Recorded::Queued { position } => Outcome::Queued { position },
+            Recorded::Released { token, released_at } => Outcome::Released { token, released_at },
+            Recorded::WaitCancelled => Outcome::WaitCancelled,
+            Recorded::Rejected(rejection) => Outcome::Rejected(*rejection),
+        }
+    }
+}
+
+impl TryFrom<Outcome> for Recorded {
+    type Error = String;
+
+    /// Only an Acquire's or a Release's outcome is recorded.
+    fn try_from(outcome: Outcome) -> Result<Recorded, String> {
+        Ok(match outcome {
+            Outcome::Acquired {
+                token,
+                lease_ms,
+                reentrant,
+            } => Recorded::Acquired {
+                token,
+                lease_ms,
+                reentrant,
+            },
+            Outcome::Queued { position } => Recorded::Queued { position },
+            Outcome::Released { token, released_at } => Recorded::Released { token, released_at },
+            Outcome::WaitCancelled => Recorded::WaitCancelled,
+            Outcome::Rejected(rejection) => Recorded::Rejected(Box::new(rejection)),
+            other => return Err(format!("{other:?} is not a recordable outcome")),
+        })
+    }
 }
 
 /// One pending deadline. Ordered by time, then kind (the declaration order below), then key.
@@ -297,8 +444,44 @@ impl Lock {
             waiters: VecDeque::new(),
             delayed_until_ms: None,
             last_token: 0,
-            preempt: None,
-            reevaluate_at_ms: None,
+            timers: None,
+        }
+    }
+
+    /// Election: a preemption its policy scheduled, (at, winner's session). Only while held.
+    pub(crate) fn preempt(&self) -> Option<(u64, SessionId)> {
+        self.timers.as_ref().and_then(|timers| timers.preempt)
+    }
+
+    /// Election: when its policy asked to decide again. Only while held.
+    pub(crate) fn reevaluate_at_ms(&self) -> Option<u64> {
+        self.timers
+            .as_ref()
+            .and_then(|timers| timers.reevaluate_at_ms)
+    }
+
+    /// Sets the scheduled preemption; returns the previous one.
+    pub(crate) fn set_preempt(
+        &mut self,
+        preempt: Option<(u64, SessionId)>,
+    ) -> Option<(u64, SessionId)> {
+        let timers = self.timers.get_or_insert_with(Box::default);
+        let previous = std::mem::replace(&mut timers.preempt, preempt);
+        self.drop_empty_timers();
+        previous
+    }
+
+    /// Sets the re-evaluation time; returns the previous one.
+    pub(crate) fn set_reevaluate_at_ms(&mut self, at_ms: Option<u64>) -> Option<u64> {
+        let timers = self.timers.get_or_insert_with(Box::default);
+        let previous = std::mem::replace(&mut timers.reevaluate_at_ms, at_ms);
+        self.drop_empty_timers();
+        previous
+    }
+
+    fn drop_empty_timers(&mut self) {
+        if self.timers.as_deref() == Some(&ElectionTimers::default()) {
+            self.timers = None;
         }
     }
 

@@ -36,7 +36,7 @@ use sha2::{Digest as _, Sha256};
 pub(crate) struct Sum([u64; 4]);
 
 impl Sum {
-    fn add(&mut self, hash: &Sum) {
+    pub(crate) fn add(&mut self, hash: &Sum) {
         let mut carry = false;
         for (limb, &other) in self.0.iter_mut().zip(&hash.0) {
             let (partial, overflow_a) = limb.overflowing_add(other);
@@ -46,7 +46,7 @@ impl Sum {
         }
     }
 
-    fn sub(&mut self, hash: &Sum) {
+    pub(crate) fn sub(&mut self, hash: &Sum) {
         let mut borrow = false;
         for (limb, &other) in self.0.iter_mut().zip(&hash.0) {
             let (partial, underflow_a) = limb.overflowing_sub(other);
@@ -87,6 +87,18 @@ pub(crate) fn record_hash<K: Serialize + ?Sized, V: Serialize + ?Sized>(
     Sum(limbs)
 }
 
+/// How a record enters the digest: by default its whole encoding. A record whose large
+/// parts are digest records of their own (a session's holds, waits and recent outcomes, see
+/// `State::session_part`) hashes only the rest, so changing one part costs O(1), not
+/// O(record).
+pub(crate) trait Record: Serialize {
+    fn digest_form(&self) -> impl Serialize + '_ {
+        self
+    }
+}
+
+impl Record for () {}
+
 /// An ordered map of digest records tagged `TAG`, with the sum of their hashes. Serialized as
 /// the plain map (the snapshot bytes are unchanged by the tracking). A map of `()` values is
 /// a set, encoded as one.
@@ -118,15 +130,17 @@ struct Frozen<K, V> {
 impl<K, V, const TAG: u8> Records<K, V, TAG>
 where
     K: Ord + Clone + Serialize,
-    V: Clone + Serialize,
+    V: Clone + Record,
 {
     /// The record under `key`, for changing it; the digest sees the change at `settle`.
     pub(crate) fn get_mut<Q>(&mut self, key: &Q) -> Option<&mut V>
     where
         K: Borrow<Q>,
-        Q: Ord + ToOwned<Owned = K> + ?Sized,
+        Q: Ord + ?Sized,
     {
-        self.touch(key);
+        let (owned, _) = self.map.get_key_value(key)?;
+        let owned = owned.clone();
+        self.touch(&owned);
         self.map.get_mut(key)
     }
 
@@ -144,37 +158,27 @@ where
     pub(crate) fn remove<Q>(&mut self, key: &Q) -> Option<V>
     where
         K: Borrow<Q>,
-        Q: Ord + ToOwned<Owned = K> + ?Sized,
+        Q: Ord + ?Sized,
     {
-        self.touch(key);
+        let (owned, _) = self.map.get_key_value(key)?;
+        let owned = owned.clone();
+        self.touch(&owned);
         self.map.remove(key)
     }
 
-    /// Called before every change of the record under `key`.
-    fn touch<Q>(&mut self, key: &Q)
-    where
-        K: Borrow<Q>,
-        Q: Ord + ToOwned<Owned = K> + ?Sized,
-    {
+    /// Called before every change of the record under `key` (present or not).
+    fn touch(&mut self, key: &K) {
         if let Some(frozen) = &mut self.frozen {
-            let unwritten = frozen
-                .cursor
-                .as_ref()
-                .is_none_or(|cursor| key > cursor.borrow());
+            let unwritten = frozen.cursor.as_ref().is_none_or(|cursor| key > cursor);
             if unwritten && !frozen.kept.contains_key(key) {
-                frozen
-                    .kept
-                    .insert(key.to_owned(), self.map.get(key).cloned());
+                frozen.kept.insert(key.clone(), self.map.get(key).cloned());
             }
         }
         if self.touched.contains_key(key) {
             return;
         }
-        let (owned, before) = match self.map.get_key_value(key) {
-            Some((owned, value)) => (owned.clone(), Some(record_hash(TAG, owned, value))),
-            None => (key.to_owned(), None),
-        };
-        self.touched.insert(owned, before);
+        let before = (self.map.get(key)).map(|value| record_hash(TAG, key, &value.digest_form()));
+        self.touched.insert(key.clone(), before);
     }
 
     /// Folds the changes since the last settle into the sum: O(touched records).
@@ -184,7 +188,7 @@ where
                 self.sum.sub(&before);
             }
             if let Some(value) = self.map.get(&key) {
-                self.sum.add(&record_hash(TAG, &key, value));
+                self.sum.add(&record_hash(TAG, &key, &value.digest_form()));
             }
         }
     }
@@ -204,7 +208,7 @@ where
     pub(crate) fn recompute(&self) -> Sum {
         let mut sum = Sum::default();
         for (key, value) in &self.map {
-            sum.add(&record_hash(TAG, key, value));
+            sum.add(&record_hash(TAG, key, &value.digest_form()));
         }
         sum
     }
@@ -378,7 +382,7 @@ impl<K: Serialize, V: Serialize, const TAG: u8> Serialize for Records<K, V, TAG>
 impl<'de, K, V, const TAG: u8> Deserialize<'de> for Records<K, V, TAG>
 where
     K: Ord + Clone + Serialize + Deserialize<'de>,
-    V: Clone + Serialize + Deserialize<'de>,
+    V: Clone + Record + Deserialize<'de>,
 {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let map = BTreeMap::deserialize(deserializer)?;
@@ -394,6 +398,8 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl Record for u32 {}
 
     #[test]
     fn sum_adds_and_subtracts_modulo_2_256_with_carries() {

@@ -10,6 +10,7 @@ use serde::Serialize;
 use super::{Bound, Lock, State, position_u32};
 use crate::limits;
 use crate::model::{BindMode, FencingToken, Mode, SessionId};
+use crate::vec_map::VecMap;
 
 /// A deployed policy version as List/Describe show it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -160,20 +161,24 @@ impl State {
         Some(SessionView {
             session_id: id,
             principal: session.principal.clone(),
-            labels: session.labels.clone(),
+            labels: session
+                .labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
             ttl_ms: session.ttl_ms,
             expires_at_ms: session.expires_at_ms,
             holds: session
                 .holds
                 .iter()
-                .map(|(name, token)| (name.clone(), *token))
+                .map(|(name, token)| (name.to_string(), *token))
                 .collect(),
             waiting: session.waiting.iter().cloned().collect(),
         })
     }
 
     /// Principal and labels of a live session (what policies see of holders and waiters).
-    pub fn session_identity(&self, id: SessionId) -> Option<(&str, &BTreeMap<String, String>)> {
+    pub fn session_identity(&self, id: SessionId) -> Option<(&str, &VecMap<String, String>)> {
         self.sessions
             .get(&id)
             .map(|session| (session.principal.as_str(), &session.labels))
@@ -238,7 +243,7 @@ impl Lock {
                 mode: hold.mode,
                 since_ms: hold.since_ms,
                 lease_expires_at_ms: hold.lease_expires_at_ms,
-                value: hold.value.clone(),
+                value: hold.value.to_vec(),
             })
             .collect()
     }

@@ -15,6 +15,7 @@ use sha2::Digest as _;
 use tonic::{Request, Response, Status};
 
 use crate::node::Node;
+use crate::raft::state_machine::write_snapshot;
 use crate::raft::{NodeInfo, TypeConfig};
 
 /// How long AddLearner waits for the learner to catch up.
@@ -181,18 +182,17 @@ impl pb::cluster_server::Cluster for ClusterApi {
         // Everything acknowledged before this call is applied here after the barrier.
         self.node.read_barrier().await?;
         // Encoding a large state takes seconds: on the blocking pool, like building a snapshot,
-        // so Raft's tasks on the runtime's workers keep running.
+        // so Raft's tasks on the runtime's workers keep running; and from a frozen view a chunk
+        // at a time, so apply goes on meanwhile.
         let shared = Arc::clone(&self.node.shared);
-        let (log_id, state, now_ms) = tokio::task::spawn_blocking(move || {
-            let applied = shared.applied.read().expect("state lock");
-            (
-                applied.last_applied,
-                applied.state.to_snapshot_bytes(),
-                applied.state.now_ms(),
-            )
-        })
-        .await
-        .map_err(|error| Status::internal(format!("encoding the snapshot: {error}")))?;
+        let written = tokio::task::spawn_blocking(move || write_snapshot(&shared))
+            .await
+            .map_err(|error| Status::internal(format!("encoding the snapshot: {error}")))?;
+        let (log_id, state, now_ms) = (
+            written.stored.meta.last_log_id,
+            written.stored.data,
+            written.now_ms,
+        );
         let log_id = log_id.ok_or_else(|| Status::unavailable("nothing applied yet"))?;
         let header = pb::SnapshotHeader {
             index: log_id.index,

@@ -6,7 +6,7 @@
 //! deterministically (ABI checks + compile); these sample runs only catch broken modules
 //! (infinite loops, traps, memory bombs) before they reach the log.
 
-use std::collections::BTreeMap;
+use holdfast_core::VecMap;
 use std::sync::{Arc, Mutex};
 
 use holdfast_core::{
@@ -70,7 +70,7 @@ impl Precheck {
                 value: Vec::new(),
             };
             let state = State::default();
-            let labels = BTreeMap::from([("tenant".to_string(), "precheck".to_string())]);
+            let labels = VecMap::from_iter([("tenant".to_string(), "precheck".to_string())]);
             let holder = HolderView {
                 session_id: 1,
                 token: 2,

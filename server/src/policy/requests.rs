@@ -2,7 +2,7 @@
 //! holders and waiters, a session's identity) encoded as `holdfast.policy.v1` messages, with
 //! labels sorted and lists truncated to `POLICY_LIST_MAX` as docs/policy-abi.md specifies.
 
-use std::collections::BTreeMap;
+use holdfast_core::VecMap;
 
 use holdfast_core::{AdmitInput, HolderView, Mode, NextInput, State, WaiterView, limits};
 use holdfast_proto::policy::v1 as pb;
@@ -16,8 +16,8 @@ pub(super) fn mode(mode: Mode) -> i32 {
     }
 }
 
-/// Labels as the ABI wants them: sorted by key (a `BTreeMap` already is).
-pub(super) fn labels(labels: &BTreeMap<String, String>) -> Vec<pb::Label> {
+/// Labels as the ABI wants them: sorted by key (a `VecMap` already is).
+pub(super) fn labels(labels: &VecMap<String, String>) -> Vec<pb::Label> {
     labels
         .iter()
         .map(|(key, value)| pb::Label {

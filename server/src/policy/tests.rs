@@ -2,6 +2,7 @@
 //! differential test against the built-in FIFO through `holdfast_core::apply`, and hostile
 //! modules written in WAT that must be rejected at compile or give the documented fallback.
 
+use holdfast_core::VecMap;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
@@ -123,7 +124,7 @@ fn missing_hook_runs_builtin_without_instantiating() {
     // election-preference exports neither admit, choose_next nor lease_for.
     let mut policy = WasmPolicy::new(example("election_preference"), no_config());
     let request = request(1, "a", Mode::Exclusive, 0);
-    let labels = BTreeMap::new();
+    let labels = VecMap::new();
     let holders = [holder(9)];
     let waiters = [waiter(2, 0, 0), waiter(3, 0, 0)];
     let input = admit_input(&request, &labels, &[], &waiters);
@@ -141,7 +142,7 @@ fn missing_hook_runs_builtin_without_instantiating() {
 
 fn admit_input<'a>(
     request: &'a AcquireRequest,
-    labels: &'a BTreeMap<String, String>,
+    labels: &'a VecMap<String, String>,
     holders: &'a [HolderView],
     waiters: &'a [WaiterView],
 ) -> AdmitInput<'a> {
@@ -207,7 +208,7 @@ fn waiter_lists_are_truncated_keeping_the_first() {
 #[test]
 fn tenant_quota_module_denies_sessions_without_tenant() {
     let request = request(1, "a", Mode::Exclusive, 0);
-    let labels = BTreeMap::new();
+    let labels = VecMap::new();
     let input = admit_input(&request, &labels, &[], &[]);
     let mut policy = WasmPolicy::new(example("tenant_quota"), no_config());
     match policy.admit(&input) {
@@ -219,7 +220,7 @@ fn tenant_quota_module_denies_sessions_without_tenant() {
     }
     assert_eq!(policy.fault_count(), 0);
     // With a tenant label and no limits it admits.
-    let labels = BTreeMap::from([("tenant".to_string(), "acme".to_string())]);
+    let labels = VecMap::from_iter([("tenant".to_string(), "acme".to_string())]);
     let mut policy = WasmPolicy::new(example("tenant_quota"), no_config());
     assert_eq!(
         policy.admit(&admit_input(&request, &labels, &[], &[])),
@@ -461,7 +462,7 @@ fn admit_faults(bytes: &[u8]) -> GuestFault {
     let run = || {
         let mut policy = WasmPolicy::new(Arc::clone(&module), no_config());
         let request = request(1, "a", Mode::Exclusive, 0);
-        let labels = BTreeMap::new();
+        let labels = VecMap::new();
         let decision = policy.admit(&admit_input(&request, &labels, &[], &[]));
         assert_eq!(
             decision,
@@ -605,7 +606,7 @@ fn lease_above_limits_is_clamped_and_counted() {
     let module = Arc::new(PolicyModule::compile(engine(), &bytes).expect("compiles"));
     let mut policy = WasmPolicy::new(module, no_config());
     let request = request(1, "a", Mode::Exclusive, 0);
-    let labels = BTreeMap::new();
+    let labels = VecMap::new();
     let decision = policy.lease_for(&admit_input(&request, &labels, &[], &[]));
     assert_eq!(decision.lease_ms, holdfast_core::limits::LEASE_MS_MAX);
     assert_eq!(policy.faults().get(&Hook::LeaseFor), Some(&1));
@@ -634,7 +635,7 @@ fn debug_log_import_is_allowed() {
     let module = Arc::new(PolicyModule::compile(engine(), &bytes).expect("compiles"));
     let mut policy = WasmPolicy::new(module, no_config());
     let request = request(1, "a", Mode::Exclusive, 0);
-    let labels = BTreeMap::new();
+    let labels = VecMap::new();
     assert_eq!(
         policy.admit(&admit_input(&request, &labels, &[], &[])),
         AdmitDecision::Admit
