@@ -84,6 +84,54 @@ where
     }
 }
 
+/// Clients of the side load that runs while the backup is exported.
+const SIDE_LOAD_CLIENTS: u64 = 16;
+/// How long the side load runs before the export starts.
+const SIDE_LOAD_WARMUP_MS: u64 = 500;
+
+/// Acquires fresh locks (`scale/side/...`, try-locks) from `SIDE_LOAD_CLIENTS` clients until
+/// `stop`; returns the latencies (µs) of those that started after the warm-up.
+async fn side_load(
+    channel: Channel,
+    ids: Arc<Vec<u64>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> anyhow::Result<Vec<u64>> {
+    let begun = Instant::now();
+    let tasks: Vec<_> = (0..SIDE_LOAD_CLIENTS)
+        .map(|client| {
+            let (channel, ids, stop) = (channel.clone(), Arc::clone(&ids), Arc::clone(&stop));
+            tokio::spawn(async move {
+                let mut locks = pb::locks_client::LocksClient::new(channel);
+                let mut latencies = Vec::new();
+                let mut n = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let request = pb::AcquireRequest {
+                        session_id: ids[(client * 7_919 + n) as usize % ids.len()],
+                        request_id: 0,
+                        name: format!("scale/side/{client}/{n}"),
+                        mode: pb::LockMode::Exclusive as i32,
+                        max_holders: 0,
+                        wait_timeout_ms: 0,
+                        priority: 0,
+                    };
+                    let started = Instant::now();
+                    locks.acquire(request).await?;
+                    if started.duration_since(begun) >= Duration::from_millis(SIDE_LOAD_WARMUP_MS) {
+                        latencies.push(started.elapsed().as_micros() as u64);
+                    }
+                    n += 1;
+                }
+                anyhow::Ok(latencies)
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await??);
+    }
+    Ok(all)
+}
+
 /// What the load saw: every acquire's latency, and when each `PROGRESS_EVERY_LOCKS`-th
 /// acquire completed.
 #[derive(Default)]
@@ -241,6 +289,7 @@ pub async fn run(args: ScaleArgs) -> anyhow::Result<()> {
         args.sessions as f64 / opened.as_secs_f64()
     );
     let ids: Arc<Vec<u64>> = Arc::new(ids.lock().expect("ids lock").clone());
+    let (side_channel, side_ids) = (channel.clone(), Arc::clone(&ids));
     let sessions = args.sessions;
     let loading = Instant::now();
     let progress = Arc::new(Progress::default());
@@ -327,12 +376,29 @@ pub async fn run(args: ScaleArgs) -> anyhow::Result<()> {
         );
     }
 
+    // A backup export writes the whole state from a frozen view, a chunk at a time, with the
+    // writer a snapshot build uses: acquires on fresh locks meanwhile show what apply and
+    // clients see while a 1M-lock snapshot is written on the leader.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let side = tokio::spawn(side_load(side_channel, side_ids, Arc::clone(&stop)));
+    tokio::time::sleep(Duration::from_millis(SIDE_LOAD_WARMUP_MS)).await;
     let started = Instant::now();
-    let (header, _) = client.snapshot().await.context("exporting a backup")?;
+    // From the leader, whose apply answers the acquires.
+    let on_leader = Client::connect(&[&endpoints[leader]])?;
+    let (header, _) = on_leader.snapshot().await.context("exporting a backup")?;
+    let export = started.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut during = side.await??;
+    during.sort_unstable();
     println!(
-        "backup export (holdfast snapshot save): {:.1} MiB in {:.2} s",
+        "backup export (holdfast snapshot save): {:.1} MiB in {:.2} s; {} acquires meanwhile: p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.1} ms",
         mib(header.size_bytes),
-        started.elapsed().as_secs_f64()
+        export.as_secs_f64(),
+        during.len(),
+        percentile(&during, 0.50) as f64 / 1e3,
+        percentile(&during, 0.99) as f64 / 1e3,
+        percentile(&during, 0.999) as f64 / 1e3,
+        during.last().copied().unwrap_or(0) as f64 / 1e3,
     );
 
     // Restart a follower: open rocksdb, load the snapshot, replay the log after it, catch up.
