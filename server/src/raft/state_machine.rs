@@ -123,6 +123,9 @@ pub fn write_restored(db: &DB, meta: SnapshotMeta, data: Vec<u8>) -> io::Result<
 /// locks on this 2-core machine with three nodes busy, `holdfast-bench scale`).
 const SNAPSHOT_CHUNK_RECORDS: usize = 1_024;
 
+/// Debug builds compare the maintained digest with a recompute after every this many entries.
+const DEBUG_DIGEST_CHECK_EVERY: u64 = 64;
+
 /// A snapshot written by `write_snapshot`.
 pub struct Written {
     pub stored: StoredSnapshot,
@@ -281,8 +284,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     if let Err(broken) = applied.state.check_invariants() {
                         panic!("state invariant broken after applying entry {log_index}: {broken}");
                     }
+                    // Every 64th entry: a recompute hashes every record (unoptimized SHA-256
+                    // in a debug build), which after every entry slowed the cluster tests.
                     assert!(
-                        applied.state.digest() == applied.state.digest_from_scratch(),
+                        !log_index.is_multiple_of(DEBUG_DIGEST_CHECK_EVERY)
+                            || applied.state.digest() == applied.state.digest_from_scratch(),
                         "maintained state digest is not the recomputed one after entry {log_index}"
                     );
                 }
