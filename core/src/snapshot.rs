@@ -11,7 +11,7 @@
 use sha2::{Digest, Sha256};
 
 use crate::model::{FencingToken, RequestId, SessionId};
-use crate::state::records::{Sum, record_hash};
+use crate::state::records::{Record, Records, Sum, record_hash};
 use crate::state::{HEADER_TAG, Recorded, State};
 
 /// First byte of every snapshot. Bump on any change to `State`'s serialized shape.
@@ -250,23 +250,13 @@ impl State {
         let mut budget = records.max(1);
         while writer.stage < SNAPSHOT_STAGES && budget > 0 {
             let out = &mut writer.pending;
-            let frozen = match writer.stage {
-                0 => self.sessions.is_frozen(),
-                1 => self.locks.is_frozen(),
-                2 => self.deadlines.is_frozen(),
-                3 => self.policies.is_frozen(),
-                _ => self.bindings.is_frozen(),
-            };
-            if !frozen {
-                return Err(SnapshotAbandoned);
-            }
             let done = match writer.stage {
-                0 => self.sessions.write_frozen(out, &mut budget),
-                1 => self.locks.write_frozen(out, &mut budget),
-                2 => self.deadlines.write_frozen(out, &mut budget),
-                3 => self.policies.write_frozen(out, &mut budget),
-                _ => self.bindings.write_frozen(out, &mut budget),
-            };
+                0 => write_stage(&mut self.sessions, out, &mut budget),
+                1 => write_stage(&mut self.locks, out, &mut budget),
+                2 => write_stage(&mut self.deadlines, out, &mut budget),
+                3 => write_stage(&mut self.policies, out, &mut budget),
+                _ => write_stage(&mut self.bindings, out, &mut budget),
+            }?;
             if done {
                 writer.stage += 1;
                 if writer.stage == 3 {
@@ -276,6 +266,23 @@ impl State {
         }
         Ok(writer.stage == SNAPSHOT_STAGES)
     }
+}
+
+/// One collection's share of a chunk; `SnapshotAbandoned` if it is no longer frozen (the
+/// state was replaced).
+fn write_stage<K, V, const TAG: u8>(
+    records: &mut Records<K, V, TAG>,
+    out: &mut Vec<u8>,
+    budget: &mut usize,
+) -> Result<bool, SnapshotAbandoned>
+where
+    K: Ord + Clone + serde::Serialize,
+    V: Clone + Record,
+{
+    if !records.is_frozen() {
+        return Err(SnapshotAbandoned);
+    }
+    Ok(records.write_frozen(out, budget))
 }
 
 fn encode_field<T: serde::Serialize>(value: &T, out: &mut Vec<u8>) {

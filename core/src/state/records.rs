@@ -138,9 +138,7 @@ where
         K: Borrow<Q>,
         Q: Ord + ?Sized,
     {
-        let (owned, _) = self.map.get_key_value(key)?;
-        let owned = owned.clone();
-        self.touch(&owned);
+        self.touch_present(key)?;
         self.map.get_mut(key)
     }
 
@@ -160,10 +158,19 @@ where
         K: Borrow<Q>,
         Q: Ord + ?Sized,
     {
-        let (owned, _) = self.map.get_key_value(key)?;
-        let owned = owned.clone();
-        self.touch(&owned);
+        self.touch_present(key)?;
         self.map.remove(key)
+    }
+
+    /// `touch` for a key that may be absent (nothing then changes): None if it is.
+    fn touch_present<Q>(&mut self, key: &Q) -> Option<()>
+    where
+        K: Borrow<Q>,
+        Q: Ord + ?Sized,
+    {
+        let owned = self.map.get_key_value(key)?.0.clone();
+        self.touch(&owned);
+        Some(())
     }
 
     /// Called before every change of the record under `key` (present or not).
