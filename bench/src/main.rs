@@ -1,11 +1,13 @@
 //! `holdfast-bench`: issue #6's scenarios against Holdfast or etcd.
 //!
 //! - `run`: one scenario against a running cluster (`--endpoints`).
-//! - `compare`: starts a 3-member etcd cluster and a 3-node Holdfast cluster on 127.0.0.1
-//!   (fsync on, default settings), runs S1 (1 and 64 clients), S2 (16), S3 (64) against both
-//!   alternately (etcd, Holdfast, etcd, ...), then S4 (kill -9 of the leader under S1 with 16
-//!   clients, 5 times each), and prints the table with ratios, targets, CPU per 1k ops, entries
-//!   per fsync and RSS. `scripts/bench-compare` installs etcd and builds this.
+//! - `compare`: starts a 3-member etcd cluster, a 3-server ZooKeeper ensemble and a 3-node
+//!   Holdfast cluster on 127.0.0.1 (fsync on, default settings), runs S1 (1 and 64 clients),
+//!   S2 (16) against all three and S3 (64) against etcd and Holdfast, alternately (etcd,
+//!   ZooKeeper, Holdfast, etcd, ...), then S4 (kill -9 of the leader under S1 with 16 clients,
+//!   5 times each, etcd and Holdfast), and prints the table with the ratio to the best anchor,
+//!   targets, CPU per 1k ops, entries per fsync and RSS. `scripts/bench-compare` installs etcd
+//!   and ZooKeeper and builds this.
 //! - `scale`: N sessions holding M locks in a 3-node Holdfast cluster: RSS per held lock,
 //!   snapshot size and time, restart (replay) time.
 
@@ -27,7 +29,7 @@ use workload::{Scenario, System};
 #[derive(Parser)]
 #[command(
     name = "holdfast-bench",
-    about = "Lock benchmarks: Holdfast and etcd side by side"
+    about = "Lock benchmarks: Holdfast, etcd and ZooKeeper side by side"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -38,7 +40,7 @@ struct Cli {
 enum Command {
     /// One scenario against a running cluster.
     Run(RunArgs),
-    /// Start etcd and Holdfast clusters and run every scenario against both.
+    /// Start etcd, ZooKeeper and Holdfast clusters and run every scenario against each.
     Compare(CompareArgs),
     /// Many sessions and held locks in one Holdfast cluster: memory, snapshot, restart.
     Scale(scale::ScaleArgs),
@@ -86,6 +88,12 @@ struct CompareArgs {
     /// The `etcd` binary.
     #[arg(long, default_value = "/usr/bin/etcd")]
     etcd_bin: PathBuf,
+    /// The `java` that runs ZooKeeper.
+    #[arg(long, default_value = "/usr/bin/java")]
+    java_bin: PathBuf,
+    /// ZooKeeper's class path (Debian's `zookeeper` package).
+    #[arg(long, default_value = "/usr/share/java/zookeeper.jar")]
+    zookeeper_classpath: String,
     /// Alternations per scenario (each point is run this many times per system; the table
     /// shows the median run by throughput).
     #[arg(long, default_value_t = 1)]
@@ -182,12 +190,13 @@ async fn server_counters(cluster: &LocalCluster) -> Option<ServerCounters> {
             "etcd_server_proposals_committed_total",
             "etcd_disk_wal_fsync_duration_seconds_count",
         ),
+        System::Zookeeper => return None,
     };
     let mut counters = ServerCounters {
         entries: 0.0,
         fsyncs: 0.0,
     };
-    for addr in cluster.metrics_addrs() {
+    for addr in cluster.metrics_addrs()? {
         let page = procs::scrape(&addr).await.ok()?;
         counters.entries += procs::metric(&page, entries)?;
         counters.fsyncs += procs::metric(&page, fsyncs).unwrap_or(0.0);
@@ -330,10 +339,10 @@ fn load_average() -> String {
 }
 
 async fn compare(args: CompareArgs) -> anyhow::Result<()> {
-    if !cfg!(feature = "etcd") {
-        // Otherwise every etcd status call fails and the run waits 30 s for "no leader".
+    if !cfg!(feature = "etcd") || !cfg!(feature = "zookeeper") {
+        // Otherwise every status call fails and the run waits 30 s for "no leader".
         bail!(
-            "this holdfast-bench was built without the `etcd` feature (scripts/bench-compare builds it)"
+            "this holdfast-bench was built without the `etcd` and `zookeeper` features (scripts/bench-compare builds it)"
         );
     }
     if !args.etcd_bin.exists() {
@@ -342,13 +351,25 @@ async fn compare(args: CompareArgs) -> anyhow::Result<()> {
             args.etcd_bin.display()
         );
     }
+    for part in args.zookeeper_classpath.split(':') {
+        if !std::path::Path::new(part).exists() {
+            bail!(
+                "{part} not found: install ZooKeeper (scripts/bench-compare installs the zookeeper package)"
+            );
+        }
+    }
     let load_before = load_average();
-    let mut etcd = LocalCluster::etcd(&args.etcd_bin, 3).context("starting etcd")?;
+    let etcd = LocalCluster::etcd(&args.etcd_bin, 3).context("starting etcd")?;
+    let zookeeper = LocalCluster::zookeeper(&args.java_bin, &args.zookeeper_classpath, 3)
+        .context("starting ZooKeeper")?;
     let flags: Vec<&str> = args.holdfast_flags.iter().map(String::as_str).collect();
-    let mut holdfast =
+    let holdfast =
         LocalCluster::holdfast_with(&args.holdfast_bin, 3, &flags).context("starting holdfast")?;
-    etcd.wait_ready().await?;
-    holdfast.wait_ready().await?;
+    // Holdfast last: every row's last point is Holdfast's, the others are its anchors.
+    let mut clusters = [etcd, zookeeper, holdfast];
+    for cluster in &mut clusters {
+        cluster.wait_ready().await?;
+    }
     let points = [
         (Scenario::Cycles, 1),
         (Scenario::Cycles, 64),
@@ -356,15 +377,18 @@ async fn compare(args: CompareArgs) -> anyhow::Result<()> {
         (Scenario::Keepalive, 64),
     ];
     let wanted = |name: &str| args.only.is_empty() || args.only.iter().any(|o| o == name);
-    let mut rows: Vec<(Point, Point)> = Vec::new();
+    let mut rows: Vec<Vec<Point>> = Vec::new();
     for (scenario, clients) in points {
         let name = format!("{}x{clients}", scenario_name(scenario));
         if !wanted(&name) {
             continue;
         }
-        let mut runs: [Vec<Point>; 2] = Default::default();
+        let mut runs: Vec<Vec<Point>> = vec![Vec::new(); clusters.len()];
         for _ in 0..args.rounds {
-            for (slot, cluster) in [&mut etcd, &mut holdfast].into_iter().enumerate() {
+            for (slot, cluster) in clusters.iter_mut().enumerate() {
+                if !cluster.system.runs(scenario) {
+                    continue;
+                }
                 let point = measure(cluster, scenario, clients, &args.timing).await?;
                 if args.timing.output == Output::Text {
                     print_point(&point, Output::Text);
@@ -372,28 +396,36 @@ async fn compare(args: CompareArgs) -> anyhow::Result<()> {
                 runs[slot].push(point);
             }
         }
-        let [etcd_runs, holdfast_runs] = runs;
-        rows.push((median_run(etcd_runs), median_run(holdfast_runs)));
+        rows.push(
+            runs.into_iter()
+                .filter(|r| !r.is_empty())
+                .map(median_run)
+                .collect(),
+        );
     }
     if args.kills > 0 && wanted("S4x16") {
-        let etcd_point = failover(&mut etcd, 16, args.kills).await?;
+        // ZooKeeper's S4 is not run: issue #17 compares it on S1 and S2.
+        let [etcd, _, holdfast] = &mut clusters;
+        let etcd_point = failover(etcd, 16, args.kills).await?;
         print_point(&etcd_point, args.timing.output);
-        let holdfast_point = failover(&mut holdfast, 16, args.kills).await?;
+        let holdfast_point = failover(holdfast, 16, args.kills).await?;
         print_point(&holdfast_point, args.timing.output);
-        rows.push((etcd_point, holdfast_point));
+        rows.push(vec![etcd_point, holdfast_point]);
     }
     let load_after = load_average();
     match args.timing.output {
         Output::Json => {
-            for (etcd, holdfast) in &rows {
-                let (target, met) =
-                    report::target(&holdfast.scenario, holdfast.clients, etcd, holdfast);
+            for (anchors, holdfast) in rows.iter().filter_map(|r| split(r)) {
+                let (target, goal, met) = report::target(holdfast, &anchors);
+                let best = report::best_anchor(&anchors);
                 println!(
                     "{}",
                     serde_json::json!({
                         "scenario": holdfast.scenario, "clients": holdfast.clients,
-                        "etcd": etcd, "holdfast": holdfast,
-                        "ratio": report::ratio(etcd, holdfast), "target": target, "met": met,
+                        "anchors": anchors, "holdfast": holdfast,
+                        "best_anchor": best.map(|b| b.system),
+                        "ratio": best.map(|b| report::ratio(b, holdfast)),
+                        "target": target, "goal": goal, "met": met,
                     })
                 );
             }
@@ -410,35 +442,61 @@ async fn compare(args: CompareArgs) -> anyhow::Result<()> {
                     args.holdfast_flags.join(" ")
                 );
             }
+            let cell = |anchors: &[&Point], system: System| {
+                anchors
+                    .iter()
+                    .find(|p| p.system == system)
+                    .map_or("-".to_owned(), |p| p.line())
+            };
             println!(
-                "| scenario | etcd | Holdfast | ratio | target | met |\n|---|---|---|---|---|---|"
+                "| scenario | etcd | ZooKeeper | Holdfast | ratio to best | bar | met | goal |\n|---|---|---|---|---|---|---|---|"
             );
-            for (etcd, holdfast) in &rows {
-                let (target, met) =
-                    report::target(&holdfast.scenario, holdfast.clients, etcd, holdfast);
+            for (anchors, holdfast) in rows.iter().filter_map(|r| split(r)) {
+                let (target, goal, met) = report::target(holdfast, &anchors);
+                let ratio = report::best_anchor(&anchors)
+                    .map_or(f64::NAN, |best| report::ratio(best, holdfast));
                 println!(
-                    "| {} x{} | {} | {} | {:.2}x | {target} | {} |",
+                    "| {} x{} | {} | {} | {} | {ratio:.2}x | {target} | {} | {goal} |",
                     holdfast.scenario,
                     holdfast.clients,
-                    etcd.line(),
+                    cell(&anchors, System::Etcd),
+                    cell(&anchors, System::Zookeeper),
                     holdfast.line(),
-                    report::ratio(etcd, holdfast),
                     if met { "yes" } else { "no" }
                 );
             }
-            println!("\n| scenario | etcd servers | Holdfast servers |\n|---|---|---|");
-            for (etcd, holdfast) in rows.iter().filter(|(e, _)| e.failover_ms.is_none()) {
+            println!(
+                "\n| scenario | etcd servers | ZooKeeper servers | Holdfast servers |\n|---|---|---|---|"
+            );
+            let servers = |anchors: &[&Point], system: System| {
+                anchors
+                    .iter()
+                    .find(|p| p.system == system)
+                    .map_or("-".to_owned(), |p| p.server_line())
+            };
+            for (anchors, holdfast) in rows
+                .iter()
+                .filter_map(|r| split(r))
+                .filter(|(_, h)| h.failover_ms.is_none())
+            {
                 println!(
-                    "| {} x{} | {} | {} |",
+                    "| {} x{} | {} | {} | {} |",
                     holdfast.scenario,
                     holdfast.clients,
-                    etcd.server_line(),
+                    servers(&anchors, System::Etcd),
+                    servers(&anchors, System::Zookeeper),
                     holdfast.server_line()
                 );
             }
         }
     }
     Ok(())
+}
+
+/// A row's anchors and Holdfast's point (the last).
+fn split(row: &[Point]) -> Option<(Vec<&Point>, &Point)> {
+    let (holdfast, anchors) = row.split_last()?;
+    Some((anchors.iter().collect(), holdfast))
 }
 
 /// The run with the median throughput.

@@ -1,4 +1,4 @@
-//! Local 3-member clusters of Holdfast or etcd on 127.0.0.1 that the benchmark starts itself, so
+//! Local 3-member clusters of Holdfast, etcd or ZooKeeper on 127.0.0.1 that the benchmark starts itself, so
 //! it can kill -9 a member (S4), restart it, and read each process's CPU time and RSS from
 //! /proc. Every process is killed (by its pid) when the cluster is dropped.
 
@@ -25,8 +25,8 @@ pub fn free_port() -> anyhow::Result<u16> {
 struct Member {
     /// Client address (host:port).
     client: String,
-    /// Where its Prometheus metrics are served (host:port; path /metrics).
-    metrics: String,
+    /// Where its Prometheus metrics are served (host:port; path /metrics), if anywhere.
+    metrics: Option<String>,
     program: PathBuf,
     args: Vec<String>,
     log: PathBuf,
@@ -63,7 +63,7 @@ impl LocalCluster {
                 let id = i + 1;
                 Member {
                     client: format!("127.0.0.1:{client}"),
-                    metrics: format!("127.0.0.1:{metrics}"),
+                    metrics: Some(format!("127.0.0.1:{metrics}")),
                     program: bin.to_owned(),
                     args: [
                         "serve".into(),
@@ -106,7 +106,7 @@ impl LocalCluster {
                 let name = format!("m{}", i + 1);
                 Member {
                     client: format!("127.0.0.1:{client}"),
-                    metrics: format!("127.0.0.1:{client}"),
+                    metrics: Some(format!("127.0.0.1:{client}")),
                     program: bin.to_owned(),
                     args: vec![
                         format!("--name={name}"),
@@ -130,6 +130,59 @@ impl LocalCluster {
         LocalCluster::start_all(System::Etcd, members, dir)
     }
 
+    /// A ZooKeeper ensemble of `size` servers (`java -cp CLASSPATH QuorumPeerMain zoo.cfg`) with
+    /// its default settings (fsync on: `forceSync=yes`), data on disk in a temp dir; the admin
+    /// HTTP server off, `srvr` allowed (it tells the leader).
+    pub fn zookeeper(java: &Path, classpath: &str, size: usize) -> anyhow::Result<LocalCluster> {
+        /// Heap of each server (the JVM's default is a quarter of the machine's memory).
+        const ZK_HEAP: &str = "-Xmx1g";
+        let dir = tempfile::Builder::new().prefix("zk-bench-").tempdir()?;
+        let ports: Vec<[u16; 3]> = (0..size)
+            .map(|_| Ok([free_port()?, free_port()?, free_port()?]))
+            .collect::<anyhow::Result<_>>()?;
+        let servers: Vec<String> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, [_, quorum, election])| {
+                format!("server.{}=127.0.0.1:{quorum}:{election}", i + 1)
+            })
+            .collect();
+        let mut members = Vec::new();
+        for (i, [client, _, _]) in ports.iter().enumerate() {
+            let id = i + 1;
+            let data = dir.path().join(format!("zk{id}"));
+            std::fs::create_dir_all(&data)?;
+            std::fs::write(data.join("myid"), format!("{id}\n"))?;
+            let config = dir.path().join(format!("zk{id}.cfg"));
+            std::fs::write(
+                &config,
+                format!(
+                    "tickTime=2000\ninitLimit=10\nsyncLimit=5\nforceSync=yes\n\
+                     dataDir={}\nclientPort={client}\nclientPortAddress=127.0.0.1\n\
+                     admin.enableServer=false\n4lw.commands.whitelist=srvr\n{}\n",
+                    data.display(),
+                    servers.join("\n")
+                ),
+            )?;
+            members.push(Member {
+                client: format!("127.0.0.1:{client}"),
+                metrics: None,
+                program: java.to_owned(),
+                args: vec![
+                    ZK_HEAP.into(),
+                    "-cp".into(),
+                    classpath.to_owned(),
+                    "org.apache.zookeeper.server.quorum.QuorumPeerMain".into(),
+                    config.display().to_string(),
+                ],
+                log: dir.path().join(format!("zk{id}.log")),
+                child: None,
+                cpu_of_exited: 0.0,
+            });
+        }
+        LocalCluster::start_all(System::Zookeeper, members, dir)
+    }
+
     fn start_all(
         system: System,
         members: Vec<Member>,
@@ -150,7 +203,8 @@ impl LocalCluster {
         self.members.iter().map(|m| m.client.clone()).collect()
     }
 
-    pub fn metrics_addrs(&self) -> Vec<String> {
+    /// Every member's metrics address, if every member serves Prometheus metrics.
+    pub fn metrics_addrs(&self) -> Option<Vec<String>> {
         self.members.iter().map(|m| m.metrics.clone()).collect()
     }
 

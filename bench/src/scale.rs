@@ -359,7 +359,9 @@ pub async fn run(args: ScaleArgs) -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let rss_after = cluster.rss_bytes();
     for (index, (before, after)) in rss_before.iter().zip(&rss_after).enumerate() {
-        let page = procs::scrape(&cluster.metrics_addrs()[index]).await?;
+        let page =
+            procs::scrape(&cluster.metrics_addrs().context("holdfast serves metrics")?[index])
+                .await?;
         let ms = |name| procs::metric(&page, name).map_or(f64::NAN, |s| s * 1e3);
         println!(
             "node {}: rss {:.0} MiB -> {:.0} MiB ({:.0} bytes per held lock, sessions included); last snapshot {:.1} MiB built in {:.2} s, holding the state lock {:.1} ms at most; longest apply stall {:.1} ms (longest apply {:.1} ms)",

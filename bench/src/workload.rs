@@ -1,6 +1,8 @@
-//! The scenarios of issue #6, the same for Holdfast and etcd: one session (etcd: lease) per
-//! client, client i talking to member (leader + i) mod N, a warm-up whose samples are dropped,
-//! then a measured window.
+//! The scenarios of issue #6, the same for Holdfast, etcd and ZooKeeper: one session (etcd:
+//! lease) per client, client i talking to member (leader + i) mod N, a warm-up whose samples are
+//! dropped, then a measured window. ZooKeeper runs S1 and S2 with the standard lock recipe
+//! (an ephemeral sequential node under the lock's directory; the lowest holds it, every other
+//! contender watches the node just below its own).
 //!
 //! - S1 `cycles`: each client locks and unlocks its own lock (no contention).
 //! - S2 `handoff`: every client queues on ONE lock and unlocks as soon as it is granted.
@@ -22,12 +24,25 @@ const HANDOFF_WAIT_MS: u64 = 10_000;
 /// etcd calls give up after this long (a call to a killed member would otherwise hang).
 #[cfg(feature = "etcd")]
 const ETCD_CALL_TIMEOUT_MS: u64 = 2_000;
+/// ZooKeeper session timeout of every benchmark client (within the servers' default bounds,
+/// 2 to 20 ticks of 2 s).
+#[cfg(feature = "zookeeper")]
+const ZK_SESSION_TIMEOUT_MS: u64 = 10_000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum System {
     Holdfast,
     Etcd,
+    Zookeeper,
+}
+
+impl System {
+    /// Whether this system has `scenario` (ZooKeeper's sessions are kept alive by its client
+    /// library's pings: there is no keepalive call to measure).
+    pub fn runs(self, scenario: Scenario) -> bool {
+        !(self == System::Zookeeper && scenario == Scenario::Keepalive)
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -58,7 +73,32 @@ pub async fn leader_index(system: System, endpoints: &[String]) -> anyhow::Resul
             Ok(leader)
         }
         System::Etcd => etcd_leader_index(endpoints).await,
+        System::Zookeeper => zk_leader_index(endpoints).await,
     }
+}
+
+/// Asks every ZooKeeper server for its mode with the `srvr` four-letter word.
+async fn zk_leader_index(endpoints: &[String]) -> anyhow::Result<Option<usize>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut leader = None;
+    for (index, endpoint) in endpoints.iter().enumerate() {
+        let mut answer = String::new();
+        let asked = tokio::time::timeout(Duration::from_secs(2), async {
+            let mut stream = tokio::net::TcpStream::connect(endpoint).await?;
+            stream.write_all(b"srvr").await?;
+            stream.read_to_string(&mut answer).await
+        })
+        .await;
+        if !matches!(asked, Ok(Ok(_))) {
+            return Ok(None);
+        }
+        match answer.lines().find_map(|l| l.strip_prefix("Mode: ")) {
+            Some("leader") => leader = Some(index),
+            Some("follower") => {}
+            _ => return Ok(None),
+        }
+    }
+    Ok(leader)
 }
 
 #[cfg(feature = "etcd")]
@@ -104,6 +144,12 @@ pub enum Locker {
         client: Box<etcd_client::Client>,
         lease: i64,
     },
+    #[cfg(feature = "zookeeper")]
+    Zookeeper {
+        client: Box<zookeeper_client::Client>,
+        /// Lock directories this client made sure exist.
+        dirs: std::collections::BTreeSet<String>,
+    },
 }
 
 /// What `Locker::lock` returns: what unlocking needs.
@@ -111,6 +157,9 @@ pub enum Key {
     Holdfast(Hold),
     #[cfg(feature = "etcd")]
     Etcd(Vec<u8>),
+    /// The path of this contender's lock node.
+    #[cfg(feature = "zookeeper")]
+    Zookeeper(String),
 }
 
 impl Locker {
@@ -136,7 +185,27 @@ impl Locker {
                 Ok(Locker::Holdfast { client, session })
             }
             System::Etcd => Locker::open_etcd(&endpoints[first]).await,
+            System::Zookeeper => Locker::open_zookeeper(&endpoints[first]).await,
         }
+    }
+
+    #[cfg(feature = "zookeeper")]
+    async fn open_zookeeper(endpoint: &str) -> anyhow::Result<Locker> {
+        let client = zookeeper_client::Client::connector()
+            .with_session_timeout(Duration::from_millis(ZK_SESSION_TIMEOUT_MS))
+            .connect(endpoint)
+            .await?;
+        Ok(Locker::Zookeeper {
+            client: Box::new(client),
+            dirs: Default::default(),
+        })
+    }
+
+    #[cfg(not(feature = "zookeeper"))]
+    async fn open_zookeeper(_: &str) -> anyhow::Result<Locker> {
+        bail!(
+            "this holdfast-bench was built without the `zookeeper` feature (scripts/bench-compare builds it)"
+        )
     }
 
     #[cfg(feature = "etcd")]
@@ -169,6 +238,10 @@ impl Locker {
                 let response = client.lock(name, Some(options)).await?;
                 Ok(Some(Key::Etcd(response.key().to_vec())))
             }
+            #[cfg(feature = "zookeeper")]
+            Locker::Zookeeper { client, dirs } => {
+                Ok(Some(Key::Zookeeper(zk_lock(client, dirs, name).await?)))
+            }
         }
     }
 
@@ -181,7 +254,11 @@ impl Locker {
             (Locker::Etcd { client, .. }, Key::Etcd(key)) => {
                 client.unlock(key).await?;
             }
-            #[cfg(feature = "etcd")]
+            #[cfg(feature = "zookeeper")]
+            (Locker::Zookeeper { client, .. }, Key::Zookeeper(path)) => {
+                client.delete(&path, None).await?;
+            }
+            #[cfg(any(feature = "etcd", feature = "zookeeper"))]
             _ => bail!("a key of another system"),
         }
         Ok(())
@@ -196,6 +273,9 @@ impl Locker {
             Locker::Etcd { mut client, lease } => {
                 let _ = client.lease_revoke(lease).await;
             }
+            // Dropping the client closes its session.
+            #[cfg(feature = "zookeeper")]
+            Locker::Zookeeper { .. } => {}
         }
     }
 
@@ -209,7 +289,7 @@ impl Locker {
                 // The first keepalive is queued before the call so the stream opens with it.
                 let mut start = Instant::now();
                 let (sender, mut responses) = client
-                    .retry(|channel| async move {
+                    .retry_at_leader(|channel| async move {
                         let (sender, receiver) = tokio::sync::mpsc::channel(1);
                         sender
                             .try_send(pb::KeepAliveRequest { session_id })
@@ -247,8 +327,54 @@ impl Locker {
                     record(&mut samples, start, from);
                 }
             }
+            #[cfg(feature = "zookeeper")]
+            Locker::Zookeeper { .. } => bail!("ZooKeeper has no keepalive call to measure"),
         }
         Ok(samples)
+    }
+}
+
+/// ZooKeeper's lock recipe: an ephemeral sequential node `lock-N` under the lock's directory
+/// (`/` + `name`); the lowest N holds the lock; every other contender watches the node just
+/// below its own and looks again when it goes. Returns the node's path (deleting it unlocks).
+#[cfg(feature = "zookeeper")]
+async fn zk_lock(
+    client: &zookeeper_client::Client,
+    dirs: &mut std::collections::BTreeSet<String>,
+    name: &str,
+) -> anyhow::Result<String> {
+    use zookeeper_client::{Acls, CreateMode};
+    let dir = format!("/{name}");
+    if !dirs.contains(&dir) {
+        client
+            .mkdir(&dir, &CreateMode::Persistent.with_acls(Acls::anyone_all()))
+            .await?;
+        dirs.insert(dir.clone());
+    }
+    let (_, sequence) = client
+        .create(
+            &format!("{dir}/lock-"),
+            b"",
+            &CreateMode::EphemeralSequential.with_acls(Acls::anyone_all()),
+        )
+        .await?;
+    let mine = format!("lock-{sequence}");
+    loop {
+        let mut children = client.list_children(&dir).await?;
+        // Same prefix, zero-padded sequence numbers: name order is sequence order.
+        children.sort_unstable();
+        let position = children
+            .iter()
+            .position(|child| *child == mine)
+            .with_context(|| format!("lock node {dir}/{mine} vanished (session expired?)"))?;
+        if position == 0 {
+            return Ok(format!("{dir}/{mine}"));
+        }
+        let below = format!("{dir}/{}", children[position - 1]);
+        let (stat, watcher) = client.check_and_watch_stat(&below).await?;
+        if stat.is_some() {
+            watcher.changed().await;
+        }
     }
 }
 

@@ -59,7 +59,7 @@ impl Session {
         let session_id = self.id;
         let response = self
             .client
-            .retry(|channel| async move {
+            .retry_write(|channel| async move {
                 let mut request = tonic::Request::new(pb::CampaignRequest {
                     session_id,
                     request_id,
@@ -94,7 +94,7 @@ impl Session {
     pub async fn proclaim(&self, leadership: &Hold, value: &[u8]) -> Result<(), Status> {
         let key = self.leader_key(leadership);
         self.client
-            .retry(|channel| {
+            .retry_write(|channel| {
                 let key = key.clone();
                 async move {
                     let mut request = tonic::Request::new(pb::ProclaimRequest {
@@ -105,10 +105,11 @@ impl Session {
                     pb::elections_client::ElectionsClient::new(channel)
                         .proclaim(request)
                         .await
-                        .map(|_| ())
+                        .map(tonic::Response::into_inner)
                 }
             })
             .await
+            .map(|_| ())
     }
 
     /// Gives up leadership (the next candidate is elected).
@@ -116,7 +117,7 @@ impl Session {
         let request_id = self.next_request_id();
         let key = self.leader_key(leadership);
         self.client
-            .retry(|channel| {
+            .retry_write(|channel| {
                 let key = key.clone();
                 async move {
                     let mut request = tonic::Request::new(pb::ResignRequest {
@@ -127,9 +128,10 @@ impl Session {
                     pb::elections_client::ElectionsClient::new(channel)
                         .resign(request)
                         .await
-                        .map(|_| ())
+                        .map(tonic::Response::into_inner)
                 }
             })
             .await
+            .map(|_| ())
     }
 }

@@ -32,7 +32,7 @@ async fn release_hold(
     hold: &Hold,
 ) -> Result<u64, Status> {
     let response = client
-        .retry(|channel| async move {
+        .retry_write(|channel| async move {
             let mut request = tonic::Request::new(pb::ReleaseRequest {
                 session_id,
                 request_id,
@@ -174,7 +174,7 @@ impl Session {
         let session_id = self.id;
         let response = self
             .client
-            .retry(|channel| async move {
+            .retry_write(|channel| async move {
                 let mut request = tonic::Request::new(pb::AcquireRequest {
                     session_id,
                     request_id,

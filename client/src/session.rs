@@ -1,7 +1,7 @@
 //! Sessions: opening one, renewing it in the background every TTL/3, and judging its
 //! [`Health`] from the client's own conservative deadline (send time of the last acknowledged
-//! keepalive + TTL), so a holder learns it may have lost its locks before the server could
-//! have expired the session.
+//! keepalive + the time the leader said the session had left), so a holder learns it may have
+//! lost its locks before the server could have expired the session.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -34,7 +34,7 @@ impl Client {
             .collect();
         let labels = &labels;
         let response = self
-            .retry(|channel| async move {
+            .retry_write(|channel| async move {
                 let mut request = tonic::Request::new(pb::OpenSessionRequest {
                     ttl_ms,
                     principal: principal.to_owned(),
@@ -54,14 +54,9 @@ impl Client {
             alive: tokio::sync::watch::channel(true).0,
             health: tokio::sync::watch::channel(Health::Healthy).0,
             deadline: std::sync::Mutex::new(sent + ttl),
-            ttl,
+            period: ttl / 3,
         });
-        let keepalive = tokio::spawn(keep_alive(
-            self.clone(),
-            session_id,
-            response.ttl_ms,
-            Arc::clone(&state),
-        ));
+        let keepalive = tokio::spawn(keep_alive(self.clone(), session_id, Arc::clone(&state)));
         Ok(Session {
             client: self.clone(),
             id: session_id,
@@ -73,17 +68,22 @@ impl Client {
 }
 
 /// How safe it is to act as the session's lock holder, judged by the client alone.
+///
+/// The deadline: the leader answers a keepalive at once with the time the session has left in
+/// its committed state (`remaining_ms`); the renewal the keepalive asks for commits just after
+/// and shows in the next answer. So the deadline is the send time of the last acknowledged
+/// keepalive + its `remaining_ms`: with renewals every TTL/3, about two renewal periods ahead.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Health {
     /// Renewals are being acknowledged.
     Healthy,
-    /// The last acknowledged keepalive is more than two renewal periods old: stop starting new
-    /// work under the session's locks.
+    /// Less than half a renewal period is left before the deadline (a keepalive is overdue):
+    /// stop starting new work under the session's locks.
     AtRisk,
-    /// The conservative deadline (send time of the last acknowledged keepalive + TTL) has passed,
-    /// or the server said the session is gone: the server may have expired it, so its locks may
-    /// belong to someone else. Stop using them. (Recovers to Healthy if a later keepalive is
-    /// acknowledged, i.e. the server had not expired it after all, unless the server said so.)
+    /// The conservative deadline has passed, or the server said the session is gone: the
+    /// server may have expired it, so its locks may belong to someone else. Stop using them.
+    /// (Recovers to Healthy if a later keepalive is acknowledged, i.e. the server had not
+    /// expired it after all, unless the server said so.)
     Lost,
 }
 
@@ -92,9 +92,11 @@ struct SessionState {
     /// False once a keepalive was refused with NOT_FOUND: the server expired or closed it.
     alive: tokio::sync::watch::Sender<bool>,
     health: tokio::sync::watch::Sender<Health>,
-    /// Send time of the last acknowledged keepalive (or of the Open request) + TTL.
+    /// Send time of the last acknowledged keepalive + the time it said was left (or send time
+    /// of the Open request + TTL).
     deadline: std::sync::Mutex<Instant>,
-    ttl: Duration,
+    /// TTL/3: how often keepalives go out.
+    period: Duration,
 }
 
 impl SessionState {
@@ -102,18 +104,28 @@ impl SessionState {
         *self.deadline.lock().expect("deadline lock")
     }
 
-    fn acknowledged(&self, sent: Instant) {
+    /// A keepalive sent at `sent` was answered: the session had `remaining` left when the
+    /// leader looked, which was after `sent`.
+    fn acknowledged(&self, sent: Instant, remaining: Duration) {
         let mut deadline = self.deadline.lock().expect("deadline lock");
-        *deadline = (*deadline).max(sent + self.ttl);
+        *deadline = (*deadline).max(sent + remaining);
+    }
+
+    /// When the next keepalive should go: a renewal period after the last, or sooner when the
+    /// deadline is nearer than two periods (a renewal that did not commit), but not in a loop.
+    fn next_keepalive(&self, sent: Instant) -> Instant {
+        let soonest = Instant::now() + self.period / 8;
+        let by_deadline = self.deadline().checked_sub(self.period).unwrap_or(soonest);
+        (sent + self.period).min(by_deadline).max(soonest)
     }
 
     /// Re-judges health now; returns when it should next be re-judged.
     fn refresh_health(&self) -> Instant {
         let now = Instant::now();
         let deadline = self.deadline();
-        let at_risk_from = deadline - self.ttl / 3;
+        let at_risk_from = deadline - self.period / 2;
         let (health, next) = if !*self.alive.borrow() || now >= deadline {
-            (Health::Lost, now + self.ttl)
+            (Health::Lost, now + 3 * self.period)
         } else if now >= at_risk_from {
             (Health::AtRisk, deadline)
         } else {
@@ -140,11 +152,20 @@ impl Drop for Session {
     }
 }
 
-async fn keep_alive(client: Client, session_id: u64, ttl_ms: u64, state: Arc<SessionState>) {
-    let period = Duration::from_millis((ttl_ms / 3).max(1));
+/// What a keepalive answer says the session has left. A server from before `remaining_ms`
+/// (which is never 0 for a live session) answered only once the renewal had committed: then
+/// the whole TTL is left.
+fn remaining(response: &pb::KeepAliveResponse) -> Duration {
+    Duration::from_millis(match response.remaining_ms {
+        0 => response.ttl_ms,
+        remaining => remaining,
+    })
+}
+
+async fn keep_alive(client: Client, session_id: u64, state: Arc<SessionState>) {
     loop {
         let sent = Instant::now();
-        let renew = client.retry(|channel| async move {
+        let renew = client.retry_write(|channel| async move {
             let mut request =
                 tonic::Request::new(tokio_stream::iter([pb::KeepAliveRequest { session_id }]));
             request.set_timeout(Duration::from_millis(RPC_TIMEOUT_MS));
@@ -167,7 +188,7 @@ async fn keep_alive(client: Client, session_id: u64, ttl_ms: u64, state: Arc<Ses
             }
         };
         match result {
-            Ok(_) => state.acknowledged(sent),
+            Ok(response) => state.acknowledged(sent, remaining(&response)),
             Err(status) if status.code() == Code::NotFound => {
                 state.alive.send_replace(false);
                 state.refresh_health();
@@ -175,7 +196,7 @@ async fn keep_alive(client: Client, session_id: u64, ttl_ms: u64, state: Arc<Ses
             }
             Err(_) => {}
         }
-        let wake = Instant::now() + period;
+        let wake = state.next_keepalive(sent);
         loop {
             let next_check = state.refresh_health().min(wake);
             tokio::time::sleep_until(next_check).await;
@@ -216,14 +237,15 @@ impl Session {
         self.keepalive.abort();
         let session_id = self.id;
         self.client
-            .retry(|channel| async move {
+            .retry_write(|channel| async move {
                 let mut request = tonic::Request::new(pb::CloseSessionRequest { session_id });
                 request.set_timeout(Duration::from_millis(RPC_TIMEOUT_MS));
                 SessionsClient::new(channel)
                     .close(request)
                     .await
-                    .map(|_| ())
+                    .map(tonic::Response::into_inner)
             })
             .await
+            .map(|_| ())
     }
 }

@@ -78,21 +78,24 @@ impl RunningNode {
     /// failed write or fsync of the log, e.g. a full disk) — with its description. The node
     /// then serves nothing that needs the log: `holdfast serve` fail-stops (see
     /// `cli::EXIT_FAIL_STOP`) and recovers from its data dir on restart.
+    ///
+    /// Waits on openraft's server metrics, whose sender goes away when its core task ends:
+    /// they change only with the vote, role, leader or membership, where the full metrics
+    /// woke this task after nearly every step of openraft's loop.
     pub async fn failed(&self) -> String {
-        let mut metrics = self.node.raft.metrics();
+        use openraft::async_runtime::WatchReceiver as _;
+        let mut server = self.node.raft.server_metrics();
+        let fatal = || {
+            let metrics = self.node.raft.metrics();
+            let current = metrics.borrow_watched();
+            current.running_state.as_ref().err().map(|e| e.to_string())
+        };
         loop {
-            let fatal = {
-                let current = openraft::async_runtime::WatchReceiver::borrow_watched(&metrics);
-                current.running_state.as_ref().err().map(|e| e.to_string())
-            };
-            if let Some(fatal) = fatal {
+            if let Some(fatal) = fatal() {
                 return fatal;
             }
-            if openraft::async_runtime::WatchReceiver::changed(&mut metrics)
-                .await
-                .is_err()
-            {
-                return "raft stopped".to_owned();
+            if server.changed().await.is_err() {
+                return fatal().unwrap_or_else(|| "raft stopped".to_owned());
             }
         }
     }

@@ -11,12 +11,13 @@ use crate::node::Node;
 /// Header for an answer computed at `revision` (a write's log index, or the applied index of a
 /// read) with cluster time `now_ms`.
 pub(super) fn header(node: &Node, revision: u64, now_ms: u64) -> Option<ResponseHeader> {
-    let (leader, _) = node.leader();
+    let (leader, leader_addr) = node.leader();
     Some(ResponseHeader {
         revision,
         node_id: node.id,
         leader_id: leader.unwrap_or(0),
         now_ms,
+        leader_addr: leader_addr.unwrap_or_default(),
     })
 }
 

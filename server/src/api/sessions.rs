@@ -123,9 +123,13 @@ async fn keep_alive_one(
     }
     authorize_session(node, caller, request.session_id).await?;
     match node.renew(vec![request.session_id]).await?.first() {
-        Some(Renewal::Renewed { ttl_ms }) => Ok(pb::KeepAliveResponse {
+        Some(Renewal::Renewed {
+            ttl_ms,
+            remaining_ms,
+        }) => Ok(pb::KeepAliveResponse {
             session_id: request.session_id,
             ttl_ms: *ttl_ms,
+            remaining_ms: *remaining_ms,
         }),
         _ => Err(Status::not_found(format!(
             "session {} does not exist (closed or expired)",

@@ -131,7 +131,12 @@ impl ServeError {
 /// Result of renewing one session on the leader.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Renewal {
-    Renewed { ttl_ms: u64 },
+    /// Alive in the leader's committed state, with `remaining_ms` of cluster time left when the
+    /// leader looked; the renewal itself rides the leader's next Tick.
+    Renewed {
+        ttl_ms: u64,
+        remaining_ms: u64,
+    },
     Unknown,
 }
 
@@ -144,8 +149,9 @@ pub struct Node {
     pub shared: Arc<Shared>,
     pub peers: Arc<Peers>,
     clock: Mutex<LeaderClock>,
-    /// On the leader: keepalives waiting for the Tick that will carry them. A keepalive wakes
-    /// the ticker, so it rides a Tick proposed at once (keepalive latency ≈ one commit).
+    /// On the leader: renewals waiting for the Tick that will carry them. A keepalive wakes
+    /// the ticker, so it rides a Tick proposed at once; nobody waits for that Tick (the
+    /// keepalive was answered from committed state, see [`Node::renew_as_leader`]).
     renewals: Batcher<Result<(), ServeError>>,
     /// On a follower: keepalives waiting for the `Renew` call that will forward them.
     forwards: Batcher<Forwarded>,
@@ -159,11 +165,13 @@ pub struct Node {
 }
 
 /// Copies openraft's `current_leader` into `leader` whenever it changes. openraft publishes
-/// its metrics after nearly every step of its loop; a request waiting for a leader change on
-/// that channel was woken each time (with 64 requests in flight, `notify_waiters` and the
-/// re-checks were a visible share of the leader's CPU). Requests wait on `leader` instead.
+/// its whole metrics after nearly every step of its loop; a request waiting for a leader change
+/// on that channel was woken each time (with 64 requests in flight, `notify_waiters` and the
+/// re-checks were a visible share of the leader's CPU). Requests wait on `leader` instead, and
+/// this task on openraft's server metrics, which change only with the vote, the role, the
+/// leader or the membership (on `raft.metrics()` it too was woken at every step).
 async fn watch_leader(raft: Raft, leader: watch::Sender<Option<NodeId>>) {
-    let mut metrics = raft.metrics();
+    let mut metrics = raft.server_metrics();
     loop {
         let current = metrics.borrow_watched().current_leader;
         leader.send_if_modified(|known| std::mem::replace(known, current) != current);
@@ -472,11 +480,16 @@ impl Node {
         Ok(renewals)
     }
 
-    /// A keepalive counts only if the session is alive at the leader's cluster time now. It is
-    /// answered only after the Tick that carries it has committed (a Tick renews before it
-    /// expires anything), so an acknowledged keepalive is never lost to a leader crash and the
-    /// client's own deadline (send time + TTL) stays conservative. A Tick that fails fails
-    /// exactly the keepalives it carried (the client retries).
+    /// Answers keepalives at once from committed state: a session counts as alive if it is at
+    /// the leader's cluster time now, and its answer is what it has left then (its committed
+    /// expiry minus now). The renewals join the next Tick, which nobody waits for: the next
+    /// keepalive's answer shows whether it committed.
+    ///
+    /// Why the answer is safe even from a leader that was already deposed: the remaining time
+    /// comes from an expiry that is committed, and cluster time runs no faster on any later
+    /// leader than on this one (a new leader starts from committed entries' time, see
+    /// `clock.rs`), so no leader expires the session less than `remaining_ms` after this one
+    /// looked, and the client's deadline (send time + `remaining_ms`) is conservative.
     pub async fn renew_as_leader(
         &self,
         sessions: &[SessionId],
@@ -484,46 +497,38 @@ impl Node {
         let Some(term) = self.leader_term() else {
             return Err(self.not_leader());
         };
-        let now_ms = self.cluster_now_ms(term);
-        let alive: Vec<bool> = self.shared.read(|state| {
-            sessions
-                .iter()
-                .map(|id| state.session(*id).is_some_and(|s| s.expires_at_ms > now_ms))
-                .collect()
-        });
-        let carried: Vec<SessionId> = sessions
-            .iter()
-            .zip(&alive)
-            .filter(|(_, alive)| **alive)
-            .map(|(id, _)| *id)
-            .collect();
-        if !carried.is_empty() {
-            let outcome = self.renewals.join(&carried).ok_or(ServeError::Overloaded)?;
-            let wait = batch::wait(outcome);
-            match tokio::time::timeout(Duration::from_millis(WRITE_TIMEOUT_MS), wait).await {
-                Ok(Some(Ok(()))) => {}
-                Ok(Some(Err(e))) => return Err(e),
-                Ok(None) | Err(_) => {
-                    return Err(ServeError::NoQuorum {
-                        timeout_ms: WRITE_TIMEOUT_MS,
-                        leader_id: Some(self.id),
-                        leader_addr: None,
-                    });
-                }
-            }
+        // A leader cut off from its quorum would keep answering from a state that no longer
+        // moves: refuse, so that clients go and find the new leader (as a write would).
+        if self.quorum_is_stale() {
+            return Err(ServeError::NoQuorum {
+                timeout_ms: QUORUM_STALE_MS,
+                leader_id: Some(self.id),
+                leader_addr: None,
+            });
         }
-        Ok(self.shared.read(|state| {
+        let now_ms = self.cluster_now_ms(term);
+        let answers: Vec<Renewal> = self.shared.read(|state| {
             sessions
                 .iter()
-                .zip(&alive)
-                .map(|(id, alive)| match state.session(*id) {
-                    Some(session) if *alive => Renewal::Renewed {
+                .map(|id| match state.session(*id) {
+                    Some(session) if session.expires_at_ms > now_ms => Renewal::Renewed {
                         ttl_ms: session.ttl_ms,
+                        remaining_ms: session.expires_at_ms - now_ms,
                     },
                     _ => Renewal::Unknown,
                 })
                 .collect()
-        }))
+        });
+        let carried: Vec<SessionId> = sessions
+            .iter()
+            .zip(&answers)
+            .filter(|(_, answer)| matches!(answer, Renewal::Renewed { .. }))
+            .map(|(id, _)| *id)
+            .collect();
+        if !carried.is_empty() {
+            self.renewals.join(&carried).ok_or(ServeError::Overloaded)?;
+        }
+        Ok(answers)
     }
 
     /// Waits until this node has applied everything committed before the call (a linearizable
