@@ -1,13 +1,16 @@
 //! The internal peer service: Raft RPCs, and the leader's side of forwarded writes, keepalives
 //! and read-index requests. Payloads are `raft::codec` bincode.
 
+use std::pin::Pin;
 use std::sync::Arc;
 
+use futures::{Stream, StreamExt};
 use holdfast_core::{Command, SessionId};
 use holdfast_proto::internal::{Payload, peer_server::Peer};
+use openraft::raft::{AppendEntriesRequest, StreamAppendError};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::node::{Node, Renewal, ServeError};
 use crate::raft::network::{PEER_CLUSTER_HEADER, PEER_FROM_HEADER};
@@ -83,8 +86,48 @@ fn reply<T: Serialize>(value: &T) -> Result<Response<Payload>, Status> {
     }))
 }
 
+type AppendStream = Pin<Box<dyn Stream<Item = Result<Payload, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl Peer for PeerApi {
+    type AppendStreamStream = AppendStream;
+
+    /// The follower's side of a pipelined replication stream: requests go to openraft as they
+    /// arrive, answers come back in order. A request that does not decode (or a broken input
+    /// stream) ends the input; openraft answers what came before and ends the stream.
+    async fn append_stream(
+        &self,
+        request: Request<Streaming<Payload>>,
+    ) -> Result<Response<AppendStream>, Status> {
+        self.admit(&request)?;
+        let requests = request.into_inner().scan((), |(), item| {
+            let decoded = item
+                .map_err(|status| status.message().to_owned())
+                .and_then(|payload| {
+                    codec::decode::<AppendEntriesRequest<TypeConfig>>(&payload.data)
+                        .map_err(|e| e.to_string())
+                });
+            if let Err(error) = &decoded {
+                tracing::debug!(%error, "append stream: input ended");
+            }
+            std::future::ready(decoded.ok())
+        });
+        let node = Arc::clone(&self.node);
+        let answers = self.node.raft.stream_append(requests).map(move |result| {
+            // Any answer but "your vote is stale" means the sender is our current leader.
+            if let Ok(answer) = &result
+                && !matches!(answer, Err(StreamAppendError::HigherVote(_)))
+            {
+                node.note_leader_contact();
+            }
+            let result = result.map_err(|fatal| fatal.to_string());
+            Ok(Payload {
+                data: codec::encode(&result),
+            })
+        });
+        Ok(Response::new(Box::pin(answers)))
+    }
+
     async fn append_entries(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
         self.admit(&request)?;
         let rpc: openraft::raft::AppendEntriesRequest<TypeConfig> = decode(request)?;

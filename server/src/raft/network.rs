@@ -1,20 +1,28 @@
 //! Peer transport over tonic: one cached, lazily connected channel per peer, a deadline on every
 //! call. Raft RPCs, write forwarding, keepalive forwarding and read-index requests all use it.
+//! Replication runs on one bidirectional stream per replication session (`AppendStream`), so
+//! the leader sends new entries while earlier ones are still being made durable on the
+//! follower, and no request pays for a new HTTP/2 stream.
 //!
 //! Payloads are bincode (`raft::codec`) inside a protobuf `Payload`: the peer protocol is
 //! internal and versioned with the binary.
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::stream::{BoxStream, Stream, StreamExt};
 
 use holdfast_proto::internal::Payload;
 use holdfast_proto::internal::peer_client::PeerClient;
 use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult, VoteRequest,
+    VoteResponse,
 };
 use serde::{Serialize, de::DeserializeOwned};
 use tonic::transport::{Channel, Endpoint};
@@ -50,6 +58,9 @@ pub enum PeerError {
     Timeout { node: NodeId, timeout_ms: u64 },
     #[error("node {node} sent an undecodable reply: {message}")]
     BadReply { node: NodeId, message: String },
+    /// The peer does not serve this call (an older binary, during a rolling upgrade).
+    #[error("node {node} does not serve {call}")]
+    Unimplemented { node: NodeId, call: &'static str },
 }
 
 /// Metadata every peer call carries: the cluster id, the sending node, and (with
@@ -146,6 +157,49 @@ impl Peers {
         Ok(channel)
     }
 
+    /// Adds who this node is (and its peer token) to a call's metadata.
+    fn sign(&self, metadata: &mut tonic::metadata::MetadataMap) {
+        let (cluster, from, authorization) = &self.credentials;
+        metadata.insert(PEER_CLUSTER_HEADER, cluster.clone());
+        metadata.insert(PEER_FROM_HEADER, from.clone());
+        if let Some(authorization) = authorization {
+            metadata.insert("authorization", authorization.clone());
+        }
+    }
+
+    /// Opens an `AppendStream` to `node`: `requests` go out as they come; the answers come back
+    /// in order. Opening must succeed within `timeout`; the stream itself has no deadline (it
+    /// lives as long as the replication session, see [`PeerNetwork::stream_append`]).
+    pub async fn append_stream(
+        &self,
+        node: NodeId,
+        membership_addr: Option<&str>,
+        requests: impl Stream<Item = Payload> + Send + 'static,
+        timeout: Duration,
+    ) -> Result<tonic::Streaming<Payload>, PeerError> {
+        let channel = self.channel(node, membership_addr)?;
+        let mut client = PeerClient::new(channel)
+            .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX);
+        let mut message = tonic::Request::new(requests);
+        self.sign(message.metadata_mut());
+        let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        match tokio::time::timeout(timeout, client.append_stream(message)).await {
+            Err(_) => Err(PeerError::Timeout { node, timeout_ms }),
+            Ok(Err(status)) if status.code() == tonic::Code::Unimplemented => {
+                Err(PeerError::Unimplemented {
+                    node,
+                    call: "AppendStream",
+                })
+            }
+            Ok(Err(status)) => Err(PeerError::Unreachable {
+                node,
+                message: status.message().to_owned(),
+            }),
+            Ok(Ok(answers)) => Ok(answers.into_inner()),
+        }
+    }
+
     /// Calls `rpc` on `node` with `request`, decoding the reply as `Resp`.
     pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
         &self,
@@ -163,13 +217,7 @@ impl Peers {
             data: codec::encode(request),
         });
         message.set_timeout(timeout);
-        let (cluster, from, authorization) = &self.credentials;
-        let metadata = message.metadata_mut();
-        metadata.insert(PEER_CLUSTER_HEADER, cluster.clone());
-        metadata.insert(PEER_FROM_HEADER, from.clone());
-        if let Some(authorization) = authorization {
-            metadata.insert("authorization", authorization.clone());
-        }
+        self.sign(message.metadata_mut());
         let call = async {
             match rpc {
                 PeerRpc::AppendEntries => client.append_entries(message).await,
@@ -213,6 +261,9 @@ pub struct PeerNetwork {
     peers: Arc<Peers>,
     target: NodeId,
     addr: String,
+    /// False once the target answered that it does not serve `AppendStream` (an older binary
+    /// during a rolling upgrade): replication then uses one unary AppendEntries at a time.
+    streams: bool,
 }
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
@@ -223,15 +274,16 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             peers: Arc::clone(&self.peers),
             target,
             addr: node.addr.clone(),
+            streams: true,
         }
     }
 }
 
 fn to_rpc_error(e: PeerError) -> RPCError<TypeConfig> {
     match e {
-        PeerError::NoAddress(_) | PeerError::Unreachable { .. } => {
-            RPCError::Unreachable(Unreachable::new(&e))
-        }
+        PeerError::NoAddress(_)
+        | PeerError::Unreachable { .. }
+        | PeerError::Unimplemented { .. } => RPCError::Unreachable(Unreachable::new(&e)),
         PeerError::Timeout { .. } | PeerError::BadReply { .. } => {
             RPCError::Network(NetworkError::new(&e))
         }
@@ -267,8 +319,127 @@ impl PeerNetwork {
     }
 }
 
+/// Requests sent and answers received on one append stream: an answer is overdue only while
+/// more were sent than answered.
+#[derive(Default)]
+struct InFlight {
+    sent: AtomicU64,
+    answered: AtomicU64,
+}
+
+type StreamAnswers =
+    BoxStream<'static, Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>>;
+
+/// The answers of an append stream as openraft wants them. An answer counts as lost when none
+/// came for `ttl` while one was owed (a paused or partitioned follower; a dead connection is
+/// also caught by the channel's HTTP/2 keepalive): the stream then ends with a network error,
+/// as a unary call past its deadline did, and openraft starts a new session. An idle stream
+/// (nothing owed) waits without limit.
+fn stream_answers(
+    node: NodeId,
+    answers: tonic::Streaming<Payload>,
+    in_flight: Arc<InFlight>,
+    ttl: Duration,
+) -> StreamAnswers {
+    let state = Some((answers, in_flight));
+    futures::stream::unfold(state, move |state| async move {
+        let (mut answers, in_flight) = state?;
+        let mut overdue_checks = 0;
+        let next = loop {
+            let owed =
+                in_flight.sent.load(Ordering::Acquire) > in_flight.answered.load(Ordering::Acquire);
+            match tokio::time::timeout(ttl, answers.next()).await {
+                Ok(next) => break next,
+                // Owed for a whole `ttl` (or, if the request went out during this wait, for
+                // the next one too).
+                Err(_) if owed && overdue_checks > 0 => {
+                    let timeout_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+                    let error = PeerError::Timeout { node, timeout_ms };
+                    return Some((Err(to_rpc_error(error)), None));
+                }
+                Err(_) => overdue_checks += usize::from(owed),
+            }
+        };
+        in_flight.answered.fetch_add(1, Ordering::AcqRel);
+        let answer = match next? {
+            Ok(payload) => {
+                match codec::decode::<Result<StreamAppendResult<TypeConfig>, String>>(&payload.data)
+                {
+                    Ok(Ok(result)) => Ok(result),
+                    Ok(Err(remote)) => Err(remote_failed(remote)),
+                    Err(e) => Err(to_rpc_error(PeerError::BadReply {
+                        node,
+                        message: e.to_string(),
+                    })),
+                }
+            }
+            Err(status) => Err(to_rpc_error(PeerError::Unreachable {
+                node,
+                message: status.message().to_owned(),
+            })),
+        };
+        let more = answer.is_ok().then_some((answers, in_flight));
+        Some((answer, more))
+    })
+    .boxed()
+}
+
 impl RaftNetworkV2<TypeConfig> for PeerNetwork {
     type SnapshotData = Vec<u8>;
+
+    /// Replication on one `AppendStream`: openraft hands over each AppendEntries as soon as
+    /// it has new entries (before they are durable here), several may be in flight, and the
+    /// follower answers them in order.
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
+        option: RPCOption,
+    ) -> BoxFuture<
+        's,
+        Result<
+            BoxStream<'s, Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>>,
+            RPCError<TypeConfig>,
+        >,
+    >
+    where
+        S: Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + Unpin + 'static,
+    {
+        if !self.streams {
+            return openraft::network::stream_append_sequential(self, input, option);
+        }
+        Box::pin(async move {
+            let in_flight = Arc::new(InFlight::default());
+            let requests = {
+                let in_flight = Arc::clone(&in_flight);
+                input.map(move |rpc| {
+                    in_flight.sent.fetch_add(1, Ordering::AcqRel);
+                    Payload {
+                        data: codec::encode(&rpc),
+                    }
+                })
+            };
+            let ttl = option.soft_ttl();
+            let answers = match self
+                .peers
+                .append_stream(self.target, Some(&self.addr), requests, ttl)
+                .await
+            {
+                Ok(answers) => answers,
+                Err(e) => {
+                    if matches!(e, PeerError::Unimplemented { .. }) {
+                        tracing::info!(
+                            target = self.target,
+                            "peer does not serve AppendStream; replicating to it with unary AppendEntries"
+                        );
+                        self.streams = false;
+                    }
+                    return Err(to_rpc_error(e));
+                }
+            };
+            let answers: BoxStream<'s, _> = stream_answers(self.target, answers, in_flight, ttl);
+            Ok(answers)
+        })
+    }
 
     async fn append_entries(
         &mut self,
@@ -328,9 +499,11 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
             Ok(Err(e)) => Err(StreamingError::Unreachable(Unreachable::from_string(
                 format!("peer failed: {e}"),
             ))),
-            Err(e @ (PeerError::NoAddress(_) | PeerError::Unreachable { .. })) => {
-                Err(StreamingError::Unreachable(Unreachable::new(&e)))
-            }
+            Err(
+                e @ (PeerError::NoAddress(_)
+                | PeerError::Unreachable { .. }
+                | PeerError::Unimplemented { .. }),
+            ) => Err(StreamingError::Unreachable(Unreachable::new(&e))),
             Err(e) => Err(StreamingError::Network(NetworkError::new(&e))),
         }
     }

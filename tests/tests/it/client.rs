@@ -94,3 +94,44 @@ async fn lock_guard_releases_explicitly_or_on_drop() {
         .unwrap();
     assert!(taken.is_some(), "a dropped guard must release its lock");
 }
+
+/// Writes go straight to the leader: a client whose first endpoint is a follower has its first
+/// write forwarded, learns the leader from that answer's header, and sends the next ones there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn writes_go_to_the_leader_named_in_response_headers() {
+    let cluster = Cluster::start(3).await;
+    let leader = cluster.wait_leader(&cluster.ids()).await;
+    let mut order: Vec<u64> = cluster
+        .ids()
+        .into_iter()
+        .filter(|id| *id != leader)
+        .collect();
+    order.push(leader);
+    let endpoints: Vec<&str> = order.iter().map(|id| cluster.addr(*id)).collect();
+    let client = holdfast_client::Client::connect(&endpoints).unwrap();
+    let session = client.open_session(60_000, "route").await.unwrap();
+    for request_id in 1..=3 {
+        let session_id = session.id;
+        let response = client
+            .retry_write(|channel| async move {
+                let request = crate::support::acquire_request(
+                    session_id,
+                    request_id,
+                    &format!("route/{request_id}"),
+                    0,
+                );
+                holdfast_proto::v1::locks_client::LocksClient::new(channel)
+                    .acquire(request)
+                    .await
+                    .map(tonic::Response::into_inner)
+            })
+            .await
+            .unwrap();
+        let header = response.header.expect("a header");
+        assert_eq!(header.leader_addr, cluster.addr(leader));
+        assert_eq!(
+            header.node_id, leader,
+            "write {request_id} was answered by a follower"
+        );
+    }
+}

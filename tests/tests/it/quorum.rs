@@ -102,6 +102,40 @@ async fn isolated_leader_answers_unavailable_and_the_majority_moves_on() {
         }
     }
 
+    // Keepalives: the isolated leader may answer from its committed state for a moment (the
+    // session's remaining time, never extended: no renewal commits there), then refuses once it
+    // sees its quorum is stale, so clients go and find the new leader.
+    let mut minority_sessions = crate::support::raw_sessions(cluster.addr(old_leader)).await;
+    let session_id = session.id;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut last_remaining = u64::MAX;
+    loop {
+        let request = tokio_stream::iter([holdfast_proto::v1::KeepAliveRequest { session_id }]);
+        let answer = match minority_sessions.keep_alive(request).await {
+            Ok(stream) => stream.into_inner().message().await,
+            Err(status) => Err(status),
+        };
+        match answer {
+            Err(status) => {
+                assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+                break;
+            }
+            Ok(Some(answer)) => {
+                assert!(
+                    answer.remaining_ms <= last_remaining,
+                    "an isolated leader extended a session: {answer:?} after {last_remaining}"
+                );
+                last_remaining = answer.remaining_ms;
+            }
+            Ok(None) => panic!("keepalive stream ended without an answer"),
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the isolated leader kept answering keepalives"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
     // The majority elects a new leader and serves writes meanwhile.
     let majority: Vec<u64> = cluster
         .ids()

@@ -106,3 +106,51 @@ async fn single_node_cluster_keeps_serving_writes() {
     assert!(guard.token() > 0);
     guard.release().await.expect("release");
 }
+
+/// The leader answers a keepalive at once from its committed state: what the session had left
+/// before this renewal. The renewal rides the next Tick and shows in the next answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn keepalive_answers_from_committed_state_and_the_renewal_follows() {
+    const TTL_MS: u64 = 10_000;
+    const SILENT_MS: u64 = 2_000;
+    let cluster = Cluster::start(3).await;
+    let client = cluster.client();
+    let session = client.open_session(TTL_MS, "keepalive").await.unwrap();
+    session.stop_keepalive();
+    tokio::time::sleep(Duration::from_millis(SILENT_MS)).await;
+    let leader = cluster.wait_leader(&cluster.ids()).await;
+    let mut sessions = crate::support::raw_sessions(cluster.addr(leader)).await;
+    let session_id = session.id;
+    let mut keep_alive = async || {
+        let request = tokio_stream::iter([holdfast_proto::v1::KeepAliveRequest { session_id }]);
+        sessions
+            .keep_alive(request)
+            .await
+            .unwrap()
+            .into_inner()
+            .message()
+            .await
+            .unwrap()
+            .expect("an answer")
+    };
+    let first = keep_alive().await;
+    assert_eq!(first.ttl_ms, TTL_MS);
+    assert!(
+        first.remaining_ms > 0 && first.remaining_ms <= TTL_MS - SILENT_MS,
+        "the answer must come from the committed expiry, before this renewal: {first:?}"
+    );
+    // The first keepalive's renewal commits with the next Tick (at once: a keepalive wakes the
+    // ticker).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let next = keep_alive().await;
+        if next.remaining_ms > TTL_MS - SILENT_MS / 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the renewal never committed: {next:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
