@@ -10,12 +10,15 @@
 //! concurrent proposals cost one fsync, and the fsync never runs on the Raft core task.
 //! `save_vote`, `truncate_after` and `purge` write synchronously: openraft treats them as
 //! durable when they return. A failed fsync is reported to openraft, which stops the node.
+//!
+//! Reads of the log's tail (replication right after an append, apply right after a commit) are
+//! answered from [`RecentLog`], the last entries appended, kept in memory.
 
 use std::io;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
 
 use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{OptionalSend, RaftTypeConfig};
@@ -23,6 +26,7 @@ use rocksdb::{
     ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, WriteBatch, WriteOptions,
 };
 
+use super::recent_log::RecentLog;
 use super::types::{Entry, LogId, TypeConfig, Vote, codec};
 
 pub const CF_LOG: &str = "log";
@@ -75,6 +79,8 @@ fn sync_write() -> WriteOptions {
 pub struct LogStore {
     db: Arc<DB>,
     flusher: mpsc::Sender<IOFlushed<TypeConfig>>,
+    /// Shared by every clone (the log readers openraft hands to replication and apply).
+    recent: Arc<Mutex<RecentLog>>,
 }
 
 impl LogStore {
@@ -87,7 +93,15 @@ impl LogStore {
             .name("holdfast-log-flusher".into())
             .spawn(move || run_flusher(&flush_db, &pending, node_id))
             .expect("spawning the log flusher thread");
-        LogStore { db, flusher }
+        LogStore {
+            db,
+            flusher,
+            recent: Arc::default(),
+        }
+    }
+
+    fn recent(&self) -> std::sync::MutexGuard<'_, RecentLog> {
+        self.recent.lock().expect("recent log lock")
     }
 
     fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
@@ -164,6 +178,9 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(&i) => i + 1,
             Bound::Unbounded => 0,
         };
+        if let Some(entries) = self.recent().read(start, &range) {
+            return Ok(entries);
+        }
         let mut entries = Vec::new();
         let iter = self.db.iterator_cf(
             self.cf(CF_LOG),
@@ -215,9 +232,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
-        // Not synced: losing it only means replaying a little more of the log after a crash.
+        // Not logged (openraft calls this on its core task at every commit): the memtable holds
+        // it until a flush or a clean close. Losing it in a crash only means the node applies
+        // less of its log at start and waits for the leader to name the commit index again.
+        let mut options = WriteOptions::default();
+        options.disable_wal(true);
         self.db
-            .put_cf(self.cf(CF_META), KEY_COMMITTED, codec::encode(&committed))
+            .put_cf_opt(
+                self.cf(CF_META),
+                KEY_COMMITTED,
+                codec::encode(&committed),
+                &options,
+            )
             .map_err(io::Error::other)
     }
 
@@ -236,10 +262,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let mut batch = WriteBatch::default();
         let cf = self.cf(CF_LOG);
+        let mut written = Vec::new();
         for entry in entries {
-            batch.put_cf(cf, index_key(entry.log_id.index), codec::encode(&entry));
+            let bytes = codec::encode(&entry);
+            batch.put_cf(cf, index_key(entry.log_id.index), &bytes);
+            written.push((entry, bytes.len()));
         }
         self.db.write(batch).map_err(io::Error::other)?;
+        let mut recent = self.recent();
+        for (entry, len) in written {
+            recent.push(entry, len);
+        }
+        drop(recent);
         self.flusher
             .send(callback)
             .map_err(|_| io::Error::other("log flusher thread has stopped"))
@@ -252,7 +286,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         batch.delete_cf(self.cf(CF_LOG), index_key(u64::MAX));
         self.db
             .write_opt(batch, &sync_write())
-            .map_err(io::Error::other)
+            .map_err(io::Error::other)?;
+        self.recent().truncate_after(last_log_id.map(|id| id.index));
+        Ok(())
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
@@ -262,6 +298,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         batch.delete_range_cf(self.cf(CF_LOG), index_key(0), index_key(log_id.index + 1));
         self.db
             .write_opt(batch, &sync_write())
-            .map_err(io::Error::other)
+            .map_err(io::Error::other)?;
+        self.recent().purge(log_id.index);
+        Ok(())
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod log_store;
 pub mod network;
+pub mod recent_log;
 pub mod snapshot_file;
 pub mod state_machine;
 pub mod types;
