@@ -141,6 +141,11 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         max_in_snapshot_log_to_keep: timing.snapshot_keep_entries,
         install_snapshot_timeout: SNAPSHOT_SEND_TIMEOUT_MS,
         enable_pre_vote: Some(true),
+        // A restarted leader stands for election like any node. Restoring its leadership at
+        // startup would serve linearizable reads from a read index built on the commit index it
+        // persisted, which `LogStore::save_committed` lets a crash roll back: the full-restart
+        // test then read a state without its last acknowledged writes.
+        enable_leader_restore: Some(false),
         ..Default::default()
     }
     .validate()

@@ -597,6 +597,12 @@ impl Cluster {
         self.keep = true;
     }
 
+    /// Everything node `id` has logged so far (stdout and stderr, every start).
+    pub fn log_text(&self, id: u64) -> String {
+        let node = self.nodes.get(&id).expect("known node");
+        std::fs::read_to_string(&node.log_path).unwrap_or_default()
+    }
+
     pub fn logs_hint(&self) -> String {
         let mut text = String::new();
         for (id, node) in &self.nodes {

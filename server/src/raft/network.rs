@@ -408,15 +408,24 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
             return openraft::network::stream_append_sequential(self, input, option);
         }
         Box::pin(async move {
+            // The first request before the connection: openraft's request stream sleeps out
+            // its backoff before yielding it. Connecting first spun the replication loop
+            // (~2,000 refused connects a second) while a peer was down.
+            let mut input = input;
+            let Some(first) = input.next().await else {
+                return Ok(futures::stream::empty().boxed());
+            };
             let in_flight = Arc::new(InFlight::default());
             let requests = {
                 let in_flight = Arc::clone(&in_flight);
-                input.map(move |rpc| {
-                    in_flight.sent.fetch_add(1, Ordering::AcqRel);
-                    Payload {
-                        data: codec::encode(&rpc),
-                    }
-                })
+                futures::stream::once(std::future::ready(first))
+                    .chain(input)
+                    .map(move |rpc| {
+                        in_flight.sent.fetch_add(1, Ordering::AcqRel);
+                        Payload {
+                            data: codec::encode(&rpc),
+                        }
+                    })
             };
             let ttl = option.soft_ttl();
             let answers = match self

@@ -163,3 +163,37 @@ async fn isolated_leader_answers_unavailable_and_the_majority_moves_on() {
         "the minority's acquire surfaced after healing: {healed:?}"
     );
 }
+
+/// Replication to a dead peer waits out openraft's backoff (200 ms) between connection
+/// attempts. Before the first request was taken ahead of the connect, the stream session
+/// re-dialled at once: about 2,000 refused connections and 4,000 warnings a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replication_to_a_dead_peer_backs_off() {
+    let mut cluster = Cluster::start(3).await;
+    let leader = cluster.wait_leader(&cluster.ids()).await;
+    let dead = *cluster.ids().iter().find(|&&id| id != leader).unwrap();
+    cluster.kill(dead);
+    let needle = format!("node {dead} unreachable");
+    let before = cluster.log_text(leader).matches(&needle).count();
+    // Writes keep the leader replicating (to the live follower and, in vain, to the dead one).
+    let client = cluster.client();
+    let session = client.open_session(10_000, "backoff").await.unwrap();
+    let watch = std::time::Instant::now();
+    for _ in 0..20 {
+        let hold = session
+            .acquire("backoff/lock", holdfast_client::LockMode::Exclusive, 0)
+            .await
+            .unwrap()
+            .expect("uncontended");
+        session.release(&hold).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let elapsed = watch.elapsed();
+    let attempts = cluster.log_text(leader).matches(&needle).count() - before;
+    // Two lines per attempt; at one attempt per 200 ms that is 10 a second. Allow 5x.
+    let bound = 100 * usize::try_from(elapsed.as_secs() + 1).unwrap();
+    assert!(
+        attempts <= bound,
+        "{attempts} connection warnings about node {dead} in {elapsed:?} (at most {bound})"
+    );
+}
