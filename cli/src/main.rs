@@ -15,6 +15,7 @@ use holdfast_server::server;
 
 mod commands;
 mod policy;
+mod policy_author;
 mod policy_test;
 
 /// jemalloc instead of glibc malloc: see the workspace Cargo.toml.

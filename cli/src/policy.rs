@@ -9,6 +9,7 @@ use holdfast_proto::v1 as pb;
 use serde_json::json;
 
 use crate::commands::{Connection, Output};
+use crate::policy_author::SdkSource;
 
 #[derive(Subcommand)]
 pub enum PolicyCommand {
@@ -40,6 +41,32 @@ pub enum PolicyCommand {
     List,
     /// Which bindings decide for lock NAME.
     Describe { name: String },
+    /// Write a new policy crate NAME in DIR (default: here), outside any repository: Cargo.toml
+    /// on the SDK, the pinned target and flags in .cargo/config.toml, a commented starter policy
+    /// with native tests, and a scenario.
+    New {
+        name: String,
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// The SDK as a path: the policy-sdk directory of a Holdfast checkout (default:
+        /// $HOLDFAST_SDK, else the checkout around the current directory).
+        #[arg(long, conflicts_with = "sdk_git")]
+        sdk: Option<PathBuf>,
+        /// The SDK as a git dependency: the repository URL (pin it with --sdk-rev).
+        #[arg(long)]
+        sdk_git: Option<String>,
+        #[arg(long, requires = "sdk_git")]
+        sdk_rev: Option<String>,
+    },
+    /// Build the policy crate in each DIR (default: here) for wasm32v1-none with the pinned
+    /// flags and run a node's deploy checks on the module: prints its path, size, sha256 and
+    /// hooks, or each problem with what to change. Exit code 1 if a module fails.
+    Build {
+        dirs: Vec<PathBuf>,
+        /// Only cargo's errors, not its progress.
+        #[arg(long)]
+        quiet: bool,
+    },
     /// Run a scenario against FILE.wasm locally (no cluster): print every decision and check
     /// the scenario's `expect` words. Syntax: `holdfast policy test --help` and
     /// `examples/scenarios/`.
@@ -131,8 +158,28 @@ fn binding_text(binding: &pb::BindingInfo) -> String {
 }
 
 pub async fn run(connection: &Connection, command: PolicyCommand) -> anyhow::Result<ExitCode> {
-    if let PolicyCommand::Test { file, scenario } = &command {
-        return crate::policy_test::run(file, scenario);
+    match command {
+        PolicyCommand::Test { file, scenario } => {
+            return crate::policy_test::run(&file, &scenario);
+        }
+        PolicyCommand::New {
+            name,
+            dir,
+            sdk,
+            sdk_git,
+            sdk_rev,
+        } => {
+            let sdk = match (sdk, sdk_git) {
+                (Some(path), _) => Some(SdkSource::Path(path)),
+                (None, Some(url)) => Some(SdkSource::Git { url, rev: sdk_rev }),
+                (None, None) => None,
+            };
+            return crate::policy_author::new_policy(&name, &dir, sdk);
+        }
+        PolicyCommand::Build { dirs, quiet } => {
+            return crate::policy_author::build_policies(&dirs, quiet);
+        }
+        _ => {}
     }
     let client = connection.client()?;
     match command {
@@ -269,7 +316,9 @@ pub async fn run(connection: &Connection, command: PolicyCommand) -> anyhow::Res
                 }
             }
         }
-        PolicyCommand::Test { .. } => unreachable!("handled above"),
+        PolicyCommand::Test { .. } | PolicyCommand::New { .. } | PolicyCommand::Build { .. } => {
+            unreachable!("handled above")
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,6 +1,7 @@
 //! Cluster tests: real `holdfast serve` processes on 127.0.0.1, one file per behaviour.
 
 mod auth;
+mod authoring;
 mod backup;
 mod bad_input;
 mod cli;

@@ -1,0 +1,294 @@
+//! The policy author's journey outside this repository, as docs/policy-abi.md "Writing your
+//! first policy" tells it: `holdfast policy new` in a directory of its own, the generated
+//! native tests, `holdfast policy build` (and what it says about a module it refuses),
+//! `holdfast policy test` on the generated scenario, then deploy to a 3-node cluster, bind in
+//! shadow, compare, enforce (the deny reason reaches `holdfast lock`) and roll back.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::Duration;
+
+use holdfast_client::LockMode;
+use holdfast_tests::cluster::Cluster;
+
+use crate::support::holdfast_cli;
+
+/// Every step here is one command; none may take longer (the builds are the slow ones).
+const STEP_TIMEOUT: Duration = Duration::from_secs(300);
+
+async fn run(mut command: tokio::process::Command, what: &str) -> Output {
+    let output = tokio::time::timeout(STEP_TIMEOUT, command.output())
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not finish in {STEP_TIMEOUT:?}"))
+        .unwrap_or_else(|e| panic!("{what} did not start: {e}"));
+    eprintln!(
+        "--- {what}: {}\n{}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// `cargo ARGS` in the generated crate, with its own target directory (the shared one of the
+/// project stays free of test crates).
+fn cargo(dir: &Path, args: &[&str]) -> tokio::process::Command {
+    let mut command =
+        tokio::process::Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    command
+        .args(args)
+        .current_dir(dir)
+        .env_remove("CARGO_TARGET_DIR")
+        .kill_on_drop(true);
+    command
+}
+
+fn cli(cluster: &Cluster, args: &[&str], dir: &Path) -> tokio::process::Command {
+    let mut command = holdfast_cli(cluster);
+    command
+        .args(args)
+        .current_dir(dir)
+        .env_remove("CARGO_TARGET_DIR");
+    command
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_policy_crate_outside_the_repo_goes_from_new_to_enforced_and_back() {
+    let cluster = Cluster::start_with(3, &["--allow-admin"]).await;
+    let work = cluster.dir().join("author");
+    std::fs::create_dir_all(&work).unwrap();
+    let sdk = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap()).join("../policy-sdk");
+
+    // new: a crate of its own, on the SDK by path.
+    let sdk_arg = sdk.to_str().unwrap();
+    let output = run(
+        cli(
+            &cluster,
+            &["policy", "new", "queue-cap", "--sdk", sdk_arg],
+            &work,
+        ),
+        "policy new",
+    )
+    .await;
+    assert!(output.status.success());
+    let crate_dir = work.join("queue-cap");
+    for file in [
+        "Cargo.toml",
+        ".cargo/config.toml",
+        "src/lib.rs",
+        "scenarios/basic.scenario",
+    ] {
+        assert!(crate_dir.join(file).is_file(), "{file} not generated");
+    }
+    let again = run(
+        cli(
+            &cluster,
+            &["policy", "new", "queue-cap", "--sdk", sdk_arg],
+            &work,
+        ),
+        "policy new over an existing crate",
+    )
+    .await;
+    assert!(!again.status.success() && text(&again).contains("not empty"));
+
+    // The generated native tests pass as generated.
+    let output = run(cargo(&crate_dir, &["test", "--quiet"]), "cargo test").await;
+    assert!(output.status.success());
+    assert!(text(&output).contains("3 passed"), "{}", text(&output));
+
+    // build: the pinned target and flags, then a node's deploy checks.
+    let output = run(
+        cli(&cluster, &["policy", "build"], &crate_dir),
+        "policy build",
+    )
+    .await;
+    assert!(output.status.success());
+    let module = crate_dir.join("target/wasm32v1-none/release/queue_cap.wasm");
+    let built = text(&output);
+    assert!(
+        built.contains(&format!("ok   {}", module.display()))
+            && built.contains("hooks init,admit,choose_next"),
+        "{built}"
+    );
+    let module_bytes = std::fs::read(&module).unwrap();
+
+    // A module the cluster would refuse is refused here, with what to change.
+    let source = crate_dir.join("src/lib.rs");
+    let original = std::fs::read_to_string(&source).unwrap();
+    // The reason now formats a float: float instructions the optimizer cannot remove.
+    let with_float = original.replace(
+        "AdmitReply::deny(format!(",
+        "AdmitReply::deny(format!(\"{} \", req.now_ms as f64 / 7.0) + &format!(",
+    );
+    assert_ne!(
+        with_float, original,
+        "the template changed: update this edit"
+    );
+    std::fs::write(&source, with_float).unwrap();
+    let output = run(
+        cli(&cluster, &["policy", "build"], &crate_dir),
+        "policy build of a module with floats",
+    )
+    .await;
+    let refused = text(&output);
+    assert!(
+        !output.status.success()
+            && refused.contains("FAIL")
+            && refused.contains("what to change")
+            && refused.contains("floats"),
+        "{refused}"
+    );
+    std::fs::write(&source, original).unwrap();
+    let output = run(
+        cli(&cluster, &["policy", "build"], &crate_dir),
+        "policy build",
+    )
+    .await;
+    assert!(output.status.success());
+    assert_eq!(
+        std::fs::read(&module).unwrap(),
+        module_bytes,
+        "the same source builds the same module"
+    );
+
+    // test: the generated scenario passes against the built module.
+    let module_arg = module.to_str().unwrap();
+    let output = run(
+        cli(
+            &cluster,
+            &[
+                "policy",
+                "test",
+                module_arg,
+                "--scenario",
+                "scenarios/basic.scenario",
+            ],
+            &crate_dir,
+        ),
+        "policy test",
+    )
+    .await;
+    assert!(output.status.success());
+    assert!(text(&output).contains("0 expectation(s) failed"));
+
+    // deploy, then bind in shadow: the built-in keeps deciding, disagreements are counted.
+    let config = crate_dir.join("queue.conf");
+    std::fs::write(&config, "max_waiters = 1\n").unwrap();
+    let config_arg = config.to_str().unwrap();
+    for (args, what) in [
+        (
+            vec!["policy", "deploy", module_arg, "--name", "queue-cap"],
+            "policy deploy",
+        ),
+        (
+            vec![
+                "policy",
+                "bind",
+                "jobs/",
+                "queue-cap",
+                "--config",
+                config_arg,
+                "--shadow",
+            ],
+            "policy bind --shadow",
+        ),
+    ] {
+        let output = run(cli(&cluster, &args, &crate_dir), what).await;
+        assert!(output.status.success());
+    }
+    let client = cluster.client();
+    let holder = client.open_session(30_000, "holder").await.unwrap();
+    holder
+        .acquire("jobs/nightly", LockMode::Exclusive, 0)
+        .await
+        .unwrap()
+        .expect("free");
+    // Two waiters: the second is one more than max_waiters, and under shadow it still queues.
+    let mut waiters = Vec::new();
+    for name in ["first", "second"] {
+        let session = std::sync::Arc::new(client.open_session(30_000, name).await.unwrap());
+        let waiting = std::sync::Arc::clone(&session);
+        waiters.push(tokio::spawn(async move {
+            waiting
+                .acquire("jobs/nightly", LockMode::Exclusive, 20_000)
+                .await
+        }));
+        crate::support::wait_for_lock(&client, "jobs/nightly", |lock| {
+            lock.is_some_and(|l| l.waiters.iter().any(|w| w.session_id == session.id))
+        })
+        .await;
+    }
+    let output = run(
+        cli(&cluster, &["-o", "json", "policy", "list"], &crate_dir),
+        "policy list",
+    )
+    .await;
+    let listed = text(&output);
+    assert!(
+        listed.contains(r#""mode":"shadow""#) && listed.contains(r#""disagreements":1"#),
+        "{listed}"
+    );
+
+    // enforce: the same binding decides, and its reason reaches the CLI.
+    let output = run(
+        cli(
+            &cluster,
+            &[
+                "policy",
+                "bind",
+                "jobs/",
+                "queue-cap",
+                "--config",
+                config_arg,
+            ],
+            &crate_dir,
+        ),
+        "policy bind (enforce)",
+    )
+    .await;
+    assert!(output.status.success());
+    let output = run(
+        cli(
+            &cluster,
+            &["lock", "jobs/nightly", "--timeout", "5s", "--", "true"],
+            &crate_dir,
+        ),
+        "holdfast lock against a full queue",
+    )
+    .await;
+    let denied = text(&output);
+    assert!(
+        !output.status.success() && denied.contains("max_waiters = 1"),
+        "{denied}"
+    );
+
+    // roll back: without the binding, the built-in queues the request again.
+    for (args, what) in [
+        (vec!["policy", "unbind", "jobs/"], "policy unbind"),
+        (
+            vec!["policy", "unbind", "jobs/", "--shadow"],
+            "policy unbind --shadow",
+        ),
+    ] {
+        let output = run(cli(&cluster, &args, &crate_dir), what).await;
+        assert!(output.status.success());
+    }
+    let third = client.open_session(30_000, "third").await.unwrap();
+    let queued = third
+        .acquire("jobs/nightly", LockMode::Exclusive, 300)
+        .await
+        .unwrap_or_else(|e| panic!("queues, then times out; not {e:?}"));
+    assert!(queued.is_none(), "the lock is held: {queued:?}");
+    holder.close().await.unwrap();
+    for waiter in waiters {
+        waiter.abort();
+    }
+}
