@@ -14,8 +14,10 @@ use holdfast_server::config::{NodeConfig, RaftTiming, parse_peer};
 use holdfast_server::server;
 
 mod commands;
+mod history;
 mod policy;
 mod policy_author;
+mod policy_replay;
 mod policy_test;
 
 /// jemalloc instead of glibc malloc: see the workspace Cargo.toml.
@@ -89,6 +91,9 @@ enum Command {
         #[command(subcommand)]
         command: policy::PolicyCommand,
     },
+    /// Record a history for `holdfast policy replay` (admin): a backup, then every committed
+    /// log entry after it, into the directory --out, until --duration, --entries or Ctrl-C.
+    Record(history::RecordArgs),
     /// List the membership, or change it (admin): add a learner, promote, remove.
     Member {
         #[command(subcommand)]
@@ -443,6 +448,7 @@ fn main() -> std::process::ExitCode {
             Command::Elect(args) => commands::elect(&connection, args).await,
             Command::Policy { command } => policy::run(&connection, command).await,
             Command::Member { command } => commands::member(&connection, command).await,
+            Command::Record(args) => history::record(&connection, args).await,
             Command::Leader { command } => commands::leader(&connection, command).await,
             Command::Snapshot { command } => commands::snapshot(&connection, command).await,
             Command::Certs(args) => certs(&args),

@@ -67,6 +67,20 @@ pub enum PolicyCommand {
         #[arg(long)]
         quiet: bool,
     },
+    /// Replay a recorded history (`holdfast record`) with FILE.wasm bound, enforcing, at PREFIX,
+    /// beside the policies that really decided it: every grant, denial, lease and lock-delay
+    /// that differs, and wait-time percentiles per top-level prefix before and after.
+    Replay {
+        file: PathBuf,
+        #[arg(long)]
+        history: PathBuf,
+        /// File whose bytes are the candidate binding's config.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Where the candidate is bound ("" = every lock).
+        #[arg(long, default_value = "")]
+        prefix: String,
+    },
     /// Run a scenario against FILE.wasm locally (no cluster): print every decision and check
     /// the scenario's `expect` words. Syntax: `holdfast policy test --help` and
     /// `examples/scenarios/`.
@@ -178,6 +192,14 @@ pub async fn run(connection: &Connection, command: PolicyCommand) -> anyhow::Res
         }
         PolicyCommand::Build { dirs, quiet } => {
             return crate::policy_author::build_policies(&dirs, quiet);
+        }
+        PolicyCommand::Replay {
+            file,
+            history,
+            config,
+            prefix,
+        } => {
+            return crate::policy_replay::run(&file, &history, config.as_deref(), &prefix);
         }
         _ => {}
     }
@@ -316,7 +338,10 @@ pub async fn run(connection: &Connection, command: PolicyCommand) -> anyhow::Res
                 }
             }
         }
-        PolicyCommand::Test { .. } | PolicyCommand::New { .. } | PolicyCommand::Build { .. } => {
+        PolicyCommand::Test { .. }
+        | PolicyCommand::New { .. }
+        | PolicyCommand::Build { .. }
+        | PolicyCommand::Replay { .. } => {
             unreachable!("handled above")
         }
     }

@@ -26,6 +26,22 @@ impl Client {
         .await
     }
 
+    /// Committed log entries from `from_index` on (admin; `Cluster.ReadLog`), at most `limit`
+    /// (0 = the server's page size). Empty when nothing past `from_index` is applied yet.
+    pub async fn read_log(
+        &self,
+        from_index: u64,
+        limit: u32,
+    ) -> Result<pb::ReadLogResponse, Status> {
+        self.retry(|channel| async move {
+            ClusterClient::new(channel)
+                .read_log(pb::ReadLogRequest { from_index, limit })
+                .await
+                .map(tonic::Response::into_inner)
+        })
+        .await
+    }
+
     /// A consistent copy of the applied state for backups (admin): the header and the state's
     /// bytes, whole (a download cut off midway is retried from the start, on any node).
     pub async fn snapshot(&self) -> Result<(pb::SnapshotHeader, Vec<u8>), Status> {

@@ -19,7 +19,7 @@ mod state;
 mod tests;
 mod vec_map;
 
-pub use apply::apply;
+pub use apply::{apply, apply_between};
 pub use model::*;
 pub use policy::{
     AdmitDecision, AdmitInput, BoundModule, BuiltinFifo, CandidateView, Counters, ElectDecision,

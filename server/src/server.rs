@@ -183,13 +183,13 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         config.id,
         Arc::new(raft_config),
         network,
-        log_store,
+        log_store.clone(),
         state_machine,
     )
     .await
     .map_err(|e| anyhow::anyhow!("starting raft: {e}"))?;
 
-    let node = Node::new(config.id, raft.clone(), shared, peers);
+    let node = Node::new(config.id, raft.clone(), shared, peers, log_store);
 
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await

@@ -51,6 +51,34 @@ use crate::model::{Applied, BindMode, Command, Entry, Event, Outcome, Rejection,
 use crate::policy::PolicyHost;
 use crate::state::State;
 
+/// For tools asking "what if", never for a replica: applies a policy administration command
+/// (`DeployPolicy`, `BindPolicy`, `Unbind`) between the last applied entry and the next one,
+/// as if it were part of the last one: the applied index and cluster time stay as they were,
+/// so a recorded log still applies after it index by index. `holdfast policy replay` binds a
+/// candidate policy this way. Panics on any other command, or before the first entry.
+pub fn apply_between<H: PolicyHost + ?Sized>(
+    state: &mut State,
+    command: Command,
+    host: &mut H,
+) -> Applied {
+    assert!(
+        matches!(
+            command,
+            Command::DeployPolicy { .. } | Command::BindPolicy { .. } | Command::Unbind { .. }
+        ),
+        "apply_between takes policy administration only"
+    );
+    let index = state.applied_index;
+    assert!(index > 0, "apply_between before the first entry");
+    state.applied_index = index - 1;
+    let entry = Entry {
+        log_index: index,
+        now_ms: state.now_ms,
+        command,
+    };
+    apply(state, &entry, host)
+}
+
 /// Applies one committed entry. Same state + same entry (+ a deterministic policy) => same
 /// result and same state bytes, on every replica. Never fails: bad input gives
 /// `Outcome::Rejected`.

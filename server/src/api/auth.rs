@@ -81,9 +81,10 @@ pub fn need(path: &str) -> Need {
         (PEER, _) => Need::Role(Role::Peer),
         (POLICIES, "Deploy" | "Bind" | "Unbind")
         | (LOCKS, "Revoke")
-        | (CLUSTER, "AddLearner" | "Promote" | "Remove" | "TransferLeader" | "Snapshot") => {
-            Need::Role(Role::Admin)
-        }
+        | (
+            CLUSTER,
+            "AddLearner" | "Promote" | "Remove" | "TransferLeader" | "Snapshot" | "ReadLog",
+        ) => Need::Role(Role::Admin),
         (SESSIONS, _)
         | (LOCKS, "Acquire" | "Release")
         | (ELECTIONS, "Campaign" | "Proclaim" | "Resign") => Need::Role(Role::Client),

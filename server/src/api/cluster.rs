@@ -174,6 +174,39 @@ impl pb::cluster_server::Cluster for ClusterApi {
 
     type SnapshotStream = SnapshotStream;
 
+    async fn read_log(
+        &self,
+        request: Request<pb::ReadLogRequest>,
+    ) -> Result<Response<pb::ReadLogResponse>, Status> {
+        self.admin("ReadLog", &request)?;
+        let request = request.into_inner();
+        let limit = match request.limit {
+            0 => READ_LOG_ENTRIES_MAX,
+            limit => limit.min(READ_LOG_ENTRIES_MAX),
+        };
+        let entries = self
+            .node
+            .read_log(request.from_index, u64::from(limit))
+            .await
+            .map_err(|error| match error {
+                crate::node::ReadLogError::Compacted { .. } => {
+                    Status::failed_precondition(error.to_string())
+                }
+                crate::node::ReadLogError::Storage(_) => Status::internal(error.to_string()),
+            })?;
+        Ok(Response::new(pb::ReadLogResponse {
+            entries: entries
+                .into_iter()
+                .map(|entry| pb::LogEntry {
+                    index: entry.log_index,
+                    now_ms: entry.now_ms,
+                    command: crate::raft::codec::encode(&entry.command),
+                })
+                .collect(),
+            applied_index: self.node.shared.read(holdfast_core::State::applied_index),
+        }))
+    }
+
     async fn snapshot(
         &self,
         request: Request<pb::SnapshotRequest>,
@@ -267,6 +300,9 @@ impl pb::cluster_server::Cluster for ClusterApi {
 
 /// Bytes of state per message of a Snapshot stream.
 pub const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
+
+/// Most log entries one `Cluster.ReadLog` answer carries.
+pub const READ_LOG_ENTRIES_MAX: u32 = 1_000;
 
 type SnapshotStream =
     std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::SnapshotResponse, Status>> + Send>>;

@@ -148,6 +148,8 @@ pub struct Node {
     pub raft: Raft,
     pub shared: Arc<Shared>,
     pub peers: Arc<Peers>,
+    /// A reader of this node's Raft log (`Cluster.ReadLog`).
+    log: crate::raft::log_store::LogStore,
     clock: Mutex<LeaderClock>,
     /// On the leader: renewals waiting for the Tick that will carry them. A keepalive wakes
     /// the ticker, so it rides a Tick proposed at once; nobody waits for that Tick (the
@@ -183,7 +185,13 @@ async fn watch_leader(raft: Raft, leader: watch::Sender<Option<NodeId>>) {
 
 impl Node {
     /// Must run inside the tokio runtime (it starts the leader watch task).
-    pub fn new(id: NodeId, raft: Raft, shared: Arc<Shared>, peers: Arc<Peers>) -> Arc<Node> {
+    pub fn new(
+        id: NodeId,
+        raft: Raft,
+        shared: Arc<Shared>,
+        peers: Arc<Peers>,
+        log: crate::raft::log_store::LogStore,
+    ) -> Arc<Node> {
         let (leader, leader_watch) = watch::channel(raft.metrics().borrow_watched().current_leader);
         tokio::spawn(watch_leader(raft.clone(), leader));
         Arc::new(Node {
@@ -191,6 +199,7 @@ impl Node {
             raft,
             shared,
             peers,
+            log,
             clock: Mutex::new(LeaderClock::default()),
             renewals: Batcher::new(PENDING_RENEWALS_MAX),
             forwards: Batcher::new(PENDING_RENEWALS_MAX),
@@ -593,5 +602,64 @@ impl Node {
                 leader_addr: None,
             }),
         }
+    }
+}
+
+/// Why [`Node::read_log`] has no entries to give.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadLogError {
+    #[error(
+        "log entry {from} was compacted into a snapshot (oldest entry kept: {oldest:?}); start from a newer backup"
+    )]
+    Compacted { from: u64, oldest: Option<u64> },
+    #[error("reading the raft log: {0}")]
+    Storage(String),
+}
+
+impl Node {
+    /// The applied entries of this node's log from `from` on, at most `limit`, as core
+    /// entries (Raft's own blank and membership entries become `Noop`s, as apply sees them).
+    /// `Err(first)` when `from` was compacted: `first` is the oldest entry still in the log.
+    pub async fn read_log(
+        &self,
+        from: u64,
+        limit: u64,
+    ) -> Result<Vec<holdfast_core::Entry>, ReadLogError> {
+        use openraft::storage::RaftLogReader as _;
+        let applied = self.shared.read(holdfast_core::State::applied_index);
+        if from > applied || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let last = applied.min(from.saturating_add(limit - 1));
+        let mut log = self.log.clone();
+        let entries = log
+            .try_get_log_entries(from..=last)
+            .await
+            .map_err(|error| ReadLogError::Storage(error.to_string()))?;
+        match entries.first() {
+            Some(first) if first.log_id.index == from => {}
+            first => {
+                return Err(ReadLogError::Compacted {
+                    from,
+                    oldest: first.map(|entry| entry.log_id.index),
+                });
+            }
+        }
+        Ok(entries
+            .into_iter()
+            .map(|entry| {
+                let (now_ms, command) = match entry.payload {
+                    openraft::EntryPayload::Normal(proposal) => (proposal.now_ms, proposal.command),
+                    openraft::EntryPayload::Blank | openraft::EntryPayload::Membership(_) => {
+                        (0, holdfast_core::Command::Noop)
+                    }
+                };
+                holdfast_core::Entry {
+                    log_index: entry.log_id.index,
+                    now_ms,
+                    command,
+                }
+            })
+            .collect())
     }
 }

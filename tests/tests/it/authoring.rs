@@ -179,6 +179,24 @@ async fn a_policy_crate_outside_the_repo_goes_from_new_to_enforced_and_back() {
     assert!(output.status.success());
     assert!(text(&output).contains("0 expectation(s) failed"));
 
+    // record: a backup, then the log, while the rest of the journey runs on the cluster.
+    let history = crate_dir.join("history");
+    let history_arg = history.to_str().unwrap().to_owned();
+    let recording = cli(
+        &cluster,
+        &["record", "--out", &history_arg, "--duration", "8s"],
+        &crate_dir,
+    );
+    let recording = tokio::spawn(async move { run(recording, "record").await });
+    let snapshot = history.join("snapshot.hfb");
+    for _ in 0..200 {
+        if snapshot.is_file() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(snapshot.is_file(), "record took no backup in 10 s");
+
     // deploy, then bind in shadow: the built-in keeps deciding, disagreements are counted.
     let config = crate_dir.join("queue.conf");
     std::fs::write(&config, "max_waiters = 1\n").unwrap();
@@ -235,6 +253,37 @@ async fn a_policy_crate_outside_the_repo_goes_from_new_to_enforced_and_back() {
     assert!(
         listed.contains(r#""mode":"shadow""#) && listed.contains(r#""disagreements":1"#),
         "{listed}"
+    );
+
+    // replay: the recorded traffic under the candidate, beside what the cluster decided.
+    let recorded = recording.await.unwrap();
+    assert!(recorded.status.success());
+    let output = run(
+        cli(
+            &cluster,
+            &[
+                "policy",
+                "replay",
+                module_arg,
+                "--history",
+                &history_arg,
+                "--prefix",
+                "jobs/",
+                "--config",
+                config_arg,
+            ],
+            &crate_dir,
+        ),
+        "policy replay",
+    )
+    .await;
+    let replayed = text(&output);
+    assert!(
+        output.status.success()
+            && replayed.contains("candidate: denied: jobs/nightly already has 1 waiters")
+            && replayed.contains("recorded:  nothing")
+            && replayed.contains("candidate  grants 1  denials 1"),
+        "{replayed}"
     );
 
     // enforce: the same binding decides, and its reason reaches the CLI.
