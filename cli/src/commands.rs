@@ -136,6 +136,7 @@ fn lock_json(lock: &pb::LockInfo) -> serde_json::Value {
         "holders": lock.holders.iter().map(|h| json!({
             "session_id": h.session_id, "token": h.token, "mode": mode_name(h.mode),
             "since_ms": h.since_ms, "lease_expires_at_ms": h.lease_expires_at_ms,
+            "policy": h.policy, "policy_version": h.policy_version,
         })).collect::<Vec<_>>(),
         "waiters": lock.waiters.iter().map(|w| json!({
             "session_id": w.session_id, "position": w.position, "mode": mode_name(w.mode),
@@ -153,8 +154,8 @@ fn print_lock_text(lock: &pb::LockInfo) {
     );
     for h in &lock.holders {
         println!(
-            "  holder  session {:<8} token {:<8} since {} ms",
-            h.session_id, h.token, h.since_ms
+            "  holder  session {:<8} token {:<8} since {} ms  granted by {}@{}",
+            h.session_id, h.token, h.since_ms, h.policy, h.policy_version
         );
     }
     for w in &lock.waiters {
@@ -327,22 +328,27 @@ pub async fn watch(
                         "policy_version": e.policy_version, "prefix": e.prefix, "hook": e.hook,
                     })
                 ),
-                Output::Text if !e.policy.is_empty() || !e.prefix.is_empty() => println!(
-                    "{:<8} {:<15} {:<24} policy {}@{} prefix {:?}{}",
-                    response.revision,
-                    kind_name(e.kind),
-                    e.lock,
-                    e.policy,
-                    e.policy_version,
-                    e.prefix,
-                    if e.hook.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" hook {}", e.hook)
-                    }
-                ),
+                Output::Text
+                    if e.kind != pb::EventKind::Acquired as i32
+                        && (!e.policy.is_empty() || !e.prefix.is_empty()) =>
+                {
+                    println!(
+                        "{:<8} {:<15} {:<24} policy {}@{} prefix {:?}{}",
+                        response.revision,
+                        kind_name(e.kind),
+                        e.lock,
+                        e.policy,
+                        e.policy_version,
+                        e.prefix,
+                        if e.hook.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" hook {}", e.hook)
+                        }
+                    );
+                }
                 Output::Text => println!(
-                    "{:<8} {:<15} {:<24} session {:<8} {}{}",
+                    "{:<8} {:<15} {:<24} session {:<8} {}{}{}",
                     response.revision,
                     kind_name(e.kind),
                     e.lock,
@@ -352,7 +358,12 @@ pub async fn watch(
                     } else {
                         String::new()
                     },
-                    reason_name(e.reason)
+                    reason_name(e.reason),
+                    if e.kind == pb::EventKind::Acquired as i32 {
+                        format!(" by {}@{}", e.policy, e.policy_version)
+                    } else {
+                        String::new()
+                    }
                 ),
             }
         }

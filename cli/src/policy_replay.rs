@@ -153,7 +153,7 @@ impl Run {
             _ => false,
         };
         match outcome {
-            Outcome::Rejected(Rejection::PolicyDenied { reason }) if under_prefix => {
+            Outcome::Rejected(Rejection::PolicyDenied { reason, .. }) if under_prefix => {
                 self.denials += 1;
                 decisions.denial = Some(reason);
             }

@@ -250,7 +250,7 @@ fn render_outcome(outcome: &Outcome) -> String {
         Outcome::Released { token, .. } => format!("released (token {token})"),
         Outcome::SessionOpened { session_id, .. } => format!("opened (session {session_id})"),
         Outcome::SessionClosed { .. } => "closed".to_string(),
-        Outcome::Rejected(Rejection::PolicyDenied { reason }) => format!("denied: {reason}"),
+        Outcome::Rejected(Rejection::PolicyDenied { reason, .. }) => format!("denied: {reason}"),
         Outcome::Rejected(Rejection::WouldBlock { .. }) => "would-block".to_string(),
         Outcome::Rejected(rejection) => format!("rejected: {rejection}"),
         Outcome::None => "ok".to_string(),

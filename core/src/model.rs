@@ -206,8 +206,15 @@ pub enum Rejection {
     WaitTimedOut { name: String },
     #[error("request {request_id} is older than the outcomes this session remembers")]
     RequestTooOld { request_id: RequestId },
-    #[error("denied by policy: {reason}")]
-    PolicyDenied { reason: String },
+    /// A policy's `admit` said no. `policy@version` is the enforcing binding of `prefix` that
+    /// decided (its fallback, `POLICY_ERROR`, when the guest failed).
+    #[error("denied by policy {policy}@{version} (bound at {prefix:?}): {reason}")]
+    PolicyDenied {
+        reason: String,
+        policy: String,
+        version: u64,
+        prefix: String,
+    },
     #[error("the session ended while waiting for lock {name}")]
     SessionEnded { name: String },
     #[error("policy {name} version {version} is not deployed (version 0 = newest)")]
@@ -238,6 +245,14 @@ pub enum LeaveReason {
     SessionExpired,
 }
 
+/// The enforcing policy that granted a hold: a deployed policy's name and version. Holds the
+/// built-in FIFO granted (no binding, or a binding to `builtin`) carry none.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct GrantedBy {
+    pub policy: String,
+    pub version: u64,
+}
+
 /// A change, in the order apply made it. Watchers, blocked Acquire RPCs and tests consume these.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Event {
@@ -264,6 +279,8 @@ pub enum Event {
         token: FencingToken,
         mode: Mode,
         lease_ms: u64,
+        /// The policy that decided the grant (`None`: the built-in FIFO).
+        granted_by: Option<GrantedBy>,
         /// The value the hold carries (an election candidate's; empty for plain locks).
         value: Vec<u8>,
     },

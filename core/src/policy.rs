@@ -216,7 +216,7 @@ pub enum AdmitDecision {
     /// Proceed, with `priority` in place of the requested one (what a queued waiter carries
     /// and later `choose_next` calls see).
     AdmitWithPriority { priority: i32 },
-    /// Reject with `Rejection::PolicyDenied { reason }` (reason truncated to
+    /// Reject with `Rejection::PolicyDenied` and `reason` (reason truncated to
     /// `limits::POLICY_REASON_BYTES_MAX`).
     Deny { reason: String },
 }

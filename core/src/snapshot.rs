@@ -15,7 +15,7 @@ use crate::state::records::{Record, Records, Sum, record_hash};
 use crate::state::{HEADER_TAG, Recorded, State};
 
 /// First byte of every snapshot. Bump on any change to `State`'s serialized shape.
-pub const SNAPSHOT_FORMAT_VERSION: u8 = 2;
+pub const SNAPSHOT_FORMAT_VERSION: u8 = 3;
 
 /// Why snapshot bytes were refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

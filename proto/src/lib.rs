@@ -21,3 +21,57 @@ pub mod policy {
 
 /// Encoded `FileDescriptorSet` of every Holdfast service, for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("holdfast_descriptor");
+
+/// The gRPC rich error model's `google.rpc.Status` and `google.protobuf.Any`, wire-compatible
+/// copies (no dependency on the well-known types): what `tonic::Status::details` holds.
+pub mod rpc {
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Status {
+        #[prost(int32, tag = "1")]
+        pub code: i32,
+        #[prost(string, tag = "2")]
+        pub message: String,
+        #[prost(message, repeated, tag = "3")]
+        pub details: Vec<Any>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Any {
+        #[prost(string, tag = "1")]
+        pub type_url: String,
+        #[prost(bytes = "vec", tag = "2")]
+        pub value: Vec<u8>,
+    }
+}
+
+/// Type URL of [`v1::PolicyDenial`] in a status's details.
+pub const POLICY_DENIAL_TYPE_URL: &str = "type.googleapis.com/holdfast.v1.PolicyDenial";
+
+/// A PERMISSION_DENIED status carrying `denial` in its details.
+pub fn policy_denied_status(message: String, denial: &v1::PolicyDenial) -> tonic::Status {
+    use prost::Message as _;
+    let details = rpc::Status {
+        code: tonic::Code::PermissionDenied as i32,
+        message: message.clone(),
+        details: vec![rpc::Any {
+            type_url: POLICY_DENIAL_TYPE_URL.to_owned(),
+            value: denial.encode_to_vec(),
+        }],
+    };
+    tonic::Status::with_details(
+        tonic::Code::PermissionDenied,
+        message,
+        details.encode_to_vec().into(),
+    )
+}
+
+/// The policy denial in `status`'s details, if a policy denied the request.
+pub fn policy_denial(status: &tonic::Status) -> Option<v1::PolicyDenial> {
+    use prost::Message as _;
+    let details = rpc::Status::decode(status.details()).ok()?;
+    details
+        .details
+        .iter()
+        .find(|any| any.type_url == POLICY_DENIAL_TYPE_URL)
+        .and_then(|any| v1::PolicyDenial::decode(any.value.as_slice()).ok())
+}

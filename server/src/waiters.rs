@@ -198,6 +198,7 @@ mod tests {
             token,
             mode: Mode::Exclusive,
             lease_ms: 0,
+            granted_by: None,
             value: Vec::new(),
             principal: "p".into(),
         }

@@ -13,8 +13,8 @@
 use super::{Applier, invalid};
 use crate::limits;
 use crate::model::{
-    AcquireRequest, Event, FencingToken, LeaveReason, Mode, Outcome, Rejection, ReleaseReason,
-    RequestId, SessionId,
+    AcquireRequest, BindMode, Event, FencingToken, LeaveReason, Mode, Outcome, Rejection,
+    ReleaseReason, RequestId, SessionId,
 };
 use crate::policy::{self, AdmitDecision, PolicyHost};
 use crate::state::counts::Stake;
@@ -69,8 +69,18 @@ impl<H: PolicyHost + ?Sized> Applier<'_, H> {
         let prioritized;
         let request = match self.ask_admit(request) {
             AdmitDecision::Deny { reason } => {
+                let (prefix, policy, version) = self
+                    .state
+                    .binding_for(name, BindMode::Enforce)
+                    .map(|(prefix, bound)| {
+                        (prefix.to_string(), bound.policy.clone(), bound.version)
+                    })
+                    .unwrap_or_default();
                 return Outcome::Rejected(Rejection::PolicyDenied {
                     reason: policy::truncate_reason(reason),
+                    policy,
+                    version,
+                    prefix,
                 });
             }
             AdmitDecision::Admit => request,
@@ -238,6 +248,7 @@ impl<H: PolicyHost + ?Sized> Applier<'_, H> {
         let lease = self.ask_lease(request);
         let now_ms = self.now_ms();
         let token = self.log_index;
+        let granted_by = self.state.granted_by(&request.name);
         let lock = self
             .state
             .locks
@@ -260,6 +271,7 @@ impl<H: PolicyHost + ?Sized> Applier<'_, H> {
             lock_delay_ms: lease.lock_delay_ms,
             value: request.value.as_slice().into(),
             priority: request.priority,
+            granted_by: granted_by.clone().map(Box::new),
         };
         assert!(lock.holders.insert(request.session_id, hold).is_none());
         let session = self
@@ -294,6 +306,7 @@ impl<H: PolicyHost + ?Sized> Applier<'_, H> {
             token,
             mode: request.mode,
             lease_ms: lease.lease_ms,
+            granted_by,
             value: request.value.clone(),
         });
         (token, lease.lease_ms)

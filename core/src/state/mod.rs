@@ -14,7 +14,9 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use serde::{Deserialize, Serialize};
 
 use crate::limits;
-use crate::model::{BindMode, FencingToken, Mode, Outcome, Rejection, RequestId, SessionId};
+use crate::model::{
+    BindMode, FencingToken, GrantedBy, Mode, Outcome, Rejection, RequestId, SessionId,
+};
 use crate::vec_map::VecMap;
 
 pub(crate) mod counts;
@@ -254,6 +256,8 @@ pub(crate) struct Hold {
     pub(crate) value: Box<[u8]>,
     /// The priority of the request that was granted (an election incumbent's).
     pub(crate) priority: i32,
+    /// The policy that granted it; boxed, so a hold the built-in granted pays 8 bytes.
+    pub(crate) granted_by: Option<Box<GrantedBy>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -417,6 +421,16 @@ impl State {
     /// The longest prefix of `name` with a `mode` binding. Any prefix of `name` sorts at or
     /// before it, and a longer prefix after a shorter one, so the first match walking back
     /// from `name` is the longest.
+    /// Who grants `name` now: its enforcing binding's deployed policy (`None` for the built-in).
+    pub(crate) fn granted_by(&self, name: &str) -> Option<GrantedBy> {
+        self.binding_for(name, BindMode::Enforce)
+            .filter(|(_, bound)| bound.policy != BUILTIN_POLICY)
+            .map(|(_, bound)| GrantedBy {
+                policy: bound.policy.clone(),
+                version: bound.version,
+            })
+    }
+
     pub(crate) fn binding_for(&self, name: &str, mode: BindMode) -> Option<(&str, &Bound)> {
         self.bindings
             .range::<str, _>((std::ops::Bound::Unbounded, std::ops::Bound::Included(name)))

@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use super::{Bound, Lock, State, position_u32};
 use crate::limits;
+use crate::model::GrantedBy;
 use crate::model::{BindMode, FencingToken, Mode, SessionId};
 use crate::vec_map::VecMap;
 
@@ -80,6 +81,8 @@ pub struct HolderView {
     pub lease_expires_at_ms: Option<u64>,
     /// The value the hold carries (an election leader's proclamation).
     pub value: Vec<u8>,
+    /// The policy that granted it (`None`: the built-in FIFO).
+    pub granted_by: Option<GrantedBy>,
 }
 
 /// One queued request of a lock.
@@ -244,6 +247,7 @@ impl Lock {
                 since_ms: hold.since_ms,
                 lease_expires_at_ms: hold.lease_expires_at_ms,
                 value: hold.value.to_vec(),
+                granted_by: hold.granted_by.as_deref().cloned(),
             })
             .collect()
     }

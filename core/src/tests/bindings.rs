@@ -158,7 +158,7 @@ fn bindings_route_by_longest_prefix_from_the_next_entry() {
            + acquired secure/a s1 t4 x
         #5 => bound "secure/" deny@1 Enforce
            + policy-bound "secure/" deny@1 Enforce
-        #6 => rejected PolicyDenied { reason: "secure area" }
+        #6 => rejected PolicyDenied { reason: "secure area", policy: "deny", version: 1, prefix: "secure/" }
         #7 => acquired t7
            + acquired securex s1 t7 x
         #8 => bound "secure/open/" builtin@0 Enforce
@@ -405,7 +405,7 @@ fn faults_are_counted_on_the_binding_with_an_event() {
         ",
     );
     assert!(
-        out.contains(r#"#5 => rejected PolicyDenied { reason: "POLICY_ERROR" }"#),
+        out.contains(r#"#5 => rejected PolicyDenied { reason: "POLICY_ERROR", policy: "faulty", version: 1, prefix: "f" }"#),
         "{out}"
     );
     assert!(
@@ -464,7 +464,7 @@ fn policies_see_counts_under_their_prefix() {
         ",
     );
     assert!(
-        out.contains(r#"#9 => rejected PolicyDenied { reason: "tenant t1 holds 2 (principal holds 1, waits 0)" }"#),
+        out.contains(r#"#9 => rejected PolicyDenied { reason: "tenant t1 holds 2 (principal holds 1, waits 0)", policy: "quota", version: 1, prefix: "q/" }"#),
         "{out}"
     );
     assert!(out.contains("#10 => acquired t10"), "{out}");

@@ -506,8 +506,8 @@ fn policy_may_deny_admission() {
         r#"
             #1 => opened s1 ttl=10000
                + session-opened s1
-            #2 => rejected PolicyDenied { reason: "no mallory" }
-            #3 => rejected PolicyDenied { reason: "no mallory" }
+            #2 => rejected PolicyDenied { reason: "no mallory", policy: "", version: 0, prefix: "" }
+            #3 => rejected PolicyDenied { reason: "no mallory", policy: "", version: 0, prefix: "" }
             ?lock a => none
         "#,
     );

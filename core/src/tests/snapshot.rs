@@ -280,15 +280,20 @@ fn fixture_state() -> State {
     hold.lease_expires_at_ms = Some(4_000);
     hold.lock_delay_ms = 1_500;
     hold.priority = -3;
+    hold.granted_by = Some(Box::new(crate::GrantedBy {
+        policy: "lifo".to_owned(),
+        version: 1,
+    }));
     state.settle();
     state
 }
 
-/// The bytes are pinned to those format version 2 had before the memory work (boxed and
-/// compacted records encode as before); the digest is pinned to its definition (a change to it
-/// must be deliberate: the guard compares digests across nodes).
+/// The bytes are pinned to format version 3 (version 2 plus the policy that granted each hold;
+/// version 2 was pinned before the memory work, and boxed and compacted records encoded as
+/// before); the digest is pinned to its definition (a change to it must be deliberate: the
+/// guard compares digests across nodes; version 3 changed it, holds record their granter).
 #[test]
-fn the_encoding_is_format_version_2_and_the_digest_is_pinned() {
+fn the_encoding_is_format_version_3_and_the_digest_is_pinned() {
     let unhex = |hex: &str| -> Vec<u8> {
         let hex = hex.trim();
         (0..hex.len())
@@ -296,7 +301,7 @@ fn the_encoding_is_format_version_2_and_the_digest_is_pinned() {
             .map(|at| u8::from_str_radix(&hex[at..at + 2], 16).unwrap())
             .collect()
     };
-    let bytes = unhex(include_str!("fixtures/snapshot_v2.hex"));
+    let bytes = unhex(include_str!("fixtures/snapshot_v3.hex"));
     let digest = unhex(include_str!("fixtures/state_digest.hex"));
     let state = fixture_state();
     assert_eq!(state.to_snapshot_bytes(), bytes, "same state, same bytes");
@@ -306,4 +311,17 @@ fn the_encoding_is_format_version_2_and_the_digest_is_pinned() {
     assert_eq!(read, bytes.len() - 1);
     assert_eq!(decoded.to_snapshot_bytes(), bytes);
     assert_eq!(decoded.digest().to_vec(), digest);
+}
+
+#[test]
+#[ignore = "writes the fixtures"]
+fn write_fixtures() {
+    let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>() + "\n";
+    let state = fixture_state();
+    std::fs::write(
+        "src/tests/fixtures/snapshot_v3.hex",
+        hex(&state.to_snapshot_bytes()),
+    )
+    .unwrap();
+    std::fs::write("src/tests/fixtures/state_digest.hex", hex(&state.digest())).unwrap();
 }

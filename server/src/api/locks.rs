@@ -46,7 +46,17 @@ pub(super) fn holder_to_pb(holder: &HolderView) -> pb::Holder {
         since_ms: holder.since_ms,
         lease_expires_at_ms: holder.lease_expires_at_ms.unwrap_or(0),
         value: holder.value.clone(),
+        policy: granted_by_name(holder.granted_by.as_ref()),
+        policy_version: holder.granted_by.as_ref().map_or(0, |by| by.version),
     }
+}
+
+/// The name clients see for the policy that granted a hold ("builtin" for the built-in FIFO).
+pub(super) fn granted_by_name(granted_by: Option<&holdfast_core::GrantedBy>) -> String {
+    granted_by.map_or_else(
+        || holdfast_core::BUILTIN_POLICY.to_owned(),
+        |by| by.policy.clone(),
+    )
 }
 
 fn waiter_to_pb(waiter: &WaiterInfo) -> pb::Waiter {

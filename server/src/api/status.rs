@@ -12,6 +12,24 @@ pub const LEADER_ID_HEADER: &str = "holdfast-leader-id";
 pub const LEADER_ADDR_HEADER: &str = "holdfast-leader-addr";
 
 pub fn rejection_status(rejection: &Rejection) -> Status {
+    if let Rejection::PolicyDenied {
+        reason,
+        policy,
+        version,
+        prefix,
+    } = rejection
+    {
+        // The reason, and which binding decided, in the status details too (`PolicyDenial`).
+        return holdfast_proto::policy_denied_status(
+            rejection.to_string(),
+            &holdfast_proto::v1::PolicyDenial {
+                reason: reason.clone(),
+                policy: policy.clone(),
+                version: *version,
+                prefix: prefix.clone(),
+            },
+        );
+    }
     let code = match rejection {
         Rejection::UnknownSession { .. }
         | Rejection::SessionEnded { .. }

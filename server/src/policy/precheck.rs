@@ -78,6 +78,7 @@ impl Precheck {
                 since_ms: 10,
                 lease_expires_at_ms: None,
                 value: Vec::new(),
+                granted_by: None,
             };
             let waiters: Vec<WaiterView> = (4..7)
                 .map(|session_id| WaiterView {

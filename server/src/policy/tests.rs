@@ -80,6 +80,7 @@ fn holder(session_id: SessionId) -> HolderView {
         since_ms: 1,
         lease_expires_at_ms: None,
         value: Vec::new(),
+        granted_by: None,
     }
 }
 

@@ -231,6 +231,7 @@ async fn a_policy_crate_outside_the_repo_goes_from_new_to_enforced_and_back() {
         .expect("free");
     // Two waiters: the second is one more than max_waiters, and under shadow it still queues.
     let mut waiters = Vec::new();
+    let mut waiters_sessions = Vec::new();
     for name in ["first", "second"] {
         let session = std::sync::Arc::new(client.open_session(30_000, name).await.unwrap());
         let waiting = std::sync::Arc::clone(&session);
@@ -243,6 +244,7 @@ async fn a_policy_crate_outside_the_repo_goes_from_new_to_enforced_and_back() {
             lock.is_some_and(|l| l.waiters.iter().any(|w| w.session_id == session.id))
         })
         .await;
+        waiters_sessions.push(session);
     }
     let output = run(
         cli(&cluster, &["-o", "json", "policy", "list"], &crate_dir),
@@ -315,8 +317,62 @@ async fn a_policy_crate_outside_the_repo_goes_from_new_to_enforced_and_back() {
     .await;
     let denied = text(&output);
     assert!(
-        !output.status.success() && denied.contains("max_waiters = 1"),
+        !output.status.success()
+            && denied.contains("max_waiters = 1")
+            && denied.contains("queue-cap@1"),
         "{denied}"
+    );
+    // Programs get it structured: a PolicyDenial in the status details.
+    let fourth = client.open_session(30_000, "fourth").await.unwrap();
+    let status = fourth
+        .acquire("jobs/nightly", LockMode::Exclusive, 5_000)
+        .await
+        .expect_err("denied by the policy");
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    let denial = holdfast_proto::policy_denial(&status).expect("a PolicyDenial detail");
+    assert_eq!(
+        (
+            denial.policy.as_str(),
+            denial.version,
+            denial.prefix.as_str()
+        ),
+        ("queue-cap", 1, "jobs/")
+    );
+    assert!(denial.reason.contains("max_waiters = 1"), "{denial:?}");
+
+    // A grant names the policy that decided it, in Describe and in the watch event.
+    let first_waiter = waiters_sessions[0].id;
+    holder.close().await.unwrap();
+    crate::support::wait_for_lock(&client, "jobs/nightly", |lock| {
+        lock.is_some_and(|l| l.holders.iter().any(|h| h.session_id == first_waiter))
+    })
+    .await;
+    let lock = client.describe("jobs/nightly").await.unwrap().lock.unwrap();
+    assert_eq!(
+        (
+            lock.holders[0].policy.as_str(),
+            lock.holders[0].policy_version
+        ),
+        ("queue-cap", 1),
+        "{lock:?}"
+    );
+    let mut events = client.watch("jobs/", 1).await.unwrap();
+    let granted = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let response = events.message().await.unwrap().expect("the watch goes on");
+            if let Some(event) = response.events.into_iter().find(|e| {
+                e.kind == holdfast_proto::v1::EventKind::Acquired as i32
+                    && e.session_id == first_waiter
+            }) {
+                return event;
+            }
+        }
+    })
+    .await
+    .expect("the grant's watch event");
+    assert_eq!(
+        (granted.policy.as_str(), granted.policy_version),
+        ("queue-cap", 1)
     );
 
     // roll back: without the binding, the built-in queues the request again.
@@ -336,7 +392,6 @@ async fn a_policy_crate_outside_the_repo_goes_from_new_to_enforced_and_back() {
         .await
         .unwrap_or_else(|e| panic!("queues, then times out; not {e:?}"));
     assert!(queued.is_none(), "the lock is held: {queued:?}");
-    holder.close().await.unwrap();
     for waiter in waiters {
         waiter.abort();
     }
