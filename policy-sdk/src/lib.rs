@@ -28,7 +28,8 @@
 //! # fn main() {}
 //! ```
 //!
-//! Build it as a `cdylib` for `wasm32v1-none` (see `scripts/build-policies`); test it natively
+//! Build it as a `cdylib` for `wasm32v1-none` with `holdfast policy build` (`holdfast policy new`
+//! writes a crate set up for it); test it natively
 //! with [`testing`], no wasm needed.
 //!
 //! Rules a policy lives by (the host enforces the ones it can; see `docs/policy-abi.md`):
