@@ -29,8 +29,7 @@
 //! ```
 //!
 //! Build it as a `cdylib` for `wasm32v1-none` with `holdfast policy build` (`holdfast policy new`
-//! writes a crate set up for it); test it natively
-//! with [`testing`], no wasm needed.
+//! writes a crate set up for it); test it natively with [`testing`], no wasm needed.
 //!
 //! Rules a policy lives by (the host enforces the ones it can; see `docs/policy-abi.md`):
 //! - Hooks take `&self` and the policy value is created with `Default` for every call: nothing
