@@ -384,6 +384,8 @@ pub struct LockArgs {
     /// Session TTL.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub ttl: Duration,
+    #[command(flatten)]
+    pub ask: AskArgs,
     /// The command to run while holding the lock.
     #[arg(last = true, required = true)]
     pub command: Vec<String>,
@@ -392,15 +394,14 @@ pub struct LockArgs {
 /// Runs the command while holding the lock; its exit code becomes ours.
 pub async fn lock(connection: &Connection, args: LockArgs) -> anyhow::Result<ExitCode> {
     let client = connection.client()?;
-    let principal = std::env::var("USER").unwrap_or_else(|_| "holdfast-cli".to_owned());
-    let session = client.open_session(millis(args.ttl), &principal).await?;
+    let session = args.ask.open_session(&client, args.ttl).await?;
     let mode = if args.shared {
         LockMode::Shared
     } else {
         LockMode::Exclusive
     };
     let Some(hold) = session
-        .acquire(&args.name, mode, millis(args.timeout))
+        .acquire_with_priority(&args.name, mode, millis(args.timeout), args.ask.priority)
         .await?
     else {
         eprintln!(
@@ -481,6 +482,46 @@ pub struct ElectArgs {
     /// Session TTL while campaigning and leading.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub ttl: Duration,
+    #[command(flatten)]
+    pub ask: AskArgs,
+}
+
+/// What `lock` and `elect` tell the policies: the request's priority and the session's labels
+/// (the priority, tenant-quota and election-preference policies decide by them).
+#[derive(Args)]
+pub struct AskArgs {
+    /// The request's priority (policies may clamp or ignore it; the built-in FIFO ignores it).
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    pub priority: i32,
+    /// A session label KEY=VALUE (repeatable), e.g. --label tenant=payments.
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+}
+
+fn parse_label(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+        _ => Err(format!("{text:?} is not KEY=VALUE")),
+    }
+}
+
+impl AskArgs {
+    /// Opens the session for `lock` / `elect` with these labels.
+    async fn open_session(
+        &self,
+        client: &Client,
+        ttl: Duration,
+    ) -> anyhow::Result<holdfast_client::Session> {
+        let principal = std::env::var("USER").unwrap_or_else(|_| "holdfast-cli".to_owned());
+        let labels: Vec<(&str, &str)> = self
+            .labels
+            .iter()
+            .map(|(key, value)| (key.as_str(), value.as_str()))
+            .collect();
+        Ok(client
+            .open_session_with_labels(millis(ttl), &principal, &labels)
+            .await?)
+    }
 }
 
 /// Campaigns until elected, leads until interrupted (then resigns) or the session is lost; or,
@@ -515,14 +556,14 @@ pub async fn elect(connection: &Connection, args: ElectArgs) -> anyhow::Result<E
     // Install the Ctrl-C handler before campaigning: once we lead, an interrupt must resign,
     // not kill the process with the default action.
     let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
-    let principal = std::env::var("USER").unwrap_or_else(|_| "holdfast-cli".to_owned());
-    let session = client.open_session(millis(args.ttl), &principal).await?;
+    let session = args.ask.open_session(&client, args.ttl).await?;
     let leadership = loop {
         if let Some(leadership) = session
-            .campaign(
+            .campaign_with_priority(
                 &args.name,
                 args.value.as_bytes(),
                 holdfast_client::LOCK_WAIT_MS_MAX,
+                args.ask.priority,
             )
             .await?
         {

@@ -50,7 +50,8 @@ enum LogFormat {
 enum Command {
     /// Run one node of a cluster.
     Serve(Box<ServeArgs>),
-    /// Run a local 3-node cluster in this process (client API on 127.0.0.1:7701..7703).
+    /// Run a local cluster in this process: 3 nodes (`--nodes 5` for five), client API on
+    /// 127.0.0.1:7701 and up.
     Dev(DevArgs),
     /// Generate a CA and node and client certificates for trying TLS (PEM files in --out).
     Certs(CertsArgs),
@@ -205,13 +206,16 @@ fn certs(args: &CertsArgs) -> anyhow::Result<std::process::ExitCode> {
 
 #[derive(Args)]
 struct DevArgs {
-    /// Client port of node 1; nodes 2 and 3 use the next two ports.
+    /// How many nodes: 3 tolerate one failure, 5 tolerate two.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=DEV_NODES_MAX))]
+    nodes: u64,
+    /// Client port of node 1; the other nodes use the next ports.
     #[arg(long, default_value_t = 7701, env = "HOLDFAST_BASE_PORT")]
     base_port: u16,
-    /// Where the three nodes keep their data (node-1, node-2, node-3 inside).
+    /// Where the nodes keep their data (node-1, node-2, ... inside).
     #[arg(long, default_value = "./holdfast-data", env = "HOLDFAST_DATA_DIR")]
     data_dir: PathBuf,
-    /// Prometheus metrics of all three nodes (label `node`) on http://ADDR/metrics; "off" for
+    /// Prometheus metrics of all nodes (label `node`) on http://ADDR/metrics; "off" for
     /// none.
     #[arg(
         long,
@@ -359,17 +363,31 @@ async fn serve(
     Ok(std::process::ExitCode::SUCCESS)
 }
 
+/// Most nodes `holdfast dev` runs.
+const DEV_NODES_MAX: u64 = 7;
+
 async fn dev(args: DevArgs) -> anyhow::Result<()> {
-    const DEV_NODES: u64 = 3;
+    let dev_nodes = args.nodes;
+    // A data dir holds one cluster: started again with another size, the extra nodes would
+    // never join (or the missing ones never vote).
+    let existing = (1..=DEV_NODES_MAX)
+        .filter(|id| args.data_dir.join(format!("node-{id}")).is_dir())
+        .count() as u64;
+    if existing > 0 && existing != dev_nodes {
+        anyhow::bail!(
+            "{} holds a {existing}-node dev cluster: run with --nodes {existing}, or use another --data-dir",
+            args.data_dir.display()
+        );
+    }
     if args.metrics_listen != "off" {
         holdfast_server::metrics::install(holdfast_server::metrics::parse_listen(
             &args.metrics_listen,
         )?)?;
     }
     let addr = |id: u64| format!("127.0.0.1:{}", u64::from(args.base_port) + id - 1);
-    let peers: BTreeMap<u64, String> = (1..=DEV_NODES).map(|id| (id, addr(id))).collect();
+    let peers: BTreeMap<u64, String> = (1..=dev_nodes).map(|id| (id, addr(id))).collect();
     let mut nodes = Vec::new();
-    for id in 1..=DEV_NODES {
+    for id in 1..=dev_nodes {
         let config = NodeConfig {
             id,
             listen: addr(id),
@@ -394,7 +412,7 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
         );
     }
     println!(
-        "holdfast dev cluster: 3 nodes, data in {}",
+        "holdfast dev cluster: {dev_nodes} nodes, data in {}",
         args.data_dir.display()
     );
     for (id, addr) in &peers {
@@ -403,10 +421,10 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
     if args.metrics_listen != "off" {
         println!("  metrics: http://{}/metrics", args.metrics_listen);
     }
-    println!("Ctrl-C stops all three; running `holdfast dev` again resumes the same cluster.");
+    println!("Ctrl-C stops them all; running `holdfast dev` again resumes the same cluster.");
     shutdown_signal().await;
     println!("stopping");
-    // All three stop together: no leadership hand-over between them.
+    // All stop together: no leadership hand-over between them.
     for running in nodes {
         running.stop().await?;
     }

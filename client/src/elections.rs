@@ -55,6 +55,19 @@ impl Session {
         value: &[u8],
         wait_timeout_ms: u64,
     ) -> Result<Option<Hold>, Status> {
+        self.campaign_with_priority(name, value, wait_timeout_ms, 0)
+            .await
+    }
+
+    /// [`Session::campaign`] with a priority for the election's policy to weigh (the built-in
+    /// election ignores it).
+    pub async fn campaign_with_priority(
+        &self,
+        name: &str,
+        value: &[u8],
+        wait_timeout_ms: u64,
+        priority: i32,
+    ) -> Result<Option<Hold>, Status> {
         let request_id = self.next_request_id();
         let session_id = self.id;
         let response = self
@@ -66,6 +79,7 @@ impl Session {
                     name: name.to_owned(),
                     value: value.to_vec(),
                     wait_timeout_ms,
+                    priority,
                 });
                 request.set_timeout(Duration::from_millis(RPC_TIMEOUT_MS + wait_timeout_ms));
                 Ok(pb::elections_client::ElectionsClient::new(channel)

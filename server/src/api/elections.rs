@@ -132,7 +132,7 @@ impl Elections for ElectionsApi {
             mode: Mode::Exclusive,
             max_holders: 0,
             wait_timeout_ms: request.wait_timeout_ms,
-            priority: 0,
+            priority: request.priority,
             value: request.value,
         };
         let response = match acquire_and_wait(&self.node, acquire).await? {

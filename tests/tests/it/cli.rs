@@ -186,3 +186,162 @@ async fn revoke_command_ends_a_hold() {
         .unwrap();
     assert!(!again.status.success(), "{again:?}");
 }
+
+/// `holdfast lock --label` and `--priority` reach the policies: tenant-quota denies a session
+/// without a `tenant` label and admits one with it; priority hands the lock to the waiter
+/// started with the higher `--priority`, though it queued second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lock_command_passes_labels_and_priority_to_policies() {
+    let cluster = Cluster::start_with(3, &["--allow-admin"]).await;
+    let client = cluster.client();
+    for (name, module, prefix, config) in [
+        ("quota", "tenant_quota", "t/", ""),
+        ("prio", "priority", "p/", "aging_ms = 0\n"),
+    ] {
+        client
+            .deploy_policy(name, &holdfast_tests::policy_wasm(module))
+            .await
+            .unwrap();
+        client
+            .bind_policy(holdfast_proto::v1::BindPolicyRequest {
+                prefix: prefix.to_owned(),
+                policy: name.to_owned(),
+                version: 0,
+                config: config.as_bytes().to_vec(),
+                mode: holdfast_proto::v1::BindMode::Enforce as i32,
+            })
+            .await
+            .unwrap();
+    }
+
+    let output = holdfast_cli(&cluster)
+        .args(["lock", "t/x", "--timeout", "0s", "--", "true"])
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.code() == Some(125) && stderr.contains("tenant"),
+        "{output:?}"
+    );
+    let status = holdfast_cli(&cluster)
+        .args([
+            "lock",
+            "t/x",
+            "--label",
+            "tenant=acme",
+            "--timeout",
+            "0s",
+            "--",
+            "true",
+        ])
+        .status()
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "a tenant label admits");
+
+    let holder = client.open_session(60_000, "holder").await.unwrap();
+    let hold = holder
+        .acquire("p/q", LockMode::Exclusive, 0)
+        .await
+        .unwrap()
+        .expect("free");
+    let order = cluster.dir().join("order");
+    let mut waiting = Vec::new();
+    for (priority, word) in [("1", "low"), ("9", "high")] {
+        let script = format!("echo {word} >> {}", order.display());
+        let child = holdfast_cli(&cluster)
+            .args([
+                "lock",
+                "p/q",
+                "--priority",
+                priority,
+                "--",
+                "sh",
+                "-c",
+                &script,
+            ])
+            .spawn()
+            .unwrap();
+        waiting.push(child);
+        let queued = u32::try_from(waiting.len()).unwrap();
+        crate::support::wait_for_lock(&client, "p/q", |lock| {
+            lock.is_some_and(|l| l.waiters.len() as u32 == queued)
+        })
+        .await;
+    }
+    let lock = client.describe("p/q").await.unwrap().lock.unwrap();
+    let priorities: Vec<i32> = lock.waiters.iter().map(|w| w.priority).collect();
+    assert_eq!(
+        priorities,
+        [1, 9],
+        "queue order with the requested priorities"
+    );
+    holder.release(&hold).await.unwrap();
+    for mut child in waiting {
+        let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+            .await
+            .expect("the waiters finish")
+            .unwrap();
+        assert!(status.success());
+    }
+    assert_eq!(std::fs::read_to_string(&order).unwrap(), "high\nlow\n");
+}
+
+/// `holdfast dev --nodes 5` runs five voters; the same data dir refuses another size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dev_runs_five_nodes() {
+    let base = (0..50)
+        .map(|_| holdfast_tests::cluster::free_port())
+        .find(|&base| {
+            base < u16::MAX - 5
+                && (base..base + 5)
+                    .all(|port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok())
+        })
+        .expect("5 free consecutive ports");
+    let dir = std::env::temp_dir().join(format!("holdfast-dev5-{}-{base}", std::process::id()));
+    let dev = |nodes: &str| {
+        let mut command = Command::new(holdfast_bin());
+        command
+            .args(["dev", "--nodes", nodes, "--base-port", &base.to_string()])
+            .args([
+                "--metrics-listen",
+                "off",
+                "--data-dir",
+                dir.to_str().unwrap(),
+            ])
+            .env("RUST_LOG", "warn")
+            .kill_on_drop(true);
+        command
+    };
+    let mut running = dev("5").spawn().unwrap();
+    let endpoints: Vec<String> = (base..base + 5).map(|p| format!("127.0.0.1:{p}")).collect();
+    let client = holdfast_client::Client::connect(&endpoints).unwrap();
+    let mut voters = 0;
+    for _ in 0..200 {
+        if let Ok(members) = client.members().await {
+            voters = members.members.iter().filter(|m| m.voter).count();
+            if voters == 5 {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(voters, 5, "five voters");
+    let session = client.open_session(10_000, "dev5").await.unwrap();
+    assert!(
+        session
+            .acquire("dev5/lock", LockMode::Exclusive, 0)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    running.kill().await.unwrap();
+    let output = dev("3").output().await.unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success() && stderr.contains("--nodes 5"),
+        "{output:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
