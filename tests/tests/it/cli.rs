@@ -345,3 +345,75 @@ async fn dev_runs_five_nodes() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `holdfast elect --label zone=... --priority N` reaches election-preference: with the
+/// incumbent gone, the candidate with the higher `--priority` in the preferred zone is elected,
+/// though it started campaigning second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn elect_command_passes_labels_and_priority_to_policies() {
+    let cluster = Cluster::start_with(3, &["--allow-admin"]).await;
+    let client = cluster.client();
+    client
+        .deploy_policy("zones", &holdfast_tests::policy_wasm("election_preference"))
+        .await
+        .unwrap();
+    client
+        .bind_policy(holdfast_proto::v1::BindPolicyRequest {
+            prefix: "e/".to_owned(),
+            policy: "zones".to_owned(),
+            version: 0,
+            config: b"preferred_zones = eu, us\n".to_vec(),
+            mode: holdfast_proto::v1::BindMode::Enforce as i32,
+        })
+        .await
+        .unwrap();
+    let incumbent = client
+        .open_session_with_labels(60_000, "incumbent", &[("zone", "eu")])
+        .await
+        .unwrap();
+    let leadership = incumbent
+        .campaign("e/leader", b"incumbent", 0)
+        .await
+        .unwrap()
+        .expect("nobody leads");
+    let mut candidates = Vec::new();
+    for (priority, value) in [("1", "low"), ("9", "high")] {
+        let child = holdfast_cli(&cluster)
+            .args([
+                "elect",
+                "e/leader",
+                value,
+                "--label",
+                "zone=eu",
+                "--priority",
+                priority,
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        candidates.push(child);
+        let queued = candidates.len();
+        crate::support::wait_for_lock(&client, "e/leader", |lock| {
+            lock.is_some_and(|l| l.waiters.len() == queued)
+        })
+        .await;
+    }
+    let lock = client.describe("e/leader").await.unwrap().lock.unwrap();
+    let priorities: Vec<i32> = lock.waiters.iter().map(|w| w.priority).collect();
+    assert_eq!(priorities, [1, 9]);
+    incumbent.resign(&leadership).await.unwrap();
+    let mut elected = None;
+    for _ in 0..200 {
+        if let Some(leader) = client.leader("e/leader").await.unwrap()
+            && leader.value != b"incumbent"
+        {
+            elected = Some(leader.value);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(elected.as_deref(), Some(&b"high"[..]));
+    for mut candidate in candidates {
+        candidate.kill().await.unwrap();
+    }
+}
