@@ -190,19 +190,31 @@ fn percentiles(values: &mut [u64]) -> String {
     )
 }
 
-pub fn run(
-    wasm_path: &Path,
-    history_dir: &Path,
-    config: Option<&Path>,
+/// One entry the two runs decided differently.
+struct Difference {
+    index: u64,
+    now_ms: u64,
+    command: String,
+    recorded: Decisions,
+    candidate: Decisions,
+}
+
+/// What a replay found.
+struct Report {
+    entries: usize,
+    snapshot_index: u64,
+    differences: Vec<Difference>,
+    recorded: Run,
+    candidate: Run,
+}
+
+/// Replays `history` as recorded and with `wasm` bound, enforcing, at `prefix`.
+fn replay(
+    wasm: Vec<u8>,
+    history: crate::history::History,
+    config: Vec<u8>,
     prefix: &str,
-) -> anyhow::Result<ExitCode> {
-    let wasm =
-        std::fs::read(wasm_path).with_context(|| format!("reading {}", wasm_path.display()))?;
-    let config = match config {
-        Some(path) => std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
-        None => Vec::new(),
-    };
-    let history = crate::history::load(history_dir)?;
+) -> anyhow::Result<Report> {
     let mut recorded = Run::new(history.state.clone())?;
     let mut candidate = Run::new(history.state)?;
     for command in [
@@ -227,54 +239,91 @@ pub fn run(
             bail!("the candidate was refused: {rejection}");
         }
     }
-    println!(
-        "replaying {} entries ({}..={}) after the backup at index {}, candidate bound at {prefix:?}",
-        history.entries.len(),
-        history.snapshot_index + 1,
-        history.snapshot_index + history.entries.len() as u64,
-        history.snapshot_index
-    );
-    let who = |session: u64| format!("session {session}");
-    let mut differences = 0usize;
+    let mut differences = Vec::new();
     for entry in &history.entries {
         let before = recorded.apply(entry, prefix);
         let after = candidate.apply(entry, prefix);
-        if before == after {
-            continue;
-        }
-        differences += 1;
-        if differences <= DIFFERENCES_SHOWN {
-            println!(
-                "entry {} at {} ms: {}\n  recorded:  {}\n  candidate: {}",
-                entry.log_index,
-                entry.now_ms,
-                summary(&entry.command),
-                before.render(&who),
-                after.render(&who)
-            );
+        if before != after {
+            differences.push(Difference {
+                index: entry.log_index,
+                now_ms: entry.now_ms,
+                command: summary(&entry.command),
+                recorded: before,
+                candidate: after,
+            });
         }
     }
-    if differences > DIFFERENCES_SHOWN {
-        println!("... and {} more", differences - DIFFERENCES_SHOWN);
+    Ok(Report {
+        entries: history.entries.len(),
+        snapshot_index: history.snapshot_index,
+        differences,
+        recorded,
+        candidate,
+    })
+}
+
+pub fn run(
+    wasm_path: &Path,
+    history_dir: &Path,
+    config: Option<&Path>,
+    prefix: &str,
+) -> anyhow::Result<ExitCode> {
+    let wasm =
+        std::fs::read(wasm_path).with_context(|| format!("reading {}", wasm_path.display()))?;
+    let config = match config {
+        Some(path) => std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
+        None => Vec::new(),
+    };
+    let history = crate::history::load(history_dir)?;
+    let mut report = replay(wasm, history, config, prefix)?;
+    println!(
+        "replayed {} entries ({}..={}) after the backup at index {}, candidate bound at {prefix:?}",
+        report.entries,
+        report.snapshot_index + 1,
+        report.snapshot_index + report.entries as u64,
+        report.snapshot_index
+    );
+    let who = |session: u64| format!("session {session}");
+    for difference in report.differences.iter().take(DIFFERENCES_SHOWN) {
+        println!(
+            "entry {} at {} ms: {}\n  recorded:  {}\n  candidate: {}",
+            difference.index,
+            difference.now_ms,
+            difference.command,
+            difference.recorded.render(&who),
+            difference.candidate.render(&who)
+        );
+    }
+    if report.differences.len() > DIFFERENCES_SHOWN {
+        println!(
+            "... and {} more",
+            report.differences.len() - DIFFERENCES_SHOWN
+        );
     }
     println!(
-        "{differences} of {} entries decided differently under {prefix:?}",
-        history.entries.len()
+        "{} of {} entries decided differently under {prefix:?}",
+        report.differences.len(),
+        report.entries
     );
-    for (label, run) in [("recorded", &recorded), ("candidate", &candidate)] {
+    for (label, run) in [
+        ("recorded", &report.recorded),
+        ("candidate", &report.candidate),
+    ] {
         println!(
             "{label:<9}  grants {}  denials {}  policy faults {}  refused after drift {}",
             run.grants, run.denials, run.faults, run.refused
         );
     }
-    let groups: BTreeSet<&String> = recorded
+    let groups: BTreeSet<String> = report
+        .recorded
         .waits
         .keys()
-        .chain(candidate.waits.keys())
+        .chain(report.candidate.waits.keys())
+        .cloned()
         .collect();
     for group in groups {
-        let mut before = recorded.waits.get(group).cloned().unwrap_or_default();
-        let mut after = candidate.waits.get(group).cloned().unwrap_or_default();
+        let mut before = report.recorded.waits.remove(&group).unwrap_or_default();
+        let mut after = report.candidate.waits.remove(&group).unwrap_or_default();
         println!("wait for {group:?}");
         println!("  recorded:  {}", percentiles(&mut before));
         println!("  candidate: {}", percentiles(&mut after));
@@ -298,5 +347,112 @@ fn summary(command: &Command) -> String {
             format!("session {session_id} stops waiting for {name}")
         }
         other => format!("{other:?}").chars().take(80).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use holdfast_core::{AcquireRequest, Command, Entry, Mode, State};
+    use holdfast_server::policy::ApplyPolicies;
+
+    use super::replay;
+    use crate::history::History;
+
+    /// The example module `name`, built by scripts/build-policies (which scripts/test runs
+    /// before the unit tests).
+    fn example(name: &str) -> Vec<u8> {
+        let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
+            || std::path::PathBuf::from("target"),
+            std::path::PathBuf::from,
+        );
+        let path = target.join(format!("wasm32v1-none/release/holdfast_policy_{name}.wasm"));
+        std::fs::read(&path).unwrap_or_else(|error| {
+            panic!(
+                "{}: {error}; run scripts/build-policies first",
+                path.display()
+            )
+        })
+    }
+
+    /// A history in memory: a state at index 1, then a session opened (id 2), a batch lock
+    /// taken, and a tick after the session's TTL that expires it.
+    fn history() -> History {
+        let mut state = State::default();
+        ApplyPolicies::new()
+            .unwrap()
+            .apply_next(&mut state, 1_000, Command::Noop);
+        let entries = vec![
+            Entry {
+                log_index: 2,
+                now_ms: 1_000,
+                command: Command::OpenSession {
+                    ttl_ms: 5_000,
+                    principal: "batch".to_owned(),
+                    labels: BTreeMap::new(),
+                },
+            },
+            Entry {
+                log_index: 3,
+                now_ms: 1_100,
+                command: Command::Acquire(AcquireRequest {
+                    session_id: 2,
+                    request_id: 1,
+                    name: "batch/nightly".to_owned(),
+                    mode: Mode::Exclusive,
+                    max_holders: 0,
+                    wait_timeout_ms: 0,
+                    priority: 0,
+                    value: Vec::new(),
+                }),
+            },
+            Entry {
+                log_index: 4,
+                now_ms: 20_000,
+                command: Command::Tick {
+                    renewed: Vec::new(),
+                },
+            },
+        ];
+        History {
+            snapshot_index: 1,
+            state,
+            entries,
+        }
+    }
+
+    #[test]
+    fn a_candidate_with_leases_and_lock_delays_is_told_apart_entry_by_entry() {
+        let config = b"lease_ms.batch/ = 30000\nlock_delay_ms.batch/ = 5000\n".to_vec();
+        let report = replay(example("lease_rules"), history(), config, "batch/").unwrap();
+        let found: Vec<(u64, String, String)> = report
+            .differences
+            .iter()
+            .map(|d| {
+                let who = |session: u64| format!("s{session}");
+                (d.index, d.recorded.render(&who), d.candidate.render(&who))
+            })
+            .collect();
+        assert_eq!(
+            found,
+            [
+                (
+                    3,
+                    "batch/nightly granted to s2".to_owned(),
+                    "batch/nightly granted to s2 (lease 30000 ms)".to_owned()
+                ),
+                (
+                    4,
+                    "nothing".to_owned(),
+                    "batch/nightly delayed until 25000 ms".to_owned()
+                ),
+            ]
+        );
+        assert_eq!((report.recorded.grants, report.candidate.grants), (1, 1));
+
+        // The recorded policy against itself: nothing differs.
+        let same = replay(example("fifo"), history(), Vec::new(), "batch/").unwrap();
+        assert!(same.differences.is_empty());
     }
 }
