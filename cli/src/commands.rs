@@ -96,6 +96,13 @@ impl Connection {
     }
 }
 
+/// A binding's config: the bytes of `path`, or none.
+pub fn read_config(path: Option<&std::path::Path>) -> anyhow::Result<Vec<u8>> {
+    path.map_or(Ok(Vec::new()), |path| {
+        std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+    })
+}
+
 /// Parses `500ms`, `10s`, `2m`, or a bare number of milliseconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();

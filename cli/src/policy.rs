@@ -232,12 +232,7 @@ pub async fn run(connection: &Connection, command: PolicyCommand) -> anyhow::Res
             shadow,
         } => {
             let (policy, version) = policy_ref(&policy)?;
-            let config = match config {
-                Some(path) => {
-                    std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?
-                }
-                None => Vec::new(),
-            };
+            let config = crate::commands::read_config(config.as_deref())?;
             let response = client
                 .bind_policy(pb::BindPolicyRequest {
                     prefix,

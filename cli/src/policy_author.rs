@@ -14,7 +14,7 @@ use std::process::{Command, ExitCode, Stdio};
 
 use anyhow::{Context as _, bail};
 use holdfast_server::policy::module::AbiError;
-use holdfast_server::policy::{PolicyError, PolicyModule, Precheck, policy_engine};
+use holdfast_server::policy::{PolicyError, Precheck, PrecheckError};
 
 /// The target every policy module is built for: Wasm 1.0 + mutable-globals, `no_std` + alloc.
 pub const WASM_TARGET: &str = "wasm32v1-none";
@@ -62,9 +62,7 @@ pub fn new_policy(name: &str, dir: &Path, sdk: Option<SdkSource>) -> anyhow::Res
         SdkSource::Path(path) => {
             let path = std::fs::canonicalize(path)
                 .with_context(|| format!("SDK path {}", path.display()))?;
-            let manifest = std::fs::read_to_string(path.join("Cargo.toml"))
-                .with_context(|| format!("reading {}/Cargo.toml", path.display()))?;
-            if !manifest.contains("name = \"holdfast-policy-sdk\"") {
+            if !is_sdk(&path) {
                 bail!("{} is not the holdfast-policy-sdk crate", path.display());
             }
             // The SDK's workspace lock file: the new crate starts from the versions the SDK
@@ -193,10 +191,13 @@ fn find_sdk() -> Option<PathBuf> {
     let cwd = std::env::current_dir().ok()?;
     cwd.ancestors()
         .map(|dir| dir.join("policy-sdk"))
-        .find(|sdk| {
-            std::fs::read_to_string(sdk.join("Cargo.toml"))
-                .is_ok_and(|m| m.contains("name = \"holdfast-policy-sdk\""))
-        })
+        .find(|sdk| is_sdk(sdk))
+}
+
+/// Whether `dir` holds the `holdfast-policy-sdk` crate.
+fn is_sdk(dir: &Path) -> bool {
+    std::fs::read_to_string(dir.join("Cargo.toml"))
+        .is_ok_and(|manifest| manifest.contains("name = \"holdfast-policy-sdk\""))
 }
 
 /// `holdfast policy build [DIR]...`: builds each crate's module and checks it. Exit code 1 if
@@ -209,13 +210,12 @@ pub fn build_policies(dirs: &[PathBuf], quiet: bool) -> anyhow::Result<ExitCode>
     };
     ensure_target()?;
     let precheck = Precheck::default();
-    let engine = policy_engine().map_err(|e| anyhow::anyhow!("policy engine: {e:#}"))?;
     let mut failed = false;
     for dir in &dirs {
         for module in build_crate(dir, quiet)? {
             let bytes =
                 std::fs::read(&module).with_context(|| format!("reading {}", module.display()))?;
-            match check_module(&engine, &precheck, &bytes) {
+            match check_module(&precheck, &bytes) {
                 Ok(summary) => println!("ok   {}\n     {summary}", module.display()),
                 Err(problem) => {
                     failed = true;
@@ -303,28 +303,22 @@ fn build_crate(dir: &Path, quiet: bool) -> anyhow::Result<Vec<PathBuf>> {
     Ok(modules.into_iter().collect())
 }
 
-/// The deploy checks of a node: ABI v1 and the host's limits, compilation by the policy
-/// engine, then every exported hook on a sample input under half the fuel budget.
-fn check_module(
-    engine: &wasmtime::Engine,
-    precheck: &Precheck,
-    bytes: &[u8],
-) -> Result<String, String> {
-    let module = PolicyModule::compile(engine, bytes).map_err(|error| {
+/// The deploy checks of a node (`Precheck`): ABI v1 and the host's limits, compilation by the
+/// policy engine, then every exported hook on a sample input under half the fuel budget.
+fn check_module(precheck: &Precheck, bytes: &[u8]) -> Result<String, String> {
+    let module = precheck.check_module(bytes).map_err(|error| {
         let hint = match &error {
-            PolicyError::Abi(abi) => abi_hint(abi),
-            PolicyError::Compile(_) => {
+            PrecheckError::Module(PolicyError::Abi(abi)) => abi_hint(abi),
+            PrecheckError::Module(PolicyError::Compile(_)) | PrecheckError::Engine(_) => {
                 "the engine refused a module that passed the ABI checks: report it with the module"
+            }
+            PrecheckError::Sample(_) => {
+                "run the hook natively (cargo test) on a similar input; a trap is a panic or an \
+                 out-of-bounds access, running out of fuel is work that grows with something \
+                 unbounded"
             }
         };
         format!("{error}\n     what to change: {hint}")
-    })?;
-    precheck.check(bytes).map_err(|problem| {
-        format!(
-            "{problem}\n     what to change: run the hook natively (cargo test) on a similar input; \
-             a trap is a panic or an out-of-bounds access, running out of fuel is work that grows \
-             with something unbounded"
-        )
     })?;
     let hooks: Vec<&str> = module.hooks().iter().map(|hook| hook.name()).collect();
     Ok(format!(

@@ -53,13 +53,13 @@ struct Decisions {
 }
 
 impl Decisions {
-    fn render(&self, who: &dyn Fn(u64) -> String) -> String {
+    fn render(&self) -> String {
         let mut parts: Vec<String> = self
             .grants
             .iter()
             .map(|(lock, session, lease)| match lease {
-                0 => format!("{lock} granted to {}", who(*session)),
-                lease => format!("{lock} granted to {} (lease {lease} ms)", who(*session)),
+                0 => format!("{lock} granted to session {session}"),
+                lease => format!("{lock} granted to session {session} (lease {lease} ms)"),
             })
             .collect();
         if let Some(reason) = &self.denial {
@@ -270,10 +270,7 @@ pub fn run(
 ) -> anyhow::Result<ExitCode> {
     let wasm =
         std::fs::read(wasm_path).with_context(|| format!("reading {}", wasm_path.display()))?;
-    let config = match config {
-        Some(path) => std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
-        None => Vec::new(),
-    };
+    let config = crate::commands::read_config(config)?;
     let history = crate::history::load(history_dir)?;
     let mut report = replay(wasm, history, config, prefix)?;
     println!(
@@ -283,15 +280,14 @@ pub fn run(
         report.snapshot_index + report.entries as u64,
         report.snapshot_index
     );
-    let who = |session: u64| format!("session {session}");
     for difference in report.differences.iter().take(DIFFERENCES_SHOWN) {
         println!(
             "entry {} at {} ms: {}\n  recorded:  {}\n  candidate: {}",
             difference.index,
             difference.now_ms,
             difference.command,
-            difference.recorded.render(&who),
-            difference.candidate.render(&who)
+            difference.recorded.render(),
+            difference.candidate.render()
         );
     }
     if report.differences.len() > DIFFERENCES_SHOWN {
@@ -429,18 +425,15 @@ mod tests {
         let found: Vec<(u64, String, String)> = report
             .differences
             .iter()
-            .map(|d| {
-                let who = |session: u64| format!("s{session}");
-                (d.index, d.recorded.render(&who), d.candidate.render(&who))
-            })
+            .map(|d| (d.index, d.recorded.render(), d.candidate.render()))
             .collect();
         assert_eq!(
             found,
             [
                 (
                     3,
-                    "batch/nightly granted to s2".to_owned(),
-                    "batch/nightly granted to s2 (lease 30000 ms)".to_owned()
+                    "batch/nightly granted to session 2".to_owned(),
+                    "batch/nightly granted to session 2 (lease 30000 ms)".to_owned()
                 ),
                 (
                     4,

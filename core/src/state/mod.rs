@@ -418,9 +418,6 @@ impl State {
         })
     }
 
-    /// The longest prefix of `name` with a `mode` binding. Any prefix of `name` sorts at or
-    /// before it, and a longer prefix after a shorter one, so the first match walking back
-    /// from `name` is the longest.
     /// Who grants `name` now: its enforcing binding's deployed policy (`None` for the built-in).
     pub(crate) fn granted_by(&self, name: &str) -> Option<GrantedBy> {
         self.binding_for(name, BindMode::Enforce)
@@ -431,6 +428,9 @@ impl State {
             })
     }
 
+    /// The longest prefix of `name` with a `mode` binding. Any prefix of `name` sorts at or
+    /// before it, and a longer prefix after a shorter one, so the first match walking back
+    /// from `name` is the longest.
     pub(crate) fn binding_for(&self, name: &str, mode: BindMode) -> Option<(&str, &Bound)> {
         self.bindings
             .range::<str, _>((std::ops::Bound::Unbounded, std::ops::Bound::Included(name)))

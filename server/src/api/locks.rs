@@ -39,6 +39,7 @@ pub(super) fn mode_to_pb(mode: Mode) -> i32 {
 }
 
 pub(super) fn holder_to_pb(holder: &HolderView) -> pb::Holder {
+    let (policy, policy_version) = granted_by_to_pb(holder.granted_by.as_ref());
     pb::Holder {
         session_id: holder.session_id,
         token: holder.token,
@@ -46,16 +47,17 @@ pub(super) fn holder_to_pb(holder: &HolderView) -> pb::Holder {
         since_ms: holder.since_ms,
         lease_expires_at_ms: holder.lease_expires_at_ms.unwrap_or(0),
         value: holder.value.clone(),
-        policy: granted_by_name(holder.granted_by.as_ref()),
-        policy_version: holder.granted_by.as_ref().map_or(0, |by| by.version),
+        policy,
+        policy_version,
     }
 }
 
-/// The name clients see for the policy that granted a hold ("builtin" for the built-in FIFO).
-pub(super) fn granted_by_name(granted_by: Option<&holdfast_core::GrantedBy>) -> String {
+/// The policy and version clients see for the policy that granted a hold ("builtin", 0, for
+/// the built-in FIFO): in Describe's holders and the watch's ACQUIRED events.
+pub(super) fn granted_by_to_pb(granted_by: Option<&holdfast_core::GrantedBy>) -> (String, u64) {
     granted_by.map_or_else(
-        || holdfast_core::BUILTIN_POLICY.to_owned(),
-        |by| by.policy.clone(),
+        || (holdfast_core::BUILTIN_POLICY.to_owned(), 0),
+        |by| (by.policy.clone(), by.version),
     )
 }
 

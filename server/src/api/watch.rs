@@ -126,14 +126,17 @@ fn event_kind_to_pb(event: &Event, prefix: &str) -> Option<pb::WatchEvent> {
             value,
             granted_by,
             ..
-        } => lock(name, pb::EventKind::Acquired, *session_id).map(|e| pb::WatchEvent {
-            value: value.clone(),
-            token: *token,
-            mode: mode_to_pb(*mode),
-            lease_ms: *lease_ms,
-            policy: super::locks::granted_by_name(granted_by.as_ref()),
-            policy_version: granted_by.as_ref().map_or(0, |by| by.version),
-            ..e
+        } => lock(name, pb::EventKind::Acquired, *session_id).map(|e| {
+            let (policy, policy_version) = super::locks::granted_by_to_pb(granted_by.as_ref());
+            pb::WatchEvent {
+                value: value.clone(),
+                token: *token,
+                mode: mode_to_pb(*mode),
+                lease_ms: *lease_ms,
+                policy,
+                policy_version,
+                ..e
+            }
         }),
         Event::Proclaimed {
             name,

@@ -617,9 +617,8 @@ pub enum ReadLogError {
 }
 
 impl Node {
-    /// The applied entries of this node's log from `from` on, at most `limit`, as core
-    /// entries (Raft's own blank and membership entries become `Noop`s, as apply sees them).
-    /// `Err(first)` when `from` was compacted: `first` is the oldest entry still in the log.
+    /// The applied entries of this node's log from `from` on, at most `limit`, as apply sees
+    /// them (`raft::types::core_entry`). `Compacted` when `from` is no longer in the log.
     pub async fn read_log(
         &self,
         from: u64,
@@ -647,19 +646,7 @@ impl Node {
         }
         Ok(entries
             .into_iter()
-            .map(|entry| {
-                let (now_ms, command) = match entry.payload {
-                    openraft::EntryPayload::Normal(proposal) => (proposal.now_ms, proposal.command),
-                    openraft::EntryPayload::Blank | openraft::EntryPayload::Membership(_) => {
-                        (0, holdfast_core::Command::Noop)
-                    }
-                };
-                holdfast_core::Entry {
-                    log_index: entry.log_id.index,
-                    now_ms,
-                    command,
-                }
-            })
+            .map(|entry| crate::raft::types::core_entry(entry).0)
             .collect())
     }
 }

@@ -28,5 +28,5 @@ pub use engine::policy_engine;
 pub use guest::GuestFault;
 pub use host::ApplyPolicies;
 pub use module::{Hook, PolicyError, PolicyModule};
-pub use precheck::Precheck;
+pub use precheck::{Precheck, PrecheckError};
 pub use runtime::WasmPolicy;

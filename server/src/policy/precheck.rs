@@ -16,7 +16,7 @@ use holdfast_core::{
 use wasmtime::Engine;
 
 use super::engine::{POLICY_FUEL_PER_HOOK, policy_engine};
-use super::module::{Hook, PolicyModule};
+use super::module::{Hook, PolicyError, PolicyModule};
 use super::runtime::WasmPolicy;
 
 /// Fuel of each sample hook call: half the real budget, so a module that passes has headroom.
@@ -28,31 +28,55 @@ pub struct Precheck {
     engine: Mutex<Option<Engine>>,
 }
 
+/// Why a module failed the pre-check.
+#[derive(Debug, thiserror::Error)]
+pub enum PrecheckError {
+    #[error("policy engine: {0}")]
+    Engine(String),
+    /// The ABI checks or the compilation refused it.
+    #[error(transparent)]
+    Module(#[from] PolicyError),
+    /// A hook failed on its sample input.
+    #[error("{0}")]
+    Sample(String),
+}
+
 impl Precheck {
     /// Checks `wasm`; `Err` is a message for the operator. CPU-bound (compiling takes from
     /// tens of milliseconds to seconds): call it off the async runtime.
     pub fn check(&self, wasm: &[u8]) -> Result<(), String> {
+        self.check_module(wasm)
+            .map(drop)
+            .map_err(|error| error.to_string())
+    }
+
+    /// [`Precheck::check`], answering with the compiled module (its hooks, metadata and
+    /// hash) or why it failed.
+    pub fn check_module(&self, wasm: &[u8]) -> Result<Arc<PolicyModule>, PrecheckError> {
         // One check at a time (deploys are rare): concurrent checks could exhaust this
         // engine's instance pool.
         let mut slot = self.engine.lock().expect("precheck engine lock");
         if slot.is_none() {
-            *slot = Some(policy_engine().map_err(|error| format!("policy engine: {error:#}"))?);
+            *slot =
+                Some(policy_engine().map_err(|error| PrecheckError::Engine(format!("{error:#}")))?);
         }
         let engine = slot.as_ref().expect("built above");
-        let module = Arc::new(PolicyModule::compile(engine, wasm).map_err(|e| e.to_string())?);
+        let module = Arc::new(PolicyModule::compile(engine, wasm)?);
         let mut policy = WasmPolicy::new(Arc::clone(&module), Arc::from(&b""[..]))
             .with_fuel_per_hook(PRECHECK_FUEL_PER_HOOK);
-        let sampled = |policy: &WasmPolicy, hook: Hook| -> Result<(), String> {
+        let sampled = |policy: &WasmPolicy, hook: Hook| -> Result<(), PrecheckError> {
             match policy.last_fault() {
-                Some((faulted, fault)) if policy.fault_count() > 0 => Err(format!(
-                    "hook {faulted} failed on a sample input ({}){}",
-                    fault.kind(),
-                    if *faulted == hook {
-                        String::new()
-                    } else {
-                        format!(" while sampling {hook}")
-                    }
-                )),
+                Some((faulted, fault)) if policy.fault_count() > 0 => {
+                    Err(PrecheckError::Sample(format!(
+                        "hook {faulted} failed on a sample input ({}){}",
+                        fault.kind(),
+                        if *faulted == hook {
+                            String::new()
+                        } else {
+                            format!(" while sampling {hook}")
+                        }
+                    )))
+                }
                 _ => Ok(()),
             }
         };
@@ -121,6 +145,6 @@ impl Precheck {
             });
             sampled(&policy, Hook::ChooseNext)?;
         }
-        Ok(())
+        Ok(module)
     }
 }

@@ -10,8 +10,8 @@ use std::sync::{Arc, RwLock};
 
 use futures::{Stream, TryStreamExt};
 use holdfast_core::{Command, State};
+use openraft::OptionalSend;
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
-use openraft::{EntryPayload, OptionalSend};
 use rocksdb::DB;
 use tokio::sync::watch;
 
@@ -247,16 +247,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         while let Some((entry, responder)) = entries.try_next().await? {
             let log_index = entry.log_id.index;
             let log_id = entry.log_id;
-            let (now_ms, command, membership) = match entry.payload {
-                EntryPayload::Normal(proposal) => (proposal.now_ms, proposal.command, None),
-                EntryPayload::Blank => (0, Command::Noop, None),
-                EntryPayload::Membership(membership) => (0, Command::Noop, Some(membership)),
-            };
-            let core_entry = holdfast_core::Entry {
-                log_index,
-                now_ms,
-                command,
-            };
+            let (core_entry, membership) = super::types::core_entry(entry);
             let entered = std::time::Instant::now();
             let (result, state_now_ms) = {
                 let mut applied = self.shared.applied.write().expect("state lock");

@@ -56,6 +56,24 @@ pub type Vote = openraft::alias::VoteOf<TypeConfig>;
 pub type StoredMembership = openraft::alias::StoredMembershipOf<TypeConfig>;
 pub type SnapshotMeta = openraft::alias::SnapshotMetaOf<TypeConfig>;
 pub type Snapshot = openraft::alias::SnapshotOf<TypeConfig, Vec<u8>>;
+pub type Membership = openraft::Membership<NodeId, NodeInfo>;
+
+/// A log entry as apply sees it, and the membership it carries: Raft's own blank and
+/// membership entries are `Noop`s without cluster time. The state machine and
+/// `Cluster.ReadLog` (what `holdfast policy replay` applies again) share this one reading.
+pub fn core_entry(entry: Entry) -> (holdfast_core::Entry, Option<Membership>) {
+    let (now_ms, command, membership) = match entry.payload {
+        openraft::EntryPayload::Normal(proposal) => (proposal.now_ms, proposal.command, None),
+        openraft::EntryPayload::Blank => (0, Command::Noop, None),
+        openraft::EntryPayload::Membership(membership) => (0, Command::Noop, Some(membership)),
+    };
+    let entry = holdfast_core::Entry {
+        log_index: entry.log_id.index,
+        now_ms,
+        command,
+    };
+    (entry, membership)
+}
 
 /// bincode with a fixed configuration: the encoding of everything we persist or send to peers.
 pub mod codec {

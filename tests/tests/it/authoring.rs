@@ -51,6 +51,11 @@ fn cargo(dir: &Path, args: &[&str]) -> tokio::process::Command {
     command
 }
 
+/// `holdfast ARGS` run in `dir` to its end (its output is printed, labelled with ARGS).
+async fn holdfast(cluster: &Cluster, dir: &Path, args: &[&str]) -> Output {
+    run(cli(cluster, args, dir), &args.join(" ")).await
+}
+
 fn cli(cluster: &Cluster, args: &[&str], dir: &Path) -> tokio::process::Command {
     let mut command = holdfast_cli(cluster);
     command
@@ -69,13 +74,10 @@ async fn a_policy_crate_outside_the_repo_goes_from_new_to_enforced_and_back() {
 
     // new: a crate of its own, on the SDK by path.
     let sdk_arg = sdk.to_str().unwrap();
-    let output = run(
-        cli(
-            &cluster,
-            &["policy", "new", "queue-cap", "--sdk", sdk_arg],
-            &work,
-        ),
-        "policy new",
+    let output = holdfast(
+        &cluster,
+        &work,
+        &["policy", "new", "queue-cap", "--sdk", sdk_arg],
     )
     .await;
     assert!(output.status.success());
@@ -88,13 +90,10 @@ async fn a_policy_crate_outside_the_repo_goes_from_new_to_enforced_and_back() {
     ] {
         assert!(crate_dir.join(file).is_file(), "{file} not generated");
     }
-    let again = run(
-        cli(
-            &cluster,
-            &["policy", "new", "queue-cap", "--sdk", sdk_arg],
-            &work,
-        ),
-        "policy new over an existing crate",
+    let again = holdfast(
+        &cluster,
+        &work,
+        &["policy", "new", "queue-cap", "--sdk", sdk_arg],
     )
     .await;
     assert!(!again.status.success() && text(&again).contains("not empty"));
@@ -105,11 +104,7 @@ async fn a_policy_crate_outside_the_repo_goes_from_new_to_enforced_and_back() {
     assert!(text(&output).contains("3 passed"), "{}", text(&output));
 
     // build: the pinned target and flags, then a node's deploy checks.
-    let output = run(
-        cli(&cluster, &["policy", "build"], &crate_dir),
-        "policy build",
-    )
-    .await;
+    let output = holdfast(&cluster, &crate_dir, &["policy", "build"]).await;
     assert!(output.status.success());
     let module = crate_dir.join("target/wasm32v1-none/release/queue_cap.wasm");
     let built = text(&output);
@@ -133,11 +128,7 @@ async fn a_policy_crate_outside_the_repo_goes_from_new_to_enforced_and_back() {
         "the template changed: update this edit"
     );
     std::fs::write(&source, with_float).unwrap();
-    let output = run(
-        cli(&cluster, &["policy", "build"], &crate_dir),
-        "policy build of a module with floats",
-    )
-    .await;
+    let output = holdfast(&cluster, &crate_dir, &["policy", "build"]).await;
     let refused = text(&output);
     assert!(
         !output.status.success()
@@ -147,11 +138,7 @@ async fn a_policy_crate_outside_the_repo_goes_from_new_to_enforced_and_back() {
         "{refused}"
     );
     std::fs::write(&source, original).unwrap();
-    let output = run(
-        cli(&cluster, &["policy", "build"], &crate_dir),
-        "policy build",
-    )
-    .await;
+    let output = holdfast(&cluster, &crate_dir, &["policy", "build"]).await;
     assert!(output.status.success());
     assert_eq!(
         std::fs::read(&module).unwrap(),
@@ -161,19 +148,16 @@ async fn a_policy_crate_outside_the_repo_goes_from_new_to_enforced_and_back() {
 
     // test: the generated scenario passes against the built module.
     let module_arg = module.to_str().unwrap();
-    let output = run(
-        cli(
-            &cluster,
-            &[
-                "policy",
-                "test",
-                module_arg,
-                "--scenario",
-                "scenarios/basic.scenario",
-            ],
-            &crate_dir,
-        ),
-        "policy test",
+    let output = holdfast(
+        &cluster,
+        &crate_dir,
+        &[
+            "policy",
+            "test",
+            module_arg,
+            "--scenario",
+            "scenarios/basic.scenario",
+        ],
     )
     .await;
     assert!(output.status.success());
@@ -201,26 +185,19 @@ async fn a_policy_crate_outside_the_repo_goes_from_new_to_enforced_and_back() {
     let config = crate_dir.join("queue.conf");
     std::fs::write(&config, "max_waiters = 1\n").unwrap();
     let config_arg = config.to_str().unwrap();
-    for (args, what) in [
-        (
-            vec!["policy", "deploy", module_arg, "--name", "queue-cap"],
-            "policy deploy",
-        ),
-        (
-            vec![
-                "policy",
-                "bind",
-                "jobs/",
-                "queue-cap",
-                "--config",
-                config_arg,
-                "--shadow",
-            ],
-            "policy bind --shadow",
-        ),
+    for args in [
+        &["policy", "deploy", module_arg, "--name", "queue-cap"][..],
+        &[
+            "policy",
+            "bind",
+            "jobs/",
+            "queue-cap",
+            "--config",
+            config_arg,
+            "--shadow",
+        ],
     ] {
-        let output = run(cli(&cluster, &args, &crate_dir), what).await;
-        assert!(output.status.success());
+        assert!(holdfast(&cluster, &crate_dir, args).await.status.success());
     }
     let client = cluster.client();
     let holder = client.open_session(30_000, "holder").await.unwrap();
@@ -246,11 +223,7 @@ async fn a_policy_crate_outside_the_repo_goes_from_new_to_enforced_and_back() {
         .await;
         waiters_sessions.push(session);
     }
-    let output = run(
-        cli(&cluster, &["-o", "json", "policy", "list"], &crate_dir),
-        "policy list",
-    )
-    .await;
+    let output = holdfast(&cluster, &crate_dir, &["-o", "json", "policy", "list"]).await;
     let listed = text(&output);
     assert!(
         listed.contains(r#""mode":"shadow""#) && listed.contains(r#""disagreements":1"#),
@@ -260,23 +233,20 @@ async fn a_policy_crate_outside_the_repo_goes_from_new_to_enforced_and_back() {
     // replay: the recorded traffic under the candidate, beside what the cluster decided.
     let recorded = recording.await.unwrap();
     assert!(recorded.status.success());
-    let output = run(
-        cli(
-            &cluster,
-            &[
-                "policy",
-                "replay",
-                module_arg,
-                "--history",
-                &history_arg,
-                "--prefix",
-                "jobs/",
-                "--config",
-                config_arg,
-            ],
-            &crate_dir,
-        ),
-        "policy replay",
+    let output = holdfast(
+        &cluster,
+        &crate_dir,
+        &[
+            "policy",
+            "replay",
+            module_arg,
+            "--history",
+            &history_arg,
+            "--prefix",
+            "jobs/",
+            "--config",
+            config_arg,
+        ],
     )
     .await;
     let replayed = text(&output);
@@ -289,30 +259,24 @@ async fn a_policy_crate_outside_the_repo_goes_from_new_to_enforced_and_back() {
     );
 
     // enforce: the same binding decides, and its reason reaches the CLI.
-    let output = run(
-        cli(
-            &cluster,
-            &[
-                "policy",
-                "bind",
-                "jobs/",
-                "queue-cap",
-                "--config",
-                config_arg,
-            ],
-            &crate_dir,
-        ),
-        "policy bind (enforce)",
+    let output = holdfast(
+        &cluster,
+        &crate_dir,
+        &[
+            "policy",
+            "bind",
+            "jobs/",
+            "queue-cap",
+            "--config",
+            config_arg,
+        ],
     )
     .await;
     assert!(output.status.success());
-    let output = run(
-        cli(
-            &cluster,
-            &["lock", "jobs/nightly", "--timeout", "5s", "--", "true"],
-            &crate_dir,
-        ),
-        "holdfast lock against a full queue",
+    let output = holdfast(
+        &cluster,
+        &crate_dir,
+        &["lock", "jobs/nightly", "--timeout", "5s", "--", "true"],
     )
     .await;
     let denied = text(&output);
@@ -376,15 +340,11 @@ async fn a_policy_crate_outside_the_repo_goes_from_new_to_enforced_and_back() {
     );
 
     // roll back: without the binding, the built-in queues the request again.
-    for (args, what) in [
-        (vec!["policy", "unbind", "jobs/"], "policy unbind"),
-        (
-            vec!["policy", "unbind", "jobs/", "--shadow"],
-            "policy unbind --shadow",
-        ),
+    for args in [
+        &["policy", "unbind", "jobs/"][..],
+        &["policy", "unbind", "jobs/", "--shadow"],
     ] {
-        let output = run(cli(&cluster, &args, &crate_dir), what).await;
-        assert!(output.status.success());
+        assert!(holdfast(&cluster, &crate_dir, args).await.status.success());
     }
     let third = client.open_session(30_000, "third").await.unwrap();
     let queued = third

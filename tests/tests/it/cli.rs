@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use holdfast_client::LockMode;
+use holdfast_proto::v1::BindMode;
 use holdfast_tests::cluster::{Cluster, holdfast_bin};
 use tokio::process::Command;
 
@@ -202,14 +203,7 @@ async fn lock_command_passes_labels_and_priority_to_policies() {
             .deploy_policy(name, &holdfast_tests::policy_wasm(module))
             .await
             .unwrap();
-        client
-            .bind_policy(holdfast_proto::v1::BindPolicyRequest {
-                prefix: prefix.to_owned(),
-                policy: name.to_owned(),
-                version: 0,
-                config: config.as_bytes().to_vec(),
-                mode: holdfast_proto::v1::BindMode::Enforce as i32,
-            })
+        crate::policies::bind(&client, prefix, name, config, BindMode::Enforce)
             .await
             .unwrap();
     }
@@ -357,16 +351,15 @@ async fn elect_command_passes_labels_and_priority_to_policies() {
         .deploy_policy("zones", &holdfast_tests::policy_wasm("election_preference"))
         .await
         .unwrap();
-    client
-        .bind_policy(holdfast_proto::v1::BindPolicyRequest {
-            prefix: "e/".to_owned(),
-            policy: "zones".to_owned(),
-            version: 0,
-            config: b"preferred_zones = eu, us\n".to_vec(),
-            mode: holdfast_proto::v1::BindMode::Enforce as i32,
-        })
-        .await
-        .unwrap();
+    crate::policies::bind(
+        &client,
+        "e/",
+        "zones",
+        "preferred_zones = eu, us\n",
+        BindMode::Enforce,
+    )
+    .await
+    .unwrap();
     let incumbent = client
         .open_session_with_labels(60_000, "incumbent", &[("zone", "eu")])
         .await

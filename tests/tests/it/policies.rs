@@ -16,7 +16,8 @@ use crate::support::wait_for_lock;
 
 const ADMIN: &str = "--allow-admin";
 
-async fn bind(
+/// Binds `policy` (newest version) at `prefix` with `config` (shared with the CLI tests).
+pub(crate) async fn bind(
     client: &Client,
     prefix: &str,
     policy: &str,
