@@ -252,6 +252,7 @@ impl Locks for LocksApi {
         validate::max_holders(request.max_holders)?;
         super::common::authorize_session(&self.node, caller.as_ref(), request.session_id).await?;
         let mode = mode_from_pb(request.mode)?;
+        let name = request.name.clone();
         let request = AcquireRequest {
             session_id: request.session_id,
             request_id: request.request_id,
@@ -275,6 +276,7 @@ impl Locks for LocksApi {
                 token,
                 lease_ms,
                 reentrant,
+                delayed_until_ms: 0,
             },
             Acquisition::NotAcquired {
                 status,
@@ -283,6 +285,13 @@ impl Locks for LocksApi {
             } => pb::AcquireResponse {
                 header: header(&self.node, log_index, now_ms),
                 status: status as i32,
+                // Why it was not granted, when the lock is in lock-delay: as this node's state
+                // has it now (at or after `log_index`).
+                delayed_until_ms: self.node.shared.read(|s| {
+                    s.lock(&name)
+                        .and_then(|lock| lock.delayed_until_ms)
+                        .unwrap_or(0)
+                }),
                 ..Default::default()
             },
         };
