@@ -17,8 +17,13 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, TypeVar
 
-import grpc
-import pytest
+# The fixtures fork and exec processes (`holdfast serve`, the CLI, workers) while gRPC threads
+# run. Python 3.9's subprocess forks (3.10+ uses vfork), and gRPC's fork handlers then abort
+# the child before its exec; it needs none, so none are installed. Before grpc is imported.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
+import grpc  # noqa: E402
+import pytest  # noqa: E402
 
 import holdfast
 from holdfast import _rpc
