@@ -68,24 +68,24 @@ impl Session {
         wait_timeout_ms: u64,
         priority: i32,
     ) -> Result<Option<Hold>, Status> {
-        let request_id = self.next_request_id();
         let session_id = self.id;
         let response = self
-            .client
-            .retry_write(|channel| async move {
-                let mut request = tonic::Request::new(pb::CampaignRequest {
-                    session_id,
-                    request_id,
-                    name: name.to_owned(),
-                    value: value.to_vec(),
-                    wait_timeout_ms,
-                    priority,
-                });
-                request.set_timeout(Duration::from_millis(RPC_TIMEOUT_MS + wait_timeout_ms));
-                Ok(pb::elections_client::ElectionsClient::new(channel)
-                    .campaign(request)
-                    .await?
-                    .into_inner())
+            .with_new_request_id(|request_id| {
+                self.client.retry_write(move |channel| async move {
+                    let mut request = tonic::Request::new(pb::CampaignRequest {
+                        session_id,
+                        request_id,
+                        name: name.to_owned(),
+                        value: value.to_vec(),
+                        wait_timeout_ms,
+                        priority,
+                    });
+                    request.set_timeout(Duration::from_millis(RPC_TIMEOUT_MS + wait_timeout_ms));
+                    Ok(pb::elections_client::ElectionsClient::new(channel)
+                        .campaign(request)
+                        .await?
+                        .into_inner())
+                })
             })
             .await?;
         Ok(response.leader.map(|key| Hold {

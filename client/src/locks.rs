@@ -170,25 +170,25 @@ impl Session {
         wait_timeout_ms: u64,
         priority: i32,
     ) -> Result<Option<Hold>, Status> {
-        let request_id = self.next_request_id();
         let session_id = self.id;
         let response = self
-            .client
-            .retry_write(|channel| async move {
-                let mut request = tonic::Request::new(pb::AcquireRequest {
-                    session_id,
-                    request_id,
-                    name: name.to_owned(),
-                    mode: mode as i32,
-                    max_holders: 0,
-                    wait_timeout_ms,
-                    priority,
-                });
-                request.set_timeout(Duration::from_millis(RPC_TIMEOUT_MS + wait_timeout_ms));
-                Ok(LocksClient::new(channel)
-                    .acquire(request)
-                    .await?
-                    .into_inner())
+            .with_new_request_id(|request_id| {
+                self.client.retry_write(move |channel| async move {
+                    let mut request = tonic::Request::new(pb::AcquireRequest {
+                        session_id,
+                        request_id,
+                        name: name.to_owned(),
+                        mode: mode as i32,
+                        max_holders: 0,
+                        wait_timeout_ms,
+                        priority,
+                    });
+                    request.set_timeout(Duration::from_millis(RPC_TIMEOUT_MS + wait_timeout_ms));
+                    Ok(LocksClient::new(channel)
+                        .acquire(request)
+                        .await?
+                        .into_inner())
+                })
             })
             .await?;
         if response.status == AcquireStatus::Acquired as i32 {

@@ -67,6 +67,10 @@ impl Client {
     }
 }
 
+/// How many times a blocking request is sent again as a new request after its wait was
+/// cancelled under it (see `Session::with_new_request_id`).
+pub const REISSUE_MAX: usize = 3;
+
 /// How safe it is to act as the session's lock holder, judged by the client alone.
 ///
 /// The deadline: the leader answers a keepalive at once with the time the session has left in
@@ -230,6 +234,26 @@ impl Session {
 
     pub(crate) fn next_request_id(&self) -> u64 {
         self.state.next_request_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Sends a blocking request (Acquire, Campaign) with a new request id, and again with
+    /// another (up to [`REISSUE_MAX`] times) when the server answers that its wait was
+    /// cancelled under it: an earlier attempt's RPC ended (its connection broke) and the retry
+    /// of the same request found the recorded cancellation.
+    pub(crate) async fn with_new_request_id<T, F, Fut>(&self, mut send: F) -> Result<T, Status>
+    where
+        F: FnMut(u64) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Status>>,
+    {
+        let mut reissued = 0;
+        loop {
+            match send(self.next_request_id()).await {
+                Err(status) if status.code() == Code::Aborted && reissued < REISSUE_MAX => {
+                    reissued += 1;
+                }
+                result => return result,
+            }
+        }
     }
 
     /// Closes the session, releasing everything it holds.

@@ -161,6 +161,21 @@ pub struct History {
     pub end: Micros,
     /// After the run: each node's (applied index, state digest) once they stopped changing.
     pub final_digests: BTreeMap<u64, (u64, String)>,
+    /// Every node's determinism-guard checkpoints as the digest poller saw them.
+    pub checkpoints: Vec<Checkpoint>,
+    /// The policy churn during the run: when, and what was deployed or rebound (and whether
+    /// it was accepted).
+    pub policy_changes: Vec<(Micros, String)>,
+}
+
+/// One node's state digest at one checkpoint index (`Cluster.Status`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Checkpoint {
+    pub node: u64,
+    pub index: u64,
+    pub digest: String,
+    /// When the poller first saw it.
+    pub at: Micros,
 }
 
 /// Revision ranges `[from, to)` that no stream covered: every stream either had an explicit

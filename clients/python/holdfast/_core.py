@@ -45,7 +45,6 @@ CHANNEL_OPTIONS: List[Tuple[str, Union[int, str]]] = [
 _RETRYABLE = {
     grpc.StatusCode.UNAVAILABLE,
     grpc.StatusCode.UNKNOWN,
-    grpc.StatusCode.ABORTED,
 }
 
 
@@ -540,17 +539,24 @@ class Wait:
         return time.monotonic() + wait_ms / 1000.0 + RPC_TIMEOUT
 
     def not_granted(self) -> None:
-        """The server's wait ran out: raises LockTimeout, unless the wait is unbounded."""
-        if self.deadline is not None:
+        """A request was not granted: raises LockTimeout once the wait has run out (never for
+        an unbounded wait); otherwise the caller asks again for the time left."""
+        if self.deadline is not None and time.monotonic() >= self.deadline - WAIT_SLACK:
             raise errors.LockTimeout(
                 f"{self.name} was not granted within {self.timeout} s", self.name
             )
 
 
+#: Time left on a wait below which it counts as run out.
+WAIT_SLACK = 0.05
+
+
 def not_granted_in_time(error: errors.HoldfastError) -> None:
-    """A blocking call's answer did not come before the client's deadline: not granted. Any
-    other failure is raised."""
-    if error.code != grpc.StatusCode.DEADLINE_EXCEEDED:
+    """A blocking request failed. Not granted (the caller may ask again, as a new request)
+    when its answer did not come before the client's deadline, or when the server says its
+    wait was cancelled under it (ABORTED: an earlier attempt's connection broke and this retry
+    found the recorded cancellation). Any other failure is raised."""
+    if error.code not in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED):
         raise error
 
 

@@ -189,3 +189,14 @@ def test_the_watch_cursor_drops_what_a_reconnected_stream_repeats() -> None:
     ] == ["ACQUIRED"]
     assert cursor.accept(watch_pb2.WatchResponse(revision=10, events=[event])) == []
     assert cursor.next_revision == 11
+
+
+def test_a_cancelled_wait_is_asked_again_and_other_failures_are_raised() -> None:
+    for code in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED):
+        _core.not_granted_in_time(holdfast.HoldfastError("not granted", code))
+    with pytest.raises(holdfast.PolicyDenied):
+        denial = locks_pb2.PolicyDenial(reason="no", policy="p", version=1, prefix="")
+        _core.not_granted_in_time(holdfast.PolicyDenied("denied", denial))
+    # ABORTED is an answer (ask again as a new request), not a reason to resend the same one.
+    attempts = _core.Attempts(_core.Endpoints(["a:1"]), write=True, budget=60.0)
+    assert attempts.failed(FakeError(grpc.StatusCode.ABORTED, "wait cancelled")) is None

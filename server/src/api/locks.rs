@@ -230,6 +230,11 @@ pub(super) async fn acquire_and_wait(
             log_index: response.log_index,
             now_ms: response.now_ms,
         }),
+        // A retry of a request whose wait was cancelled (its RPC ended, e.g. the connection
+        // broke) gets the recorded cancellation: the client should ask again, as a new request.
+        Outcome::WaitCancelled => Err(Status::aborted(format!(
+            "the wait for lock {name} by session {session_id} was cancelled when an earlier attempt of this request ended; send it again with a new request id"
+        ))),
         Outcome::Rejected(rejection) => Err(rejection_status(&rejection)),
         other => Err(Status::internal(format!(
             "unexpected outcome for Acquire: {other:?}"

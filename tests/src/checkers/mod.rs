@@ -6,12 +6,14 @@
 //! cluster tests' workload.
 
 pub mod availability;
+pub mod digests;
 pub mod disk_full;
 pub mod expired_sessions;
 pub mod linearizable;
 pub mod lost_acks;
 pub mod mutual_exclusion;
 pub mod replay;
+pub mod tenant_quota;
 pub mod tokens;
 pub mod watch_streams;
 
@@ -36,6 +38,11 @@ pub fn check_history(history: &crate::history::History) -> Vec<(&'static str, Ve
         ("watch streams", watch_streams::check(history)),
         ("availability", availability::check(history)),
         ("disk full", disk_full::check(history)),
+        (
+            "replicas agree at every checkpoint",
+            digests::check(history),
+        ),
+        ("tenant quotas", tenant_quota::check(history, &replay)),
     ]
 }
 

@@ -1,11 +1,13 @@
 //! The fault-injection run ("torture"): a real cluster of `holdfast serve` processes on
 //! 127.0.0.1 with every peer and client link behind the harness's proxies, a workload of
-//! clients writing to a fenced resource, a nemesis injecting faults from a seed, one watcher
-//! per node recording the replicated record, then a quiet phase, a final linearizable read and
-//! the checkers (`crate::checkers`). Used by the smoke test (`tests/it/torture.rs`) and the
+//! clients writing to a fenced resource (half of its locks under wasm policies that are
+//! redeployed and rebound as it runs), a nemesis injecting faults from a seed, one watcher per
+//! node recording the replicated record and a poller recording every node's checkpoint
+//! digests, then a quiet phase, a final linearizable read and the checkers (`crate::checkers`). Used by the smoke test (`tests/it/torture.rs`) and the
 //! long-run command (`src/bin/torture.rs`).
 
 pub mod nemesis;
+pub mod policies;
 pub mod resource;
 pub mod rng;
 pub mod watcher;
@@ -191,6 +193,17 @@ impl fmt::Display for Report {
             "after the last heal every client succeeded within {:?} ms; quiet phase: {} operations, {} failed",
             availability.heal_recovery_ms, availability.quiet_ops, availability.quiet_failures
         )?;
+        let changes = &self.history.policy_changes;
+        writeln!(
+            f,
+            "policies: {} deploys/rebinds during the faults ({} accepted); {} checkpoint indexes compared across replicas",
+            changes.len(),
+            changes
+                .iter()
+                .filter(|(_, line)| line.contains(": ok"))
+                .count(),
+            checkers::digests::compared(&self.history)
+        )?;
         let record = crate::history::merged_record(&self.history);
         writeln!(
             f,
@@ -232,7 +245,8 @@ pub async fn run(config: Config) -> Report {
     }
     let mut cluster = Cluster::start_opts(ClusterOptions {
         size: config.nodes,
-        extra_args: Vec::new(),
+        // The harness deploys and rebinds policies (admin calls) during the run.
+        extra_args: vec!["--allow-admin".to_owned()],
         partitionable: true,
         faketime,
         tmpfs_mb: kinds.contains(&FaultKind::DiskFull).then_some(DISK_MB),
@@ -240,6 +254,17 @@ pub async fn run(config: Config) -> Report {
     })
     .await;
 
+    let admin = Client::connect(
+        &cluster
+            .ids()
+            .iter()
+            .map(|id| cluster.addr(*id))
+            .collect::<Vec<_>>(),
+    )
+    .expect("admin client");
+    if let Err(error) = policies::install(&admin).await {
+        panic!("deploying the run's policies failed: {error}");
+    }
     let start = Instant::now();
     let stop_watchers = Arc::new(AtomicBool::new(false));
     let watchers: Vec<_> = cluster
@@ -261,7 +286,25 @@ pub async fn run(config: Config) -> Report {
         stop: AtomicBool::new(false),
         session_ttl_ms: config.session_ttl_ms,
         locks: config.locks,
+        policy_changes: Default::default(),
     });
+    let nodes: BTreeMap<u64, String> = cluster
+        .ids()
+        .into_iter()
+        .map(|id| (id, cluster.addr(id).to_owned()))
+        .collect();
+    let poller = tokio::spawn(policies::poll_checkpoints(
+        nodes,
+        Arc::clone(&shared),
+        Arc::clone(&stop_watchers),
+    ));
+    let stop_churn = Arc::new(AtomicBool::new(false));
+    let churn = tokio::spawn(policies::churn(
+        admin,
+        Arc::clone(&shared),
+        Arc::clone(&stop_churn),
+        config.seed,
+    ));
     let addrs: Vec<String> = cluster
         .ids()
         .iter()
@@ -297,6 +340,9 @@ pub async fn run(config: Config) -> Report {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     nemesis.heal_all(&mut cluster).await;
+    // The quiet phase runs without policy changes too.
+    stop_churn.store(true, Ordering::Relaxed);
+    let _ = churn.await;
     let quiet_from = shared.now();
     let quiet_end = Instant::now() + config.quiet;
     while Instant::now() < quiet_end {
@@ -338,6 +384,7 @@ pub async fn run(config: Config) -> Report {
             streams.push(stream);
         }
     }
+    let checkpoints = poller.await.unwrap_or_default();
 
     let mut faults = nemesis.faults.clone();
     faults.extend(shared.faults.lock().expect("faults").iter().cloned());
@@ -352,6 +399,8 @@ pub async fn run(config: Config) -> Report {
         quiet_from: Some(quiet_from),
         end: shared.now(),
         final_digests,
+        checkpoints,
+        policy_changes: std::mem::take(&mut *shared.policy_changes.lock().expect("changes")),
     };
     let violations = checkers::check_history(&history);
     let report = Report {

@@ -1,6 +1,7 @@
 //! The clients: each has its own proxies to every node (so the nemesis can freeze it), one
-//! session, and loops acquire → write to the fenced resource → release over a handful of
-//! locks, with try-locks, waits, shared holds and linearizable reads mixed in. Every operation
+//! labelled session, and loops acquire → write to the fenced resource → release over a
+//! handful of locks (half of them bound to wasm policies, `policies.rs`), with try-locks,
+//! waits, priorities, shared holds and linearizable reads mixed in. Every operation
 //! is recorded with its invocation and completion on the run's clock.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -33,6 +34,8 @@ pub struct Shared {
     pub stop: AtomicBool,
     pub session_ttl_ms: u64,
     pub locks: usize,
+    /// The policy churn's log (`policies::churn`).
+    pub policy_changes: Mutex<Vec<super::policies::PolicyChange>>,
 }
 
 impl Shared {
@@ -124,8 +127,14 @@ pub async fn run_client(shared: Arc<Shared>, handle: Arc<ClientHandle>, index: u
                     let _ = tokio::time::timeout(Duration::from_secs(1), old.close()).await;
                 }
                 let invoke = shared.now();
+                let labels = super::policies::labels(index);
+                let labels = labels.each_ref().map(|(key, value)| (*key, value.as_str()));
                 match client
-                    .open_session(shared.session_ttl_ms, &format!("torture-{index}"))
+                    .open_session_with_labels(
+                        shared.session_ttl_ms,
+                        &format!("torture-{index}"),
+                        &labels,
+                    )
                     .await
                 {
                     Ok(opened) => {
@@ -147,7 +156,8 @@ pub async fn run_client(shared: Arc<Shared>, handle: Arc<ClientHandle>, index: u
             }
         };
         let sid = current.id;
-        let lock = format!("{LOCK_PREFIX}{}", rng.below(shared.locks));
+        let (lock, namespace) = super::policies::pick_lock(&mut rng, shared.locks);
+        let priority = super::policies::priority(&mut rng, namespace);
         let roll = rng.below(100);
         if roll < 10 {
             let invoke = shared.now();
@@ -171,7 +181,7 @@ pub async fn run_client(shared: Arc<Shared>, handle: Arc<ClientHandle>, index: u
             record(sid, &lock, OpKind::Describe, invoke, outcome);
             continue;
         }
-        let (mode, wire_mode) = if roll < 25 {
+        let (mode, wire_mode) = if roll < 25 && namespace.allows_shared() {
             (Mode::Shared, LockMode::Shared)
         } else {
             (Mode::Exclusive, LockMode::Exclusive)
@@ -182,7 +192,9 @@ pub async fn run_client(shared: Arc<Shared>, handle: Arc<ClientHandle>, index: u
             rng.between(100, WAIT_MS_MAX)
         };
         let invoke = shared.now();
-        let result = current.acquire(&lock, wire_mode, wait_ms).await;
+        let result = current
+            .acquire_with_priority(&lock, wire_mode, wait_ms, priority)
+            .await;
         let kind = OpKind::Acquire { mode, wait_ms };
         let hold = match result {
             Ok(Some(hold)) => {

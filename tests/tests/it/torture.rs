@@ -1,6 +1,7 @@
-//! The fault-injection smoke run: a 3-node cluster, 12 clients, a fault every 1.5–4 s for
-//! 100 s (kills, pauses, partitions, clock jumps, a full disk…), then a quiet phase; every
-//! checker must report 0 violations. `scripts/torture` runs the long version.
+//! The fault-injection smoke run: a 3-node cluster, 12 clients (half their locks under wasm
+//! policies that are redeployed and rebound meanwhile), a fault every 1.5–4 s for 100 s
+//! (kills, pauses, partitions, clock jumps, a full disk…), then a quiet phase; every checker
+//! must report 0 violations, replica digests included. `scripts/torture` runs the long version.
 
 use std::time::Duration;
 
@@ -29,6 +30,18 @@ async fn smoke_run_finds_no_violation() {
     );
     let ops = report.history.ops.len();
     assert!(ops >= 5_000, "only {ops} operations (seed {seed})");
+    // Policies were in force and changed during the faults, and replicas were compared.
+    let changes = &report.history.policy_changes;
+    let accepted = changes.iter().filter(|(_, l)| l.contains(": ok")).count();
+    assert!(
+        accepted >= 3,
+        "only {accepted} policy changes took: {changes:?}"
+    );
+    let compared = holdfast_tests::checkers::digests::compared(&report.history);
+    assert!(
+        compared >= 3,
+        "only {compared} checkpoints compared (seed {seed})"
+    );
     let faults = report.history.faults.len();
     let kinds = report.fault_kinds().len();
     assert!(

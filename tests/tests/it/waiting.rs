@@ -1,4 +1,5 @@
-//! Blocking acquire: a handoff answers the waiting RPC; a cancelled wait leaves the queue.
+//! Blocking acquire: a handoff answers the waiting RPC; a cancelled wait leaves the queue, and a
+//! retry of the cancelled request says so.
 
 use std::time::Duration;
 
@@ -35,6 +36,15 @@ async fn cancelled_wait_leaves_the_queue() {
         lock.is_some_and(|l| l.waiters.is_empty())
     })
     .await;
+    // A client that retries that request (same session and request id, e.g. because the
+    // connection broke under it) learns the wait was cancelled: ABORTED, which clients answer
+    // by asking again with a new request id. (It was INTERNAL, found by the torture run.)
+    let retried = locks
+        .acquire(acquire_request(waiter.id, 1, "cancel/a", 100))
+        .await
+        .expect_err("the request's recorded outcome is the cancellation");
+    assert_eq!(retried.code(), tonic::Code::Aborted, "{retried:?}");
+    assert!(retried.message().contains("new request id"), "{retried:?}");
     // With the waiter gone, a release leaves the lock free rather than handing it over.
     holder.release(&hold).await.unwrap();
     assert!(client.describe("cancel/a").await.unwrap().lock.is_none());
