@@ -345,6 +345,10 @@ pub async fn run_sampler(node: u64, sample: impl Fn() -> NodeSample, health: Hea
         set("holdfast_raft_commit_index", sample.committed_index as f64);
         set("holdfast_raft_applied_index", sample.applied_index as f64);
         set("holdfast_sessions", sample.sessions as f64);
+        set(
+            "holdfast_sessions_limit",
+            holdfast_core::limits::SESSIONS_MAX as f64,
+        );
         set("holdfast_locks", sample.locks as f64);
         set("holdfast_lock_holders", sample.holders as f64);
         set("holdfast_lock_waiters", sample.waiters as f64);

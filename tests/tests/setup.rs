@@ -60,8 +60,9 @@ fn new_machine(root: &Path) {
     file(root, "usr/lib/llvm-14/lib/libLLVM-14.so");
 }
 
-/// What `apt-get install libclang-dev faketime` adds.
+/// What `apt-get install libclang-dev faketime prometheus` adds.
 fn installed(root: &Path) {
+    file(root, "usr/bin/promtool");
     file(root, "usr/lib/llvm-14/lib/libclang-14.so.14.0.6");
     link(
         root,
@@ -82,9 +83,12 @@ fn a_new_machine_with_only_libclang_cpp_gets_everything_installed() {
     new_machine(root.path());
     assert_eq!(
         plan(root.path(), "false"),
-        ["libclang-dev", "faketime", "python3-venv"]
+        ["libclang-dev", "faketime", "python3-venv", "prometheus"]
     );
-    assert_eq!(plan(root.path(), "true"), ["libclang-dev", "faketime"]);
+    assert_eq!(
+        plan(root.path(), "true"),
+        ["libclang-dev", "faketime", "prometheus"]
+    );
 }
 
 #[test]
