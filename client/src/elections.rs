@@ -93,6 +93,7 @@ impl Session {
             token: key.token,
             lease_ms: 0,
             revision: response.header.map_or(0, |h| h.revision),
+            reentrant: false,
         }))
     }
 

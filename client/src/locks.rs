@@ -20,6 +20,9 @@ pub struct Hold {
     pub lease_ms: u64,
     /// Log index at which the grant was applied.
     pub revision: u64,
+    /// The session already held the lock (an earlier grant, `token`, not a new one): e.g. the
+    /// release of an earlier hold did not take effect.
+    pub reentrant: bool,
 }
 
 /// Longest wait `Session::lock` asks for (the server's `WAIT_TIMEOUT_MS_MAX`).
@@ -197,6 +200,7 @@ impl Session {
                 token: response.token,
                 lease_ms: response.lease_ms,
                 revision: response.header.map_or(0, |h| h.revision),
+                reentrant: response.reentrant,
             }))
         } else {
             Ok(None)

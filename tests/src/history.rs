@@ -44,6 +44,11 @@ pub enum Outcome {
     Acquired {
         token: u64,
     },
+    /// The session already held the lock: the answer repeats that hold's `token` (a re-entrant
+    /// acquire after a release whose outcome was unknown). Not a new grant.
+    Reacquired {
+        token: u64,
+    },
     /// Refused (busy) or the wait timed out.
     NotAcquired,
     /// The hold ended at this log index.

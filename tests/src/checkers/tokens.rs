@@ -35,6 +35,44 @@ pub fn check(history: &History, replay: &Replay) -> Vec<String> {
             ));
         }
     }
+    violations.extend(reentries_repeat_a_current_hold(history));
+    violations
+}
+
+/// A re-entrant answer (`Reacquired`) repeats the hold the same session still has on that
+/// lock: the last token it was granted there, with no release of it acknowledged or refused
+/// since (a release whose outcome is unknown may not have happened, so the hold may remain).
+fn reentries_repeat_a_current_hold(history: &History) -> Vec<String> {
+    let mut ops: Vec<&crate::history::Op> = history.ops.iter().collect();
+    ops.sort_by_key(|op| op.invoke);
+    // (client, lock) → (session, token) of the hold it may still have.
+    let mut holding: BTreeMap<(usize, &str), (u64, u64)> = BTreeMap::new();
+    let mut violations = Vec::new();
+    for op in ops {
+        let key = (op.client, op.lock.as_str());
+        match (&op.kind, &op.outcome) {
+            (OpKind::Acquire { .. }, Outcome::Acquired { token }) => {
+                holding.insert(key, (op.session, *token));
+            }
+            (OpKind::Acquire { .. }, Outcome::Reacquired { token }) => {
+                if holding.get(&key) != Some(&(op.session, *token)) {
+                    violations.push(format!(
+                        "lock {}: client {} (session {}) was told it already held token {token},                          but its hold there was {:?}",
+                        op.lock,
+                        op.client,
+                        op.session,
+                        holding.get(&key)
+                    ));
+                }
+            }
+            (OpKind::Release { token }, Outcome::Released { .. } | Outcome::Fail(_)) => {
+                if holding.get(&key).is_some_and(|(_, held)| held == token) {
+                    holding.remove(&key);
+                }
+            }
+            _ => {}
+        }
+    }
     violations
 }
 
@@ -94,6 +132,32 @@ mod tests {
         let history = history_with_record(vec![(5, vec![event(Acquired, "a", 1, 4)])]);
         let violations = check(&history, &Replay::of(&history));
         assert_eq!(violations.len(), 1, "{violations:?}");
+    }
+
+    #[test]
+    fn a_reentrant_answer_must_repeat_the_sessions_current_hold() {
+        let mut history = history_with_record(vec![]);
+        let kind = OpKind::Acquire {
+            mode: Mode::Exclusive,
+            wait_ms: 0,
+        };
+        let reacquire = |span, token| op(0, "a", kind, span, Outcome::Reacquired { token });
+        let release = |span, outcome| op(0, "a", OpKind::Release { token: 9 }, span, outcome);
+        // The release's outcome was unknown: the hold may remain, and re-entering it is right.
+        history.ops = vec![
+            acquire(0, (0, 10), 9),
+            release((20, 30), Outcome::Unknown("timeout".into())),
+            reacquire((40, 50), 9),
+        ];
+        assert_eq!(check(&history, &Replay::of(&history)), Vec::<String>::new());
+        // After an acknowledged release, the same answer is a stale grant.
+        history.ops[1] = release((20, 30), Outcome::Released { at: 12 });
+        let violations = check(&history, &Replay::of(&history));
+        assert_eq!(violations.len(), 1, "{violations:?}");
+        assert!(
+            violations[0].contains("already held token 9"),
+            "{violations:?}"
+        );
     }
 
     #[test]

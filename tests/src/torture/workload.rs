@@ -198,13 +198,12 @@ pub async fn run_client(shared: Arc<Shared>, handle: Arc<ClientHandle>, index: u
         let kind = OpKind::Acquire { mode, wait_ms };
         let hold = match result {
             Ok(Some(hold)) => {
-                record(
-                    sid,
-                    &lock,
-                    kind,
-                    invoke,
-                    Outcome::Acquired { token: hold.token },
-                );
+                let outcome = if hold.reentrant {
+                    Outcome::Reacquired { token: hold.token }
+                } else {
+                    Outcome::Acquired { token: hold.token }
+                };
+                record(sid, &lock, kind, invoke, outcome);
                 hold
             }
             Ok(None) => {
