@@ -54,21 +54,22 @@ fn reentries_repeat_a_current_hold(history: &History) -> Vec<String> {
             (OpKind::Acquire { .. }, Outcome::Acquired { token }) => {
                 holding.insert(key, (op.session, *token));
             }
-            (OpKind::Acquire { .. }, Outcome::Reacquired { token }) => {
-                if holding.get(&key) != Some(&(op.session, *token)) {
-                    violations.push(format!(
-                        "lock {}: client {} (session {}) was told it already held token {token},                          but its hold there was {:?}",
-                        op.lock,
-                        op.client,
-                        op.session,
-                        holding.get(&key)
-                    ));
-                }
+            (OpKind::Acquire { .. }, Outcome::Reacquired { token })
+                if holding.get(&key) != Some(&(op.session, *token)) =>
+            {
+                violations.push(format!(
+                    "lock {}: client {} (session {}) was told it already held token {token}, \
+                     but its hold there was {:?}",
+                    op.lock,
+                    op.client,
+                    op.session,
+                    holding.get(&key)
+                ));
             }
-            (OpKind::Release { token }, Outcome::Released { .. } | Outcome::Fail(_)) => {
-                if holding.get(&key).is_some_and(|(_, held)| held == token) {
-                    holding.remove(&key);
-                }
+            (OpKind::Release { token }, Outcome::Released { .. } | Outcome::Fail(_))
+                if holding.get(&key).is_some_and(|(_, held)| held == token) =>
+            {
+                holding.remove(&key);
             }
             _ => {}
         }
