@@ -133,9 +133,16 @@ impl fmt::Display for Report {
             .iter()
             .filter(|op| op.outcome == Outcome::Written { accepted: false })
             .count();
+        let reentrant = self
+            .history
+            .ops
+            .iter()
+            .filter(|op| matches!(op.outcome, Outcome::Reacquired { .. }))
+            .count();
         writeln!(
             f,
-            "operations: {} ({outcomes:?}); stale writes the fenced resource rejected: {rejected}",
+            "operations: {} ({outcomes:?}); stale writes the fenced resource rejected: {rejected}; \
+             re-entrant answers (a hold whose release did not take): {reentrant}",
             self.history.ops.len()
         )?;
         // The commonest reasons for operations that did not succeed (message digits dropped so
