@@ -171,6 +171,18 @@ pub struct History {
     /// The policy churn during the run: when, and what was deployed or rebound (and whether
     /// it was accepted).
     pub policy_changes: Vec<(Micros, String)>,
+    /// Holders and waiters of the priority-policy locks, read every so often.
+    pub queue_samples: Vec<QueueSample>,
+}
+
+/// One lock's holders and waiters as one read saw them (cluster times in ms).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct QueueSample {
+    pub lock: String,
+    /// (session, token, granted at)
+    pub holders: Vec<(u64, u64, u64)>,
+    /// (session, priority, queued at)
+    pub waiters: Vec<(u64, i32, u64)>,
 }
 
 /// One node's state digest at one checkpoint index (`Cluster.Status`).

@@ -12,6 +12,7 @@ pub mod expired_sessions;
 pub mod linearizable;
 pub mod lost_acks;
 pub mod mutual_exclusion;
+pub mod priority_aging;
 pub mod replay;
 pub mod tenant_quota;
 pub mod tokens;
@@ -43,6 +44,7 @@ pub fn check_history(history: &crate::history::History) -> Vec<(&'static str, Ve
             digests::check(history),
         ),
         ("tenant quotas", tenant_quota::check(history, &replay)),
+        ("priority aging bound", priority_aging::check(history)),
     ]
 }
 

@@ -203,13 +203,16 @@ impl fmt::Display for Report {
         let changes = &self.history.policy_changes;
         writeln!(
             f,
-            "policies: {} deploys/rebinds during the faults ({} accepted); {} checkpoint indexes compared across replicas",
+            "policies: {} deploys/rebinds during the faults ({} accepted); {} checkpoint indexes compared across replicas; \
+             priority queues: {} samples, {} grants judged against a waiter they passed",
             changes.len(),
             changes
                 .iter()
                 .filter(|(_, line)| line.contains(": ok"))
                 .count(),
-            checkers::digests::compared(&self.history)
+            checkers::digests::compared(&self.history),
+            self.history.queue_samples.len(),
+            checkers::priority_aging::judged(&self.history)
         )?;
         let record = crate::history::merged_record(&self.history);
         writeln!(
@@ -300,6 +303,10 @@ pub async fn run(config: Config) -> Report {
         .into_iter()
         .map(|id| (id, cluster.addr(id).to_owned()))
         .collect();
+    let sampler = tokio::spawn(policies::sample_priority_queues(
+        Client::connect(&nodes.values().collect::<Vec<_>>()).expect("sampler client"),
+        Arc::clone(&stop_watchers),
+    ));
     let poller = tokio::spawn(policies::poll_checkpoints(
         nodes,
         Arc::clone(&shared),
@@ -392,6 +399,7 @@ pub async fn run(config: Config) -> Report {
         }
     }
     let checkpoints = poller.await.unwrap_or_default();
+    let queue_samples = sampler.await.unwrap_or_default();
 
     let mut faults = nemesis.faults.clone();
     faults.extend(shared.faults.lock().expect("faults").iter().cloned());
@@ -408,6 +416,7 @@ pub async fn run(config: Config) -> Report {
         final_digests,
         checkpoints,
         policy_changes: std::mem::take(&mut *shared.policy_changes.lock().expect("changes")),
+        queue_samples,
     };
     let violations = checkers::check_history(&history);
     let report = Report {

@@ -14,7 +14,7 @@ use holdfast_proto::v1 as pb;
 
 use super::rng::Rng;
 use super::workload::{LOCK_PREFIX, Shared};
-use crate::history::{Checkpoint, Micros};
+use crate::history::{Checkpoint, Micros, QueueSample};
 
 /// Sessions carry `tenant = t{client % TENANTS}` and `zone = z{client % ZONES}`.
 pub const TENANTS: usize = 3;
@@ -30,9 +30,11 @@ pub const QUOTA_CONFIGS: [&str; 2] = [
 ];
 pub const QUOTA_MAX_HOLDS: usize = 2;
 
-/// Locks under the priority policy; the workload asks for priorities 0..=PRIORITY_MAX.
+/// Locks under the priority policy (`aging_ms = PRIORITY_AGING_MS`, priorities clamped into
+/// 0..=PRIORITY_MAX, which the workload asks for).
 pub const PRIORITY_PREFIX: &str = "torture/prio/";
 pub const PRIORITY_MAX: u64 = 10;
+pub const PRIORITY_AGING_MS: u64 = 50;
 /// Locks under lease-rules: holds end after their lease, so a slow release may find its hold
 /// gone (FAILED_PRECONDITION).
 pub const LEASE_PREFIX: &str = "torture/lease/";
@@ -50,7 +52,7 @@ const BINDINGS: [(&str, &str, &str, &str); 4] = [
         PRIORITY_PREFIX,
         "priority",
         "prio",
-        "aging_ms = 300\nmax_priority = 10\n",
+        "aging_ms = 50\nmax_priority = 10\n",
     ),
     (QUOTA_PREFIX, "tenant_quota", "quota", QUOTA_CONFIGS[0]),
     (
@@ -71,6 +73,8 @@ const BINDINGS: [(&str, &str, &str, &str); 4] = [
 const CHURN_EVERY_MS: u64 = 4_000;
 /// Bound of one admin call (a partition may leave it unanswered).
 const ADMIN_TIMEOUT_MS: u64 = 10_000;
+/// How often the priority locks' queues are read.
+const SAMPLE_EVERY_MS: u64 = 100;
 /// How often the digest poller asks every node for its latest checkpoint.
 const POLL_EVERY_MS: u64 = 300;
 
@@ -120,7 +124,22 @@ pub fn pick_lock(rng: &mut Rng, locks: usize) -> (String, Namespace) {
         _ => Namespace::Churn,
     };
     let index = rng.below(locks);
+    // One priority lock, so that queues form there and grants pass waiters.
+    let index = if namespace == Namespace::Priority {
+        0
+    } else {
+        index
+    };
     (format!("{}{index}", namespace.prefix()), namespace)
+}
+
+/// How long to hold a lock of `namespace`: the priority lock longer, so that its queue is
+/// there when it is sampled.
+pub fn hold_ms(rng: &mut Rng, namespace: Namespace, hold_ms_max: u64) -> u64 {
+    match namespace {
+        Namespace::Priority => rng.between(50, 150),
+        _ => rng.between(0, hold_ms_max),
+    }
 }
 
 /// The priority to ask for on a lock of `namespace`.
@@ -259,5 +278,65 @@ pub async fn poll_checkpoints(
     checkpoints
 }
 
+/// Until `stop`: reads the holders and waiters of every priority-policy lock every
+/// SAMPLE_EVERY_MS (one linearizable List), for `checkers::priority_aging`.
+pub async fn sample_priority_queues(client: Client, stop: Arc<AtomicBool>) -> Vec<QueueSample> {
+    let mut samples = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        let read = tokio::time::timeout(
+            Duration::from_millis(ADMIN_TIMEOUT_MS),
+            client.list(PRIORITY_PREFIX, 0),
+        )
+        .await;
+        if let Ok(Ok(list)) = read {
+            samples.extend(list.locks.into_iter().map(|lock| {
+                QueueSample {
+                    lock: lock.name,
+                    holders: lock
+                        .holders
+                        .iter()
+                        .map(|h| (h.session_id, h.token, h.since_ms))
+                        .collect(),
+                    waiters: lock
+                        .waiters
+                        .iter()
+                        .map(|w| (w.session_id, w.priority, w.queued_at_ms))
+                        .collect(),
+                }
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(SAMPLE_EVERY_MS)).await;
+    }
+    samples
+}
+
 /// When a line of the churn log was recorded.
 pub type PolicyChange = (Micros, String);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_checkers_bounds_are_the_bound_configs() {
+        assert!(
+            BINDINGS[0]
+                .3
+                .contains(&format!("aging_ms = {PRIORITY_AGING_MS}\n"))
+        );
+        assert!(
+            BINDINGS[0]
+                .3
+                .contains(&format!("max_priority = {PRIORITY_MAX}\n"))
+        );
+        let max_holds = QUOTA_CONFIGS.map(|config| {
+            config
+                .lines()
+                .find_map(|line| line.strip_prefix("max_holds = "))
+                .and_then(|value| value.parse::<usize>().ok())
+                .expect("max_holds")
+        });
+        assert_eq!(max_holds.into_iter().max(), Some(QUOTA_MAX_HOLDS));
+        assert!(QUOTA_CONFIGS.iter().all(|c| c.contains("max_waits = 0\n")));
+    }
+}

@@ -259,7 +259,8 @@ pub async fn run_client(shared: Arc<Shared>, handle: Arc<ClientHandle>, index: u
                 Outcome::Written { accepted },
             );
         }
-        tokio::time::sleep(Duration::from_millis(rng.between(0, HOLD_MS_MAX))).await;
+        let hold_ms = super::policies::hold_ms(&mut rng, namespace, HOLD_MS_MAX);
+        tokio::time::sleep(Duration::from_millis(hold_ms)).await;
         let invoke = shared.now();
         let outcome = match current.release(&hold).await {
             Ok(at) => Outcome::Released { at },
