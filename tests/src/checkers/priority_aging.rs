@@ -86,21 +86,22 @@ mod tests {
         }
     }
 
+    /// A's bound: (max_priority - 5) * aging_ms.
+    const BOUND: u64 = (PRIORITY_MAX - 5) * PRIORITY_AGING_MS;
+
     #[test]
     fn passing_within_the_aging_bound_is_allowed() {
-        // A's bound: (10 - 5) * 300 = 1,500 ms. B queued 1,500 ms after A: allowed.
-        assert_eq!(check(&history(2_500)), Vec::<String>::new());
-        assert_eq!(judged(&history(2_500)), 1);
+        // B queued exactly the bound after A: allowed.
+        assert_eq!(check(&history(1_000 + BOUND)), Vec::<String>::new());
+        assert_eq!(judged(&history(1_000 + BOUND)), 1);
     }
 
     #[test]
     fn passing_beyond_the_aging_bound_is_caught() {
-        let violations = check(&history(2_501));
+        let violations = check(&history(1_000 + BOUND + 1));
         assert_eq!(violations.len(), 1, "{violations:?}");
-        assert!(
-            violations[0].contains("1501 ms later, bound 1500 ms"),
-            "{violations:?}"
-        );
+        let expected = format!("{} ms later, bound {BOUND} ms", BOUND + 1);
+        assert!(violations[0].contains(&expected), "{violations:?}");
     }
 
     #[test]
