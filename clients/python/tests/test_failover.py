@@ -166,8 +166,9 @@ def test_a_watch_from_a_compacted_revision_says_so(
     with holdfast.Client([cluster.addrs[node]]) as client:
         with pytest.raises(holdfast.Compacted) as compacted:
             next(client.watch("py/", from_revision=1))
+        # (Later than `revision` is possible: the log kept growing while the node restarted.)
         oldest = compacted.value.compacted_revision
-        assert 1 < oldest <= revision
+        assert oldest > 1, oldest
         with client.session(ttl=10.0) as session:
             token = session.lock("py/compact").release()
         # From the oldest revision it still has, the watch works.
