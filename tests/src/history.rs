@@ -168,9 +168,8 @@ pub struct History {
     pub final_digests: BTreeMap<u64, (u64, String)>,
     /// Every node's determinism-guard checkpoints as the digest poller saw them.
     pub checkpoints: Vec<Checkpoint>,
-    /// The policy churn during the run: when, and what was deployed or rebound (and whether
-    /// it was accepted).
-    pub policy_changes: Vec<(Micros, String)>,
+    /// The policy churn during the run.
+    pub policy_changes: Vec<PolicyChange>,
     /// Holders and waiters of the priority-policy locks, read every so often.
     pub queue_samples: Vec<QueueSample>,
 }
@@ -191,8 +190,15 @@ pub struct Checkpoint {
     pub node: u64,
     pub index: u64,
     pub digest: String,
-    /// When the poller first saw it.
+}
+
+/// One deploy or rebind the churn attempted during the run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicyChange {
     pub at: Micros,
+    /// What was attempted, and its answer (the new version, or the error).
+    pub what: String,
+    pub accepted: bool,
 }
 
 /// Revision ranges `[from, to)` that no stream covered: every stream either had an explicit

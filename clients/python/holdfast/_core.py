@@ -84,7 +84,8 @@ class Endpoints:
     """The nodes a client talks to, where reads start (the node that last answered) and where
     writes start (the leader a response header or an UNAVAILABLE answer last named)."""
 
-    def __init__(self, addrs: Sequence[str]) -> None:
+    def __init__(self, addrs: Union[str, Sequence[str]]) -> None:
+        """``addrs``: one ``host:port`` or several."""
         if isinstance(addrs, str):
             addrs = [addrs]
         self._addrs = [addr.strip() for addr in addrs if addr.strip()]
@@ -462,9 +463,10 @@ class SessionState(Generic[S]):
             except Exception:
                 log.exception("holdfast: an on_lost callback of session %d failed", self.id)
 
-    def answered(self, attempts: Attempts, sent: float, response: object) -> float:
+    def answered(
+        self, attempts: Attempts, sent: float, response: sessions_pb2.KeepAliveResponse
+    ) -> float:
         """A keepalive sent at ``sent`` was answered: when to send the next."""
-        assert isinstance(response, sessions_pb2.KeepAliveResponse)
         self.clock.acknowledged(sent, response)
         attempts.succeeded()
         return self.clock.next_keepalive(sent, time.monotonic())

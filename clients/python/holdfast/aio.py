@@ -57,7 +57,7 @@ T = TypeVar("T", bound="_AsyncResource")
 
 
 class _AsyncResource:
-    """Something released on leaving ``async with`` (a session, hold or leadership)."""
+    """Something ended on leaving ``async with`` (a client, session, hold or leadership)."""
 
     async def _exit(self) -> None:
         raise NotImplementedError
@@ -102,7 +102,7 @@ class _Pending(Generic[T]):
             await self._value.__aexit__(kind, value, traceback)
 
 
-class Client:
+class Client(_AsyncResource):
     """A connection to a Holdfast cluster, for asyncio (see :class:`holdfast.Client`)."""
 
     def __init__(
@@ -111,7 +111,7 @@ class Client:
         token: Optional[str] = None,
         tls: Optional[TLS] = None,
     ) -> None:
-        self._endpoints = _core.Endpoints([endpoints] if isinstance(endpoints, str) else endpoints)
+        self._endpoints = _core.Endpoints(endpoints)
         self._metadata = _core.metadata(token)
         self._credentials = tls.credentials() if tls is not None else None
         self._channels: Dict[str, grpc.aio.Channel] = {}
@@ -172,15 +172,7 @@ class Client:
         for channel in channels:
             await channel.close()
 
-    async def __aenter__(self) -> Client:
-        return self
-
-    async def __aexit__(
-        self,
-        kind: Optional[Type[BaseException]],
-        value: Optional[BaseException],
-        traceback: Optional[TracebackType],
-    ) -> None:
+    async def _exit(self) -> None:
         await self.close()
 
     def session(

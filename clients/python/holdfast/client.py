@@ -44,9 +44,9 @@ R = TypeVar("R", bound="_Resource")
 
 
 class _Resource:
-    """Something a ``with`` block ends (a session, hold, leadership or stream): its cleanup's
-    failure is raised after a normal exit, and swallowed while another exception is on its
-    way out."""
+    """Something a ``with`` block ends (a client, session, hold, leadership or stream): its
+    cleanup's failure is raised after a normal exit, and swallowed while another exception is
+    on its way out."""
 
     def _exit(self) -> None:
         raise NotImplementedError
@@ -67,7 +67,7 @@ class _Resource:
                 raise
 
 
-class Client:
+class Client(_Resource):
     """A connection to a Holdfast cluster.
 
     ``endpoints``: any nodes' client addresses (``host:port``); one is enough, more let the
@@ -84,7 +84,7 @@ class Client:
         token: Optional[str] = None,
         tls: Optional[TLS] = None,
     ) -> None:
-        self._endpoints = _core.Endpoints([endpoints] if isinstance(endpoints, str) else endpoints)
+        self._endpoints = _core.Endpoints(endpoints)
         self._metadata = _core.metadata(token)
         self._credentials = tls.credentials() if tls is not None else None
         self._channels: Dict[str, grpc.Channel] = {}
@@ -153,15 +153,7 @@ class Client:
         for channel in channels:
             channel.close()
 
-    def __enter__(self) -> Client:
-        return self
-
-    def __exit__(
-        self,
-        kind: Optional[Type[BaseException]],
-        value: Optional[BaseException],
-        traceback: Optional[TracebackType],
-    ) -> None:
+    def _exit(self) -> None:
         self.close()
 
     # -- sessions -------------------------------------------------------------------------

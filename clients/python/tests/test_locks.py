@@ -91,9 +91,9 @@ def test_documented_failures_raise_their_own_exceptions(client: holdfast.Client)
         hold.release()
         hold.release()  # twice: a no-op
 
-    stranger = holdfast.Client(client._endpoints.addrs())
-    with pytest.raises(holdfast.SessionLost):
-        holdfast.Session(stranger, 999_999_999, 10.0, time.monotonic()).try_lock("py/x")
+    with holdfast.Client(client._endpoints.addrs()) as stranger:
+        with pytest.raises(holdfast.SessionLost):
+            holdfast.Session(stranger, 999_999_999, 10.0, time.monotonic()).try_lock("py/x")
 
 
 def test_a_policy_denial_carries_the_policy_and_its_reason(

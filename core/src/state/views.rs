@@ -210,6 +210,11 @@ impl State {
         self.locks.get(name).map(|lock| lock.view(name))
     }
 
+    /// Until when lock `name` is in lock-delay, if it is. O(log n), no copy of the lock.
+    pub fn lock_delayed_until_ms(&self, name: &str) -> Option<u64> {
+        self.locks.get(name).and_then(|lock| lock.delayed_until_ms)
+    }
+
     /// Locks whose name starts with `prefix`, ordered by name, at most
     /// `min(limit, LIST_LOCKS_MAX)`.
     pub fn locks(&self, prefix: &str, limit: usize) -> Vec<LockView> {

@@ -292,11 +292,10 @@ impl Locks for LocksApi {
                 status: status as i32,
                 // Why it was not granted, when the lock is in lock-delay: as this node's state
                 // has it now (at or after `log_index`).
-                delayed_until_ms: self.node.shared.read(|s| {
-                    s.lock(&name)
-                        .and_then(|lock| lock.delayed_until_ms)
-                        .unwrap_or(0)
-                }),
+                delayed_until_ms: self
+                    .node
+                    .shared
+                    .read(|s| s.lock_delayed_until_ms(&name).unwrap_or(0)),
                 ..Default::default()
             },
         };

@@ -42,7 +42,6 @@ mod tests {
             node,
             index,
             digest: digest.to_owned(),
-            at: 0,
         }
     }
 

@@ -3,8 +3,9 @@
 //! clients writing to a fenced resource (half of its locks under wasm policies that are
 //! redeployed and rebound as it runs), a nemesis injecting faults from a seed, one watcher per
 //! node recording the replicated record and a poller recording every node's checkpoint
-//! digests, then a quiet phase, a final linearizable read and the checkers (`crate::checkers`). Used by the smoke test (`tests/it/torture.rs`) and the
-//! long-run command (`src/bin/torture.rs`).
+//! digests, then a quiet phase, a final linearizable read and the checkers
+//! (`crate::checkers`). Used by the smoke test (`tests/it/torture.rs`) and the long-run
+//! command (`src/bin/torture.rs`).
 
 pub mod nemesis;
 pub mod policies;
@@ -206,10 +207,7 @@ impl fmt::Display for Report {
             "policies: {} deploys/rebinds during the faults ({} accepted); {} checkpoint indexes compared across replicas; \
              priority queues: {} samples, {} grants judged against a waiter they passed",
             changes.len(),
-            changes
-                .iter()
-                .filter(|(_, line)| line.contains(": ok"))
-                .count(),
+            changes.iter().filter(|change| change.accepted).count(),
             checkers::digests::compared(&self.history),
             self.history.queue_samples.len(),
             checkers::priority_aging::judged(&self.history)
@@ -264,14 +262,13 @@ pub async fn run(config: Config) -> Report {
     })
     .await;
 
-    let admin = Client::connect(
-        &cluster
-            .ids()
-            .iter()
-            .map(|id| cluster.addr(*id))
-            .collect::<Vec<_>>(),
-    )
-    .expect("admin client");
+    let nodes: BTreeMap<u64, String> = cluster
+        .ids()
+        .into_iter()
+        .map(|id| (id, cluster.addr(id).to_owned()))
+        .collect();
+    let addrs: Vec<String> = nodes.values().cloned().collect();
+    let admin = Client::connect(&addrs).expect("admin client");
     if let Err(error) = policies::install(&admin).await {
         panic!("deploying the run's policies failed: {error}");
     }
@@ -298,18 +295,12 @@ pub async fn run(config: Config) -> Report {
         locks: config.locks,
         policy_changes: Default::default(),
     });
-    let nodes: BTreeMap<u64, String> = cluster
-        .ids()
-        .into_iter()
-        .map(|id| (id, cluster.addr(id).to_owned()))
-        .collect();
     let sampler = tokio::spawn(policies::sample_priority_queues(
-        Client::connect(&nodes.values().collect::<Vec<_>>()).expect("sampler client"),
+        admin.clone(),
         Arc::clone(&stop_watchers),
     ));
     let poller = tokio::spawn(policies::poll_checkpoints(
         nodes,
-        Arc::clone(&shared),
         Arc::clone(&stop_watchers),
     ));
     let stop_churn = Arc::new(AtomicBool::new(false));
@@ -319,11 +310,6 @@ pub async fn run(config: Config) -> Report {
         Arc::clone(&stop_churn),
         config.seed,
     ));
-    let addrs: Vec<String> = cluster
-        .ids()
-        .iter()
-        .map(|id| cluster.addr(*id).to_owned())
-        .collect();
     let mut handles = Vec::new();
     let mut clients = Vec::new();
     for index in 0..config.clients {

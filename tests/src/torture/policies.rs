@@ -14,7 +14,7 @@ use holdfast_proto::v1 as pb;
 
 use super::rng::Rng;
 use super::workload::{LOCK_PREFIX, Shared};
-use crate::history::{Checkpoint, Micros, QueueSample};
+use crate::history::{Checkpoint, PolicyChange, QueueSample};
 
 /// Sessions carry `tenant = t{client % TENANTS}` and `zone = z{client % ZONES}`.
 pub const TENANTS: usize = 3;
@@ -213,7 +213,7 @@ pub async fn churn(client: Client, shared: Arc<Shared>, stop: Arc<AtomicBool>, s
             let outcome = match admin(client.deploy_policy(CHURN_POLICY, &modules[module])).await {
                 Ok(deployed) => bind(&client, CHURN_PREFIX, CHURN_POLICY, "")
                     .await
-                    .map(|()| format!("v{}", deployed.version)),
+                    .map(|()| format!("version {}", deployed.version)),
                 Err(error) => Err(error),
             };
             (
@@ -229,18 +229,22 @@ pub async fn churn(client: Client, shared: Arc<Shared>, stop: Arc<AtomicBool>, s
                 format!("rebind quota with {:?}", config.trim()),
                 bind(&client, QUOTA_PREFIX, "quota", config)
                     .await
-                    .map(|()| String::new()),
+                    .map(|()| "bound".to_owned()),
             )
         };
-        let line = match result {
-            Ok(detail) => format!("{what}: ok {detail}"),
-            Err(error) => format!("{what}: {error}"),
+        let change = PolicyChange {
+            at,
+            accepted: result.is_ok(),
+            what: match result {
+                Ok(detail) => format!("{what}: {detail}"),
+                Err(error) => format!("{what}: {error}"),
+            },
         };
         shared
             .policy_changes
             .lock()
             .expect("policy changes")
-            .push((at, line));
+            .push(change);
     }
 }
 
@@ -248,7 +252,6 @@ pub async fn churn(client: Client, shared: Arc<Shared>, stop: Arc<AtomicBool>, s
 /// one the first time it is seen.
 pub async fn poll_checkpoints(
     nodes: BTreeMap<u64, String>,
-    shared: Arc<Shared>,
     stop: Arc<AtomicBool>,
 ) -> Vec<Checkpoint> {
     let clients: BTreeMap<u64, Client> = nodes
@@ -270,7 +273,6 @@ pub async fn poll_checkpoints(
                 node: *node,
                 index: status.checkpoint_index,
                 digest: status.checkpoint_digest,
-                at: shared.now(),
             });
         }
         tokio::time::sleep(Duration::from_millis(POLL_EVERY_MS)).await;
@@ -309,9 +311,6 @@ pub async fn sample_priority_queues(client: Client, stop: Arc<AtomicBool>) -> Ve
     }
     samples
 }
-
-/// When a line of the churn log was recorded.
-pub type PolicyChange = (Micros, String);
 
 #[cfg(test)]
 mod tests {

@@ -35,7 +35,7 @@ pub struct Shared {
     pub session_ttl_ms: u64,
     pub locks: usize,
     /// The policy churn's log (`policies::churn`).
-    pub policy_changes: Mutex<Vec<super::policies::PolicyChange>>,
+    pub policy_changes: Mutex<Vec<crate::history::PolicyChange>>,
 }
 
 impl Shared {
