@@ -177,6 +177,13 @@ impl Client {
                 .connect_lazy();
             channels.push((addr.to_owned(), channel));
         }
+        Client::from_channels(channels)
+    }
+
+    /// A client over channels built elsewhere, one per endpoint, named by the address the
+    /// cluster's leader hints use (`host:port`): the simulator's (crate `holdfast-sim`), whose
+    /// channels run over its own network.
+    pub fn from_channels(channels: Vec<(String, Channel)>) -> Result<Client, Error> {
         if channels.is_empty() {
             return Err(Error::Endpoint(String::new()));
         }

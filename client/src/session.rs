@@ -187,6 +187,7 @@ async fn keep_alive(client: Client, session_id: u64, state: Arc<SessionState>) {
         let result = loop {
             let next_check = state.refresh_health();
             tokio::select! {
+                biased;
                 result = &mut renew => break result,
                 () = tokio::time::sleep_until(next_check) => {}
             }

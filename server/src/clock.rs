@@ -5,7 +5,7 @@
 //! hour ahead must not expire every session. Between leaders no entries are stamped, so cluster
 //! time pauses while there is no leader and a session's remaining TTL survives a fail-over.
 
-use std::time::Instant;
+use tokio::time::Instant;
 
 /// The leader's clock for one term.
 #[derive(Debug, Default)]

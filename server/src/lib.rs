@@ -5,11 +5,13 @@
 pub mod api;
 pub mod backup;
 pub mod batch;
+pub mod blocking;
 pub mod clock;
 pub mod config;
 pub mod guard;
 pub mod metrics;
 pub mod node;
+pub mod planted;
 pub mod policy;
 pub mod raft;
 pub mod server;

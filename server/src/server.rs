@@ -12,10 +12,12 @@ use crate::api::{ClusterApi, ElectionsApi, LocksApi, PeerApi, PoliciesApi, Sessi
 use crate::config::NodeConfig;
 use crate::node::Node;
 use crate::raft::log_store::{LogStore, open_db};
-use crate::raft::network::{NetworkFactory, PEER_MESSAGE_BYTES_MAX, PeerCredentials, Peers};
+use crate::raft::network::{Dial, NetworkFactory, PEER_MESSAGE_BYTES_MAX, PeerCredentials, Peers};
 use crate::raft::state_machine::StateMachineStore;
-use crate::raft::{NodeInfo, Raft};
+use crate::raft::storage::SnapshotStore;
+use crate::raft::{NodeInfo, Raft, TypeConfig};
 use crate::tls::TlsPem;
+use openraft::storage::{RaftLogReader, RaftLogStorage};
 
 /// Largest client request or response message.
 pub const CLIENT_MESSAGE_BYTES_MAX: usize = 4 * 1024 * 1024;
@@ -118,15 +120,68 @@ impl RunningNode {
     }
 }
 
+/// What a node runs on besides its configuration: its disk and its network. `holdfast serve`
+/// ([`start`]) uses rocksdb and TCP; the simulator (crate `holdfast-sim`) its own of each.
+pub struct Environment<L, I> {
+    /// The Raft log (openraft's log storage; also read back by `Cluster.ReadLog`).
+    pub log: L,
+    /// Where the state machine keeps its last snapshot.
+    pub snapshots: Arc<dyn SnapshotStore>,
+    /// The connections accepted by the node's gRPC listener.
+    pub incoming: I,
+    /// The network peer calls go over (`None`: TCP).
+    pub dial: Option<Dial>,
+}
+
+/// Starts a node on its data dir (rocksdb) and a TCP listener on `config.listen`.
 pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
     config.validate()?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating {}", config.data_dir.display()))?;
     let db = open_db(&config.data_dir)
         .with_context(|| format!("opening rocksdb in {}", config.data_dir.display()))?;
-    let log_store = LogStore::new(Arc::clone(&db), config.id);
+    let listener = tokio::net::TcpListener::bind(&config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    // TCP_NODELAY on every accepted connection: without it Nagle's algorithm holds small
+    // answers back until the peer's delayed ACK (~40 ms) — p99 of one client's lock cycle was
+    // 44 ms. (`Server::tcp_nodelay` is ignored by `serve_with_incoming`.)
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let environment = Environment {
+        log: LogStore::new(Arc::clone(&db), config.id),
+        snapshots: db,
+        incoming,
+        dial: None,
+    };
+    start_with(config, environment).await
+}
+
+/// Starts a node on `environment`'s disk and network.
+pub async fn start_with<L, I, IO, IE>(
+    config: NodeConfig,
+    environment: Environment<L, I>,
+) -> anyhow::Result<RunningNode>
+where
+    L: RaftLogStorage<TypeConfig> + RaftLogReader<TypeConfig> + Clone + Send + Sync + 'static,
+    I: futures::Stream<Item = Result<IO, IE>> + Send + 'static,
+    IO: tokio::io::AsyncRead
+        + tokio::io::AsyncWrite
+        + tonic::transport::server::Connected
+        + Unpin
+        + Send
+        + 'static,
+    IO::ConnectInfo: Clone + Send + Sync + 'static,
+    IE: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
+{
+    config.validate()?;
+    let Environment {
+        log: log_store,
+        snapshots,
+        incoming,
+        dial,
+    } = environment;
     let state_machine =
-        StateMachineStore::open(Arc::clone(&db), config.checkpoint_every_entries, config.id)
+        StateMachineStore::open(snapshots, config.checkpoint_every_entries, config.id)
             .context("loading the last snapshot")?;
     let shared = state_machine.shared();
 
@@ -145,7 +200,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         // startup would serve linearizable reads from a read index built on the commit index it
         // persisted, which `LogStore::save_committed` lets a crash roll back: the full-restart
         // test then read a state without its last acknowledged writes.
-        enable_leader_restore: Some(false),
+        enable_leader_restore: Some(crate::planted::planted(crate::planted::Bug::LeaderRestore)),
         ..Default::default()
     }
     .validate()
@@ -175,6 +230,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
             token: auth.peer_token().map(str::to_owned),
             tls: tls.as_ref().map(TlsPem::peer_client),
         },
+        dial,
     )?;
     let network = NetworkFactory {
         peers: Arc::clone(&peers),
@@ -189,15 +245,8 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
     .await
     .map_err(|e| anyhow::anyhow!("starting raft: {e}"))?;
 
-    let node = Node::new(config.id, raft.clone(), shared, peers, log_store);
+    let node = Node::new(config.id, raft.clone(), shared, peers, Box::new(log_store));
 
-    let listener = tokio::net::TcpListener::bind(&config.listen)
-        .await
-        .with_context(|| format!("binding {}", config.listen))?;
-    // TCP_NODELAY on every accepted connection: without it Nagle's algorithm holds small
-    // answers back until the peer's delayed ACK (~40 ms) — p99 of one client's lock cycle was
-    // 44 ms. (`Server::tcp_nodelay` is ignored by `serve_with_incoming`.)
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let (shutdown, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
     // grpc.health.v1 (status set by the metrics sampler) and server reflection, so grpcurl and
     // load balancers work out of the box.

@@ -121,6 +121,12 @@ pub enum FaultKind {
     SlowLinks,
     ClockJump,
     DiskFull,
+    /// The simulator's (crate `holdfast-sim`): every fsync of a node's log is slow.
+    SlowDisk,
+    /// The simulator's: a node's next fsync fails (the node stops and is restarted).
+    FailedFsync,
+    /// The simulator's: links that break and heal at random (connections cut mid-call).
+    LossyLinks,
 }
 
 #[derive(Clone, Debug)]

@@ -218,7 +218,7 @@ impl pb::cluster_server::Cluster for ClusterApi {
         // so Raft's tasks on the runtime's workers keep running; and from a frozen view a chunk
         // at a time, so apply goes on meanwhile.
         let shared = Arc::clone(&self.node.shared);
-        let written = tokio::task::spawn_blocking(move || write_snapshot(&shared))
+        let written = crate::blocking::offload(move || write_snapshot(&shared))
             .await
             .map_err(|error| Status::internal(format!("encoding the snapshot: {error}")))?;
         let (log_id, state, now_ms) = (

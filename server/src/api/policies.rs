@@ -100,7 +100,7 @@ impl Policies for PoliciesApi {
         let wasm = Arc::new(request.wasm);
         {
             let wasm = Arc::clone(&wasm);
-            tokio::task::spawn_blocking(move || precheck.check(&wasm))
+            crate::blocking::offload(move || precheck.check(&wasm))
                 .await
                 .map_err(|error| Status::internal(format!("deploy pre-check: {error}")))?
                 .map_err(|message| Status::invalid_argument(format!("wasm: {message}")))?;

@@ -54,7 +54,8 @@ pub fn serve_status(error: &ServeError) -> Status {
     let code = match error {
         ServeError::NotLeader { .. }
         | ServeError::LeaderChanged { .. }
-        | ServeError::NoQuorum { .. } => Code::Unavailable,
+        | ServeError::NoQuorum { .. }
+        | ServeError::Stopped(_) => Code::Unavailable,
         ServeError::Overloaded => Code::ResourceExhausted,
         ServeError::Fatal(_) => Code::Internal,
     };
@@ -76,5 +77,25 @@ pub fn serve_status(error: &ServeError) -> Status {
 impl From<ServeError> for Status {
     fn from(error: ServeError) -> Status {
         serve_status(&error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tonic::Code;
+
+    use super::serve_status;
+    use crate::node::ServeError;
+
+    /// Found by the simulator: a leader whose fsync failed answered its in-flight writes
+    /// INTERNAL, which clients do not retry, though the followers went on to commit them.
+    #[test]
+    fn a_stopped_node_answers_unavailable_so_the_client_retries_elsewhere() {
+        let status = serve_status(&ServeError::Stopped("fsync failed".to_owned()));
+        assert_eq!(status.code(), Code::Unavailable);
+        assert_eq!(
+            serve_status(&ServeError::Fatal(String::new())).code(),
+            Code::Internal
+        );
     }
 }

@@ -18,6 +18,7 @@ use crate::batch::{self, Batcher};
 use crate::clock::LeaderClock;
 use crate::raft::network::{PeerError, PeerRpc, Peers};
 use crate::raft::state_machine::Shared;
+use crate::raft::storage::ReadLog;
 use crate::raft::{NodeId, Proposal, Raft, Response};
 
 mod tasks;
@@ -95,6 +96,10 @@ pub enum ServeError {
     },
     #[error("too many pending keepalives on the leader")]
     Overloaded,
+    /// Raft stopped on this node (a storage failure: it fail-stops); the request may still
+    /// have committed through the other nodes. Retryable elsewhere, with the same request id.
+    #[error("this node stopped ({0}); retry on another node (requests are idempotent)")]
+    Stopped(String),
     #[error("internal error: {0}")]
     Fatal(String),
 }
@@ -123,7 +128,7 @@ impl ServeError {
                 leader_addr,
                 ..
             } => (*leader_id, leader_addr.as_deref()),
-            ServeError::Overloaded | ServeError::Fatal(_) => (None, None),
+            ServeError::Overloaded | ServeError::Stopped(_) | ServeError::Fatal(_) => (None, None),
         }
     }
 }
@@ -149,7 +154,7 @@ pub struct Node {
     pub shared: Arc<Shared>,
     pub peers: Arc<Peers>,
     /// A reader of this node's Raft log (`Cluster.ReadLog`).
-    log: crate::raft::log_store::LogStore,
+    log: Box<dyn ReadLog>,
     clock: Mutex<LeaderClock>,
     /// On the leader: renewals waiting for the Tick that will carry them. A keepalive wakes
     /// the ticker, so it rides a Tick proposed at once; nobody waits for that Tick (the
@@ -158,7 +163,7 @@ pub struct Node {
     /// On a follower: keepalives waiting for the `Renew` call that will forward them.
     forwards: Batcher<Forwarded>,
     /// When the leader last reached this node (an AppendEntries it accepted as current).
-    leader_contact: Mutex<Option<std::time::Instant>>,
+    leader_contact: Mutex<Option<tokio::time::Instant>>,
     /// The leader openraft reports, changed only when it changes (see [`watch_leader`]); ends
     /// (every receiver sees an error) when Raft stops.
     leader_watch: watch::Receiver<Option<NodeId>>,
@@ -190,7 +195,7 @@ impl Node {
         raft: Raft,
         shared: Arc<Shared>,
         peers: Arc<Peers>,
-        log: crate::raft::log_store::LogStore,
+        log: Box<dyn ReadLog>,
     ) -> Arc<Node> {
         let (leader, leader_watch) = watch::channel(raft.metrics().borrow_watched().current_leader);
         tokio::spawn(watch_leader(raft.clone(), leader));
@@ -210,7 +215,8 @@ impl Node {
     }
 
     pub(crate) fn note_leader_contact(&self) {
-        *self.leader_contact.lock().expect("leader contact lock") = Some(std::time::Instant::now());
+        *self.leader_contact.lock().expect("leader contact lock") =
+            Some(tokio::time::Instant::now());
     }
 
     /// A follower that has not heard from its leader for `QUORUM_STALE_MS`: openraft keeps
@@ -372,6 +378,7 @@ impl Node {
                     Duration::from_millis(timeout_ms),
                 );
                 tokio::select! {
+                    biased;
                     reply = forward => match reply {
                         Ok(result) => result,
                         Err(PeerError::Timeout { timeout_ms, .. }) => Err(ServeError::NoQuorum { timeout_ms, leader_id, leader_addr }),
@@ -404,6 +411,7 @@ impl Node {
         let write = self.raft.client_write(Proposal { now_ms, command });
         let timeout = tokio::time::sleep(Duration::from_millis(timeout_ms));
         tokio::select! {
+            biased;
             result = write => match result {
                 Ok(response) => Ok(response.data),
                 Err(e) => match e.forward_to_leader() {
@@ -411,6 +419,11 @@ impl Node {
                         leader_id: forward.leader_id,
                         leader_addr: forward.leader_node.as_ref().map(|n| n.addr.clone()),
                     }),
+                    // Found by the simulator: a leader whose fsync failed answered INTERNAL
+                    // for a write its followers went on to commit, and clients gave up on it.
+                    None if matches!(e, openraft::errors::RaftError::Fatal(_)) => {
+                        Err(ServeError::Stopped(e.to_string()))
+                    }
                     None => Err(ServeError::Fatal(e.to_string())),
                 },
             },
@@ -624,15 +637,14 @@ impl Node {
         from: u64,
         limit: u64,
     ) -> Result<Vec<holdfast_core::Entry>, ReadLogError> {
-        use openraft::storage::RaftLogReader as _;
         let applied = self.shared.read(holdfast_core::State::applied_index);
         if from > applied || limit == 0 {
             return Ok(Vec::new());
         }
         let last = applied.min(from.saturating_add(limit - 1));
-        let mut log = self.log.clone();
-        let entries = log
-            .try_get_log_entries(from..=last)
+        let entries = self
+            .log
+            .entries(from..=last)
             .await
             .map_err(|error| ReadLogError::Storage(error.to_string()))?;
         match entries.first() {

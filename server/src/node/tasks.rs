@@ -162,6 +162,7 @@ impl Node {
             // The interval drives deadlines and idle ticks; a keepalive wakes the ticker at
             // once (ticks then follow each other as fast as they commit).
             tokio::select! {
+                biased;
                 _ = interval.tick() => {}
                 () = self.renewals.arrived() => {}
             }

@@ -7,8 +7,10 @@
 pub mod log_store;
 pub mod network;
 pub mod recent_log;
+pub mod runtime;
 pub mod snapshot_file;
 pub mod state_machine;
+pub mod storage;
 pub mod types;
 
 pub use types::{

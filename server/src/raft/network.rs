@@ -79,6 +79,50 @@ pub struct PeerCredentials {
 
 type Ascii = tonic::metadata::AsciiMetadataValue;
 
+/// A byte stream to a peer, whatever carries it.
+pub trait PeerIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static {}
+
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static> PeerIo for T {}
+
+/// Opens a byte stream to `host:port` on a network other than the OS's TCP: the simulator's
+/// (crate `holdfast-sim`). `holdfast serve` has none, and its channels use tonic's own TCP
+/// connector. Called once per connection, never per request.
+pub type Dial =
+    Arc<dyn Fn(String) -> BoxFuture<'static, std::io::Result<Box<dyn PeerIo>>> + Send + Sync>;
+
+/// A lazily connected channel to `endpoint` whose connections `dial` opens.
+pub fn dialed_channel(endpoint: Endpoint, dial: &Dial) -> Channel {
+    endpoint.connect_with_connector_lazy(Dialer(Arc::clone(dial)))
+}
+
+/// [`Dial`] as the connector tonic takes.
+#[derive(Clone)]
+struct Dialer(Dial);
+
+impl tower::Service<tonic::transport::Uri> for Dialer {
+    type Response = hyper_util::rt::TokioIo<Box<dyn PeerIo>>;
+    type Error = std::io::Error;
+    type Future = BoxFuture<'static, std::io::Result<Self::Response>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: tonic::transport::Uri) -> Self::Future {
+        let dial = Arc::clone(&self.0);
+        Box::pin(async move {
+            let authority = uri.authority().ok_or_else(|| {
+                std::io::Error::new(std::io::ErrorKind::InvalidInput, "no host in the URI")
+            })?;
+            let io = dial(authority.as_str().to_owned()).await?;
+            Ok(hyper_util::rt::TokioIo::new(io))
+        })
+    }
+}
+
 /// Addresses and cached channels of every peer this node talks to.
 pub struct Peers {
     /// (cluster id, from, authorization) as metadata values.
@@ -88,12 +132,15 @@ pub struct Peers {
     /// test harness can route a node's peer traffic through its fault proxy.
     configured: BTreeMap<NodeId, String>,
     channels: Mutex<BTreeMap<NodeId, (String, Channel)>>,
+    /// The simulator's network (`None`: the OS's TCP).
+    dial: Option<Dial>,
 }
 
 impl Peers {
     pub fn new(
         configured: BTreeMap<NodeId, String>,
         credentials: &PeerCredentials,
+        dial: Option<Dial>,
     ) -> anyhow::Result<Arc<Peers>> {
         let ascii = |text: String| -> anyhow::Result<Ascii> {
             text.parse()
@@ -114,6 +161,7 @@ impl Peers {
             credentials,
             configured,
             channels: Mutex::new(BTreeMap::new()),
+            dial,
         }))
     }
 
@@ -152,7 +200,10 @@ impl Peers {
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(1))
             .keep_alive_timeout(Duration::from_secs(2));
-        let channel = endpoint.connect_lazy();
+        let channel = match &self.dial {
+            None => endpoint.connect_lazy(),
+            Some(dial) => dialed_channel(endpoint, dial),
+        };
         channels.insert(node, (addr.to_owned(), channel.clone()));
         Ok(channel)
     }
@@ -500,6 +551,7 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
                 option.soft_ttl(),
             );
         let reply = tokio::select! {
+            biased;
             closed = cancel => return Err(StreamingError::Closed(closed)),
             reply = call => reply,
         };

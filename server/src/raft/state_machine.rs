@@ -1,5 +1,6 @@
 //! The state machine as openraft sees it: `holdfast-core`'s `State` in memory, applied entry by
-//! entry, with canonical snapshots persisted in rocksdb.
+//! entry, with canonical snapshots persisted through a `storage::SnapshotStore` (a file beside
+//! rocksdb for `holdfast serve`).
 //!
 //! Restart = load the last snapshot, then openraft replays the log from the snapshot's index up
 //! to the saved commit index. Nothing of the state machine is written per entry: a snapshot is
@@ -12,10 +13,10 @@ use futures::{Stream, TryStreamExt};
 use holdfast_core::{Command, State};
 use openraft::OptionalSend;
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
-use rocksdb::DB;
 use tokio::sync::watch;
 
 use super::snapshot_file::{self, StoredSnapshot};
+use super::storage::SnapshotStore;
 use super::types::{LogId, Response, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
 use crate::guard::{Checkpoints, TEST_DIVERGE_ENV};
 use crate::policy::ApplyPolicies;
@@ -52,7 +53,7 @@ impl Shared {
 
 pub struct StateMachineStore {
     shared: Arc<Shared>,
-    db: Arc<DB>,
+    snapshots: Arc<dyn SnapshotStore>,
     /// The wasm policy engine and compiled modules of this replica's apply loop.
     policies: ApplyPolicies,
     /// Record the state digest after every entry whose index is a multiple of this.
@@ -67,9 +68,13 @@ pub struct StateMachineStore {
 impl StateMachineStore {
     /// Loads the last persisted snapshot, if any, as the starting state. Records a checkpoint
     /// digest every `checkpoint_every` entries (0 = never).
-    pub fn open(db: Arc<DB>, checkpoint_every: u64, node_id: u64) -> io::Result<StateMachineStore> {
+    pub fn open(
+        snapshots: Arc<dyn SnapshotStore>,
+        checkpoint_every: u64,
+        node_id: u64,
+    ) -> io::Result<StateMachineStore> {
         let mut applied = Applied::default();
-        if let Some(stored) = snapshot_file::load(&db)? {
+        if let Some(stored) = snapshots.load()? {
             applied.state = State::from_snapshot_bytes(&stored.data).map_err(io::Error::other)?;
             applied.last_applied = stored.meta.last_log_id;
             applied.membership = stored.meta.last_membership;
@@ -98,7 +103,7 @@ impl StateMachineStore {
             .with_metrics(node_id);
         Ok(StateMachineStore {
             shared,
-            db,
+            snapshots,
             policies,
             checkpoint_every,
             diverge_at,
@@ -114,7 +119,7 @@ impl StateMachineStore {
 
 /// Persists `data` (canonical state bytes) as the data dir's snapshot at `meta`, the starting
 /// state of a node restored from a backup (`crate::backup`).
-pub fn write_restored(db: &DB, meta: SnapshotMeta, data: Vec<u8>) -> io::Result<()> {
+pub fn write_restored(db: &rocksdb::DB, meta: SnapshotMeta, data: Vec<u8>) -> io::Result<()> {
     snapshot_file::save(db, &meta, &data)
 }
 
@@ -189,7 +194,7 @@ pub fn write_snapshot(shared: &Shared) -> Written {
 
 pub struct SnapshotBuilder {
     shared: Arc<Shared>,
-    db: Arc<DB>,
+    snapshots: Arc<dyn SnapshotStore>,
     node_id: u64,
 }
 
@@ -197,12 +202,16 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     type SnapshotData = Vec<u8>;
 
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
-        let (shared, db, node_id) = (Arc::clone(&self.shared), Arc::clone(&self.db), self.node_id);
+        let (shared, snapshots, node_id) = (
+            Arc::clone(&self.shared),
+            Arc::clone(&self.snapshots),
+            self.node_id,
+        );
         // Encoding and persisting a large state takes seconds (≈ 1 s per 80 MB here): off the
         // runtime's worker threads, or Raft's own tasks (heartbeats) starve and followers
         // start an election — seen loading 900k locks with holdfast-bench scale. Apply goes on
         // meanwhile: the state is written a chunk at a time from a frozen view.
-        tokio::task::spawn_blocking(move || {
+        crate::blocking::offload(move || {
             let started = std::time::Instant::now();
             let Written {
                 stored,
@@ -211,7 +220,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             } = write_snapshot(&shared);
             // Pair check: what we persist must decode to a valid state.
             debug_assert!(State::from_snapshot_bytes(&stored.data).is_ok());
-            snapshot_file::save(&db, &stored.meta, &stored.data)?;
+            snapshots.save(&stored.meta, &stored.data)?;
             let took = started.elapsed();
             crate::metrics::record_snapshot_built(node_id, stored.data.len(), took, longest_hold);
             tracing::info!(
@@ -318,7 +327,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         SnapshotBuilder {
             shared: Arc::clone(&self.shared),
-            db: Arc::clone(&self.db),
+            snapshots: Arc::clone(&self.snapshots),
             node_id: self.node_id,
         }
     }
@@ -330,7 +339,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     ) -> Result<(), io::Error> {
         let state = State::from_snapshot_bytes(&snapshot).map_err(io::Error::other)?;
         crate::metrics::record_snapshot(self.node_id, snapshot.len());
-        snapshot_file::save(&self.db, meta, &snapshot)?;
+        self.snapshots.save(meta, &snapshot)?;
         let index = {
             let mut applied = self.shared.applied.write().expect("state lock");
             applied.state = state;
@@ -346,7 +355,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
-        Ok(snapshot_file::load(&self.db)?.map(|s| Snapshot {
+        Ok(self.snapshots.load()?.map(|s| Snapshot {
             meta: s.meta,
             snapshot: s.data,
         }))

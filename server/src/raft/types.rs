@@ -47,6 +47,7 @@ openraft::declare_raft_types!(
         R = Response,
         NodeId = u64,
         Node = NodeInfo,
+        AsyncRuntime = super::runtime::Runtime,
 );
 
 pub type NodeId = u64;

@@ -35,28 +35,49 @@ pub fn check(history: &History, replay: &Replay) -> Vec<String> {
             ));
         }
     }
-    violations.extend(reentries_repeat_a_current_hold(history));
+    violations.extend(reentries_repeat_a_current_hold(history, replay));
     violations
 }
 
-/// A re-entrant answer (`Reacquired`) repeats the hold the same session still has on that
-/// lock: the last token it was granted there, with no release of it acknowledged or refused
-/// since (a release whose outcome is unknown may not have happened, so the hold may remain).
-fn reentries_repeat_a_current_hold(history: &History) -> Vec<String> {
+/// A re-entrant answer (`Reacquired`) repeats a hold the same session still has on that lock:
+/// either the last token it was granted there, with no release of it acknowledged or refused
+/// since (a release whose outcome is unknown may not have happened, so the hold may remain),
+/// or — after an acquire of its own whose outcome was unknown, which may have been granted
+/// unseen — a grant to that session the replicated record shows (found by the simulator: a
+/// leader's failed fsync answered an acquire INTERNAL after the grant had committed).
+fn reentries_repeat_a_current_hold(history: &History, replay: &Replay) -> Vec<String> {
     let mut ops: Vec<&crate::history::Op> = history.ops.iter().collect();
     ops.sort_by_key(|op| op.invoke);
     // (client, lock) → (session, token) of the hold it may still have.
     let mut holding: BTreeMap<(usize, &str), (u64, u64)> = BTreeMap::new();
+    // (client, lock) → session whose acquire there had an unknown outcome.
+    let mut unseen: BTreeMap<(usize, &str), u64> = BTreeMap::new();
+    let granted_in_record = |lock: &str, token: u64, session: u64| {
+        replay
+            .grants
+            .get(&(lock.to_owned(), token))
+            .is_some_and(|(_, to)| *to == session)
+    };
     let mut violations = Vec::new();
     for op in ops {
         let key = (op.client, op.lock.as_str());
         match (&op.kind, &op.outcome) {
             (OpKind::Acquire { .. }, Outcome::Acquired { token }) => {
                 holding.insert(key, (op.session, *token));
+                unseen.remove(&key);
+            }
+            (OpKind::Acquire { .. }, Outcome::Unknown(_)) => {
+                unseen.insert(key, op.session);
             }
             (OpKind::Acquire { .. }, Outcome::Reacquired { token })
-                if holding.get(&key) != Some(&(op.session, *token)) =>
+                if holding.get(&key) == Some(&(op.session, *token))
+                    || (unseen.get(&key) == Some(&op.session)
+                        && granted_in_record(&op.lock, *token, op.session)) =>
             {
+                holding.insert(key, (op.session, *token));
+                unseen.remove(&key);
+            }
+            (OpKind::Acquire { .. }, Outcome::Reacquired { token }) => {
                 violations.push(format!(
                     "lock {}: client {} (session {}) was told it already held token {token}, \
                      but its hold there was {:?}",
@@ -142,7 +163,7 @@ mod tests {
             mode: Mode::Exclusive,
             wait_ms: 0,
         };
-        let reacquire = |span, token| op(0, "a", kind, span, Outcome::Reacquired { token });
+        let reacquire = |span, token| op(0, "a", kind.clone(), span, Outcome::Reacquired { token });
         let release = |span, outcome| op(0, "a", OpKind::Release { token: 9 }, span, outcome);
         // The release's outcome was unknown: the hold may remain, and re-entering it is right.
         history.ops = vec![
@@ -159,6 +180,22 @@ mod tests {
             violations[0].contains("already held token 9"),
             "{violations:?}"
         );
+        // An acquire whose outcome was unknown may have been granted unseen: a re-entrant
+        // answer with that grant (to this session, in the record) is right; with a token the
+        // record gave another session, it is not.
+        let mut history = history_with_record(vec![(7, vec![event(Acquired, "a", 1, 7)])]);
+        let unknown = op(
+            0,
+            "a",
+            kind.clone(),
+            (0, 10),
+            Outcome::Unknown("INTERNAL".into()),
+        );
+        history.ops = vec![unknown.clone(), reacquire((20, 30), 7)];
+        assert_eq!(check(&history, &Replay::of(&history)), Vec::<String>::new());
+        let mut history = history_with_record(vec![(7, vec![event(Acquired, "a", 2, 7)])]);
+        history.ops = vec![unknown, reacquire((20, 30), 7)];
+        assert_eq!(check(&history, &Replay::of(&history)).len(), 1);
     }
 
     #[test]

@@ -272,21 +272,17 @@ pub async fn run(config: Config) -> Report {
     if let Err(error) = policies::install(&admin).await {
         panic!("deploying the run's policies failed: {error}");
     }
-    let start = Instant::now();
     let stop_watchers = Arc::new(AtomicBool::new(false));
     let watchers: Vec<_> = cluster
         .ids()
         .into_iter()
         .map(|id| {
-            tokio::spawn(watcher::watch_node(
-                id,
-                cluster.addr(id).to_owned(),
-                Arc::clone(&stop_watchers),
-            ))
+            let client = Client::connect(&[cluster.addr(id)]).expect("watch client");
+            tokio::spawn(watcher::watch_node(id, client, Arc::clone(&stop_watchers)))
         })
         .collect();
     let shared = Arc::new(Shared {
-        start,
+        clock: Shared::clock_from_now(),
         ops: Default::default(),
         faults: Default::default(),
         resource: Default::default(),
@@ -313,11 +309,13 @@ pub async fn run(config: Config) -> Report {
     let mut handles = Vec::new();
     let mut clients = Vec::new();
     for index in 0..config.clients {
-        let handle = Arc::new(ClientHandle::start(&addrs, index).await);
+        let (handle, client) = ClientHandle::with_proxies(&addrs, index).await;
+        let handle = Arc::new(handle);
         handles.push(Arc::clone(&handle));
         clients.push(tokio::spawn(workload::run_client(
             Arc::clone(&shared),
             handle,
+            client,
             index,
             config.seed.wrapping_mul(1_000).wrapping_add(index as u64),
         )));
@@ -357,19 +355,8 @@ pub async fn run(config: Config) -> Report {
     // The final linearizable read, then every node's (applied, digest) once they agree.
     let endpoints: Vec<&str> = addrs.iter().map(String::as_str).collect();
     let reader = Client::connect(&endpoints).expect("client");
-    let final_read = match reader.list(LOCK_PREFIX, 0).await {
-        Ok(list) => Some((
-            list.header.map_or(0, |h| h.revision),
-            list.locks
-                .into_iter()
-                .map(|lock| {
-                    let mut tokens: Vec<u64> = lock.holders.iter().map(|h| h.token).collect();
-                    tokens.sort_unstable();
-                    (lock.name, tokens)
-                })
-                .filter(|(_, tokens)| !tokens.is_empty())
-                .collect(),
-        )),
+    let final_read = match read_every_lock(&reader).await {
+        Ok(read) => Some(read),
         Err(status) => {
             eprintln!("torture: the final read failed: {status}");
             None
@@ -418,6 +405,25 @@ pub async fn run(config: Config) -> Report {
         cluster.keep_dir();
     }
     report
+}
+
+/// A linearizable read of every lock of the workload: (revision, lock → holders' tokens), the
+/// locks without holders left out.
+pub async fn read_every_lock(
+    client: &Client,
+) -> Result<(u64, BTreeMap<String, Vec<u64>>), tonic::Status> {
+    let list = client.list(LOCK_PREFIX, 0).await?;
+    let locks = list
+        .locks
+        .into_iter()
+        .map(|lock| {
+            let mut tokens: Vec<u64> = lock.holders.iter().map(|h| h.token).collect();
+            tokens.sort_unstable();
+            (lock.name, tokens)
+        })
+        .filter(|(_, tokens)| !tokens.is_empty())
+        .collect();
+    Ok((list.header.map_or(0, |h| h.revision), locks))
 }
 
 /// Polls every node's (applied index, digest) until they agree or the timeout passes; returns

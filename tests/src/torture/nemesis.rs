@@ -47,6 +47,9 @@ fn class(kind: FaultKind) -> Class {
         | FaultKind::Blackhole
         | FaultKind::SlowLinks => Class::Network,
         FaultKind::PauseClient | FaultKind::ClockJump => Class::Independent,
+        FaultKind::SlowDisk | FaultKind::FailedFsync | FaultKind::LossyLinks => {
+            unreachable!("{kind:?} is injected only by the simulator")
+        }
     }
 }
 
@@ -359,6 +362,9 @@ impl Nemesis {
                 let ms = self.shared.session_ttl_ms + self.rng.between(500, 3_000);
                 client.pause_ms.store(ms, Ordering::Relaxed);
                 return;
+            }
+            FaultKind::SlowDisk | FaultKind::FailedFsync | FaultKind::LossyLinks => {
+                unreachable!("{kind:?} is injected only by the simulator")
             }
         };
         self.faults.push(Fault {

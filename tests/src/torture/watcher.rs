@@ -16,8 +16,8 @@ const RECONNECT_MS: u64 = 200;
 /// How long one connection attempt may take (the client library's own retry is longer).
 const CONNECT_TIMEOUT_MS: u64 = 2_000;
 
-pub async fn watch_node(node: u64, addr: String, stop: Arc<AtomicBool>) -> WatchStream {
-    let client = Client::connect(&[addr.as_str()]).expect("watch client");
+/// Watches node `node` through `client` (whose only endpoint is that node).
+pub async fn watch_node(node: u64, client: Client, stop: Arc<AtomicBool>) -> WatchStream {
     let mut items = Vec::new();
     let mut next = 1u64;
     while !stop.load(Ordering::Relaxed) {
@@ -49,6 +49,7 @@ pub async fn watch_node(node: u64, addr: String, stop: Arc<AtomicBool>) -> Watch
         };
         loop {
             let message = tokio::select! {
+                biased;
                 message = stream.message() => message,
                 () = tokio::time::sleep(Duration::from_millis(RECONNECT_MS)) => {
                     if stop.load(Ordering::Relaxed) {

@@ -1,5 +1,5 @@
-//! The clients: each has its own proxies to every node (so the nemesis can freeze it), one
-//! labelled session, and loops acquire → write to the fenced resource → release over a
+//! The clients: each has links to every node that the nemesis can freeze (the torture run's
+//! own proxies; the simulator's held links), one labelled session, and loops acquire → write to the fenced resource → release over a
 //! handful of locks (half of them bound to wasm policies, `policies.rs`), with try-locks,
 //! waits, priorities, shared holds and linearizable reads mixed in. Every operation
 //! is recorded with its invocation and completion on the run's clock.
@@ -25,9 +25,12 @@ const HOLD_MS_MAX: u64 = 20;
 /// Pause after a failed session open before trying again.
 const REOPEN_BACKOFF_MS: u64 = 100;
 
+/// The run's clock: microseconds since it began.
+pub type Clock = Box<dyn Fn() -> Micros + Send + Sync>;
+
 /// What the clients share with the run.
 pub struct Shared {
-    pub start: Instant,
+    pub clock: Clock,
     pub ops: Mutex<Vec<Op>>,
     pub faults: Mutex<Vec<Fault>>,
     pub resource: super::resource::FencedResource,
@@ -40,47 +43,75 @@ pub struct Shared {
 
 impl Shared {
     pub fn now(&self) -> Micros {
-        u64::try_from(self.start.elapsed().as_micros()).unwrap_or(u64::MAX)
+        (self.clock)()
+    }
+
+    /// A clock that starts now, on tokio's time.
+    pub fn clock_from_now() -> Clock {
+        let start = Instant::now();
+        Box::new(move || u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX))
+    }
+}
+
+/// How a client's links to the cluster are frozen and thawed (the client "pause" fault).
+pub trait Links: Send + Sync {
+    fn freeze(&self, frozen: bool);
+}
+
+/// The torture run's links: the client's own proxies to every node.
+pub struct Proxies(pub Vec<Proxy>);
+
+impl Links for Proxies {
+    fn freeze(&self, frozen: bool) {
+        let mode = if frozen {
+            LinkMode::Pause
+        } else {
+            LinkMode::Pass
+        };
+        for proxy in &self.0 {
+            proxy.set_mode(mode);
+        }
     }
 }
 
 /// One client's handle for the nemesis.
 pub struct ClientHandle {
-    pub proxies: Vec<Proxy>,
+    pub links: Box<dyn Links>,
     /// A requested pause (ms); the client takes it right after its next exclusive grant.
     pub pause_ms: AtomicU64,
     pub paused: AtomicBool,
 }
 
 impl ClientHandle {
-    pub async fn start(node_addrs: &[String], index: usize) -> ClientHandle {
-        let mut proxies = Vec::new();
-        // Each client prefers a different node first.
-        for offset in 0..node_addrs.len() {
-            let addr = &node_addrs[(index + offset) % node_addrs.len()];
-            proxies.push(Proxy::start(addr.clone()).await);
-        }
+    pub fn new(links: Box<dyn Links>) -> ClientHandle {
         ClientHandle {
-            proxies,
+            links,
             pause_ms: AtomicU64::new(0),
             paused: AtomicBool::new(false),
         }
     }
 
-    fn set_links(&self, mode: LinkMode) {
-        for proxy in &self.proxies {
-            proxy.set_mode(mode);
+    /// A handle whose links are proxies to every node, and a client over them (each client
+    /// prefers a different node first).
+    pub async fn with_proxies(node_addrs: &[String], index: usize) -> (ClientHandle, Client) {
+        let mut proxies = Vec::new();
+        for offset in 0..node_addrs.len() {
+            let addr = &node_addrs[(index + offset) % node_addrs.len()];
+            proxies.push(Proxy::start(addr.clone()).await);
         }
+        let addrs: Vec<&str> = proxies.iter().map(|p| p.addr.as_str()).collect();
+        let client = Client::connect(&addrs).expect("client");
+        (ClientHandle::new(Box::new(Proxies(proxies))), client)
     }
 }
 
 /// The server no longer knows the session (it expired or was closed).
-fn session_gone(status: &Status) -> bool {
+pub fn session_gone(status: &Status) -> bool {
     status.code() == Code::NotFound && status.message().contains("session")
 }
 
 /// How a failed call is recorded: `Fail` only where the server certainly did not apply it.
-fn classify(status: &Status) -> Outcome {
+pub fn classify(status: &Status) -> Outcome {
     let text = format!("{:?}: {}", status.code(), status.message());
     match status.code() {
         // Refused at the edge or by apply, deterministically.
@@ -96,9 +127,13 @@ fn classify(status: &Status) -> Outcome {
     }
 }
 
-pub async fn run_client(shared: Arc<Shared>, handle: Arc<ClientHandle>, index: usize, seed: u64) {
-    let addrs: Vec<&str> = handle.proxies.iter().map(|p| p.addr.as_str()).collect();
-    let client = Client::connect(&addrs).expect("client");
+pub async fn run_client(
+    shared: Arc<Shared>,
+    handle: Arc<ClientHandle>,
+    client: Client,
+    index: usize,
+    seed: u64,
+) {
     let mut rng = Rng::new(seed);
     let mut session: Option<Session> = None;
     let mut seq = 0u64;
@@ -224,9 +259,9 @@ pub async fn run_client(shared: Arc<Shared>, handle: Arc<ClientHandle>, index: u
                 // the token we hold.
                 let start = shared.now();
                 handle.paused.store(true, Ordering::Relaxed);
-                handle.set_links(LinkMode::Pause);
+                handle.links.freeze(true);
                 tokio::time::sleep(Duration::from_millis(pause_ms)).await;
-                handle.set_links(LinkMode::Pass);
+                handle.links.freeze(false);
                 handle.paused.store(false, Ordering::Relaxed);
                 shared.faults.lock().expect("faults").push(Fault {
                     kind: FaultKind::PauseClient,
