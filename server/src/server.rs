@@ -199,7 +199,8 @@ where
         // A restarted leader stands for election like any node. Restoring its leadership at
         // startup would serve linearizable reads from a read index built on the commit index it
         // persisted, which `LogStore::save_committed` lets a crash roll back: the full-restart
-        // test then read a state without its last acknowledged writes.
+        // test then read a state without its last acknowledged writes. (The simulator can
+        // plant that bug again: `planted::Bug::LeaderRestore`.)
         enable_leader_restore: Some(crate::planted::planted(crate::planted::Bug::LeaderRestore)),
         ..Default::default()
     }

@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
-use std::ops::{Bound, RangeBounds};
+use std::ops::RangeBounds;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -168,20 +168,11 @@ impl RaftLogReader<TypeConfig> for SimLog {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, io::Error> {
-        let start = match range.start_bound() {
-            Bound::Included(&i) => Bound::Included(i),
-            Bound::Excluded(&i) => Bound::Excluded(i),
-            Bound::Unbounded => Bound::Unbounded,
-        };
-        let end = match range.end_bound() {
-            Bound::Included(&i) => Bound::Included(i),
-            Bound::Excluded(&i) => Bound::Excluded(i),
-            Bound::Unbounded => Bound::Unbounded,
-        };
+        let bounds = (range.start_bound().cloned(), range.end_bound().cloned());
         let platters = self.platters()?;
         let entries: Vec<Entry> = platters
             .log
-            .range((start, end))
+            .range(bounds)
             .map(|(_, entry)| entry.clone())
             .collect();
         Ok(entries)

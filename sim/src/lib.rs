@@ -105,7 +105,6 @@ pub struct Report {
     pub simulated: Duration,
     /// Wall-clock time it took.
     pub elapsed: Duration,
-    pub steps: u64,
     /// (fsyncs, log entries lost to crashes) over every node.
     pub disk: (u64, u64),
     /// The run could not finish (the simulation failed or overran); the reason.
@@ -343,7 +342,6 @@ pub fn run(config: Config) -> Report {
     let mut healed = false;
     let mut reader_started = false;
     let mut aborted = None;
-    let mut steps = 0u64;
     loop {
         let now = sim.elapsed().as_micros() as Micros;
         nemesis.step(&mut sim, now);
@@ -366,7 +364,6 @@ pub fn run(config: Config) -> Report {
             sample_checkpoints(&registry, &mut checkpoints);
             next_sample = now + SAMPLE_EVERY_MS * 1_000;
         }
-        steps += 1;
         match sim.step() {
             Ok(true) => break,
             Ok(false) => {}
@@ -429,7 +426,6 @@ pub fn run(config: Config) -> Report {
         violations,
         simulated,
         elapsed: started.elapsed(),
-        steps,
         disk,
         aborted,
     }

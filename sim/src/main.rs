@@ -119,7 +119,10 @@ fn run_seeds(args: &Args) -> anyhow::Result<()> {
                         ),
                         Err(error) => (false, format!("seed {seed}: cannot run: {error}\n")),
                     };
-                    if !passed {
+                    let stats = out.lines().find_map(Stats::parse);
+                    if !passed && stats.is_none() {
+                        println!("FAILED seed {seed}: the run ended without a report (it crashed)");
+                    } else if !passed {
                         let report: String = out
                             .lines()
                             .filter(|line| !line.starts_with(Stats::PREFIX))
@@ -131,11 +134,7 @@ fn run_seeds(args: &Args) -> anyhow::Result<()> {
                             .map_or(String::new(), |b| format!(" --plant {}", b.name()));
                         println!("replay: scripts/simulate --seed {seed}{plant}");
                     }
-                    totals.lock().expect("totals").add(
-                        seed,
-                        passed,
-                        out.lines().find_map(Stats::parse),
-                    );
+                    totals.lock().expect("totals").add(seed, passed, stats);
                 }
             });
         }

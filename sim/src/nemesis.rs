@@ -38,6 +38,10 @@ const SLOW_LINK_MS: u64 = 60;
 const LOSSY_FAIL_RATE: f64 = 0.02;
 /// Extra time every fsync takes on a slow disk.
 const SLOW_DISK_MS: u64 = 40;
+/// How long a fault stays in force (ms).
+const FAULT_HOLD_MS: (u64, u64) = (300, 3_000);
+/// How far past its session's TTL a frozen client stays frozen (ms).
+const PAUSE_PAST_TTL_MS: (u64, u64) = (500, 3_000);
 /// How soon a quickly restarted node comes back (ms).
 const QUICK_RESTART_MS: (u64, u64) = (20, 200);
 /// Longest a client may wait for the grant after which it takes a requested pause.
@@ -229,7 +233,8 @@ impl Nemesis {
         if kind == FaultKind::PauseClient {
             // Taken by the client right after its next exclusive grant, and recorded by it;
             // never so late that the pause could outlast the fault phase.
-            let ms = self.session_ttl_ms + self.rng.between(500, 3_000);
+            let ms =
+                self.session_ttl_ms + self.rng.between(PAUSE_PAST_TTL_MS.0, PAUSE_PAST_TTL_MS.1);
             if now + (ms + PAUSE_GRANT_WAIT_MS) * 1_000 < self.fault_end {
                 let client = self.rng.pick(&self.clients);
                 client.pause_ms.store(ms, Ordering::Relaxed);
@@ -239,7 +244,7 @@ impl Nemesis {
         let leader = self.leader();
         let any = self.any_node();
         let target = leader.unwrap_or(any);
-        let mut hold_ms = self.rng.between(300, 3_000);
+        let mut hold_ms = self.rng.between(FAULT_HOLD_MS.0, FAULT_HOLD_MS.1);
         let (detail, heal) = match kind {
             FaultKind::KillNode | FaultKind::KillLeader => {
                 let id = if kind == FaultKind::KillNode {
@@ -274,33 +279,21 @@ impl Nemesis {
                 } else {
                     any
                 };
-                let pairs: Vec<(String, String)> = self
+                let pairs = self
                     .hosts
                     .iter()
                     .filter(|h| **h != host(id))
                     .map(|h| (host(id), h.clone()))
                     .collect();
-                for (a, b) in &pairs {
-                    sim.partition(a.as_str(), b.as_str());
-                }
-                (
-                    format!("node {id} cut from every host"),
-                    Heal::Repair(pairs),
-                )
+                (format!("node {id} cut from every host"), cut(sim, pairs))
             }
             FaultKind::PartitionMajority => {
-                let pairs: Vec<(String, String)> = self
+                let pairs = self
                     .others(any)
                     .into_iter()
                     .map(|other| (host(any), host(other)))
                     .collect();
-                for (a, b) in &pairs {
-                    sim.partition(a.as_str(), b.as_str());
-                }
-                (
-                    format!("node {any} cut from its peers"),
-                    Heal::Repair(pairs),
-                )
+                (format!("node {any} cut from its peers"), cut(sim, pairs))
             }
             FaultKind::OneWayPartition => {
                 let others = self.others(any);
@@ -355,4 +348,12 @@ impl Nemesis {
             heal,
         });
     }
+}
+
+/// Partitions every pair of `pairs`; how to heal it.
+fn cut(sim: &mut turmoil::Sim<'_>, pairs: Vec<(String, String)>) -> Heal {
+    for (a, b) in &pairs {
+        sim.partition(a.as_str(), b.as_str());
+    }
+    Heal::Repair(pairs)
 }
