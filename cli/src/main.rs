@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
@@ -157,7 +158,8 @@ struct ServeArgs {
     /// (0 = off; default 1000).
     #[arg(long, env = "HOLDFAST_CHECKPOINT_EVERY_ENTRIES")]
     checkpoint_every_entries: Option<u64>,
-    /// Serve Prometheus metrics on http://ADDR/metrics (off when not given).
+    /// Serve Prometheus metrics on http://ADDR/metrics and the read-only operator's console on
+    /// http://ADDR/console (off when not given).
     #[arg(long, env = "HOLDFAST_METRICS_LISTEN")]
     metrics_listen: Option<String>,
     /// Require bearer tokens: a TOML file of `[[token]]` entries with token, principal and
@@ -215,8 +217,8 @@ struct DevArgs {
     /// Where the nodes keep their data (node-1, node-2, ... inside).
     #[arg(long, default_value = "./holdfast-data", env = "HOLDFAST_DATA_DIR")]
     data_dir: PathBuf,
-    /// Prometheus metrics of all nodes (label `node`) on http://ADDR/metrics; "off" for
-    /// none.
+    /// Prometheus metrics of all nodes (label `node`) on http://ADDR/metrics and the
+    /// operator's console on http://ADDR/console; "off" for none.
     #[arg(
         long,
         default_value = "127.0.0.1:9700",
@@ -335,11 +337,18 @@ async fn serve(
     tls: Option<holdfast_server::tls::TlsFiles>,
 ) -> anyhow::Result<std::process::ExitCode> {
     let config = node_config(args, tls)?;
-    if let Some(addr) = &config.metrics_listen {
-        holdfast_server::metrics::install(holdfast_server::metrics::parse_listen(addr)?)?;
-        println!("metrics on http://{addr}/metrics");
-    }
+    let console = match &config.metrics_listen {
+        Some(addr) => {
+            let console = http_listener(addr).await?;
+            println!("console on http://{addr}/console, metrics on http://{addr}/metrics");
+            Some(console)
+        }
+        None => None,
+    };
     let running = server::start(config.clone()).await?;
+    if let Some(console) = &console {
+        console.register(Arc::clone(&running.node), Arc::clone(&running.auth));
+    }
     println!(
         "holdfast node {} serving on {} (data in {})",
         config.id,
@@ -363,6 +372,16 @@ async fn serve(
     Ok(std::process::ExitCode::SUCCESS)
 }
 
+/// Installs the metrics recorder and serves `/metrics` and the console on `addr`.
+async fn http_listener(addr: &str) -> anyhow::Result<Arc<holdfast_server::console::Console>> {
+    let handle = holdfast_server::metrics::install()?;
+    let console = holdfast_server::console::Console::new(Some(handle));
+    Arc::clone(&console)
+        .serve(holdfast_server::metrics::parse_listen(addr)?)
+        .await?;
+    Ok(console)
+}
+
 /// Most nodes `holdfast dev` runs.
 const DEV_NODES_MAX: u64 = 7;
 
@@ -379,11 +398,11 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
             args.data_dir.display()
         );
     }
-    if args.metrics_listen != "off" {
-        holdfast_server::metrics::install(holdfast_server::metrics::parse_listen(
-            &args.metrics_listen,
-        )?)?;
-    }
+    let console = if args.metrics_listen == "off" {
+        None
+    } else {
+        Some(http_listener(&args.metrics_listen).await?)
+    };
     let addr = |id: u64| format!("127.0.0.1:{}", u64::from(args.base_port) + id - 1);
     let peers: BTreeMap<u64, String> = (1..=dev_nodes).map(|id| (id, addr(id))).collect();
     let mut nodes = Vec::new();
@@ -405,11 +424,13 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
             cluster_id: holdfast_server::config::CLUSTER_ID_DEFAULT.to_owned(),
             tls: None,
         };
-        nodes.push(
-            server::start(config)
-                .await
-                .with_context(|| format!("starting node {id}"))?,
-        );
+        let running = server::start(config)
+            .await
+            .with_context(|| format!("starting node {id}"))?;
+        if let Some(console) = &console {
+            console.register(Arc::clone(&running.node), Arc::clone(&running.auth));
+        }
+        nodes.push(running);
     }
     println!(
         "holdfast dev cluster: {dev_nodes} nodes, data in {}",
@@ -419,6 +440,7 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
         println!("  node {id}: http://{addr}");
     }
     if args.metrics_listen != "off" {
+        println!("  console: http://{}/console", args.metrics_listen);
         println!("  metrics: http://{}/metrics", args.metrics_listen);
     }
     println!("Ctrl-C stops them all; running `holdfast dev` again resumes the same cluster.");

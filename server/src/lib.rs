@@ -8,6 +8,7 @@ pub mod batch;
 pub mod blocking;
 pub mod clock;
 pub mod config;
+pub mod console;
 pub mod guard;
 pub mod metrics;
 pub mod node;

@@ -9,31 +9,108 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use holdfast_core::{Applied, Command, Event, LeaveReason, ReleaseReason};
 use metrics::{Counter, Histogram, counter, gauge, histogram};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use serde::{Deserialize, Serialize};
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 /// How often gauges are sampled and the health status refreshed.
 pub const SAMPLE_INTERVAL_MS: u64 = 1_000;
 
-/// Installs the process-wide Prometheus recorder and its HTTP listener on `addr` (`GET
-/// /metrics`). Call once per process, inside the tokio runtime.
-pub fn install(addr: SocketAddr) -> anyhow::Result<()> {
+/// Installs the process-wide Prometheus recorder and returns the handle that renders it (the
+/// node's HTTP listener, `crate::console`, serves it as `GET /metrics`). Call once per process,
+/// inside the tokio runtime: it starts the recorder's upkeep task.
+pub fn install() -> anyhow::Result<PrometheusHandle> {
     const SECONDS: &[f64] = &[
         0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
         0.5, 1.0,
     ];
     const COUNTS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
-    PrometheusBuilder::new()
-        .with_http_listener(addr)
+    let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".to_string()), SECONDS)?
         .set_buckets_for_metric(Matcher::Suffix("_per_fsync".to_string()), COUNTS)?
-        .install()
-        .map_err(|error| anyhow::anyhow!("metrics listener on {addr}: {error}"))
+        .install_recorder()
+        .map_err(|error| anyhow::anyhow!("installing the metrics recorder: {error}"))?;
+    // What the exporter's own listener did: drain histogram samples into their buckets.
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(RECORDER_UPKEEP_S)).await;
+            upkeep.run_upkeep();
+        }
+    });
+    Ok(handle)
+}
+
+/// How often the recorder's histogram samples are drained into buckets.
+pub const RECORDER_UPKEEP_S: u64 = 5;
+
+/// How many recent durations [`Recent`] keeps.
+pub const RECENT_SAMPLES: usize = 1_024;
+
+/// The last [`RECENT_SAMPLES`] durations of something (a node's fsyncs, one policy hook's
+/// decisions), for the console's percentiles of what happens now (the Prometheus histograms
+/// add up everything since start).
+#[derive(Default)]
+pub struct Recent {
+    inner: Mutex<RecentRing>,
+}
+
+#[derive(Default)]
+struct RecentRing {
+    /// Microseconds, at most `RECENT_SAMPLES`; `next` is the slot written next once full.
+    micros: Vec<u64>,
+    next: usize,
+    total: u64,
+}
+
+/// Percentiles of the durations a [`Recent`] holds, in microseconds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LatencySummary {
+    /// Recorded since start.
+    pub count: u64,
+    /// Over the last [`RECENT_SAMPLES`] (or fewer).
+    pub samples: u64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub max_us: u64,
+}
+
+impl Recent {
+    pub fn record(&self, took: Duration) {
+        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        let mut ring = self.inner.lock().expect("recent durations lock");
+        ring.total += 1;
+        if ring.micros.len() < RECENT_SAMPLES {
+            ring.micros.push(micros);
+        } else {
+            let next = ring.next;
+            ring.micros[next] = micros;
+            ring.next = (next + 1) % RECENT_SAMPLES;
+        }
+    }
+
+    /// None before the first duration.
+    pub fn summary(&self) -> Option<LatencySummary> {
+        let (mut micros, count) = {
+            let ring = self.inner.lock().expect("recent durations lock");
+            (ring.micros.clone(), ring.total)
+        };
+        micros.sort_unstable();
+        let at = |q: f64| micros[((micros.len() - 1) as f64 * q).round() as usize];
+        (!micros.is_empty()).then(|| LatencySummary {
+            count,
+            samples: micros.len() as u64,
+            p50_us: at(0.5),
+            p99_us: at(0.99),
+            max_us: at(1.0),
+        })
+    }
 }
 
 /// Metric handles of one node's apply loop, registered once (recording through a handle
@@ -221,14 +298,17 @@ const LEAVE_REASONS: [&str; 4] = [
 pub struct FsyncMetrics {
     seconds: Histogram,
     appends: Histogram,
+    /// The same durations, kept for the node's status (`Node::status`).
+    recent: Arc<Recent>,
 }
 
 impl FsyncMetrics {
-    pub fn new(node: u64) -> FsyncMetrics {
+    pub fn new(node: u64, recent: Arc<Recent>) -> FsyncMetrics {
         let node = node.to_string();
         FsyncMetrics {
             seconds: histogram!("holdfast_wal_fsync_seconds", "node" => node.clone()),
             appends: histogram!("holdfast_raft_appends_per_fsync", "node" => node),
+            recent,
         }
     }
 
@@ -237,6 +317,7 @@ impl FsyncMetrics {
     pub fn record(&self, took: Duration, appends: usize) {
         self.seconds.record(took.as_secs_f64());
         self.appends.record(appends as f64);
+        self.recent.record(took);
     }
 }
 
@@ -244,6 +325,8 @@ impl FsyncMetrics {
 /// instance on the entry's first call, the wasm call, and decoding its reply.
 pub struct PolicyMetrics {
     by_hook: Vec<Histogram>,
+    /// The same durations per hook (in `Hook::ALL` order), for the console.
+    recent: Vec<Recent>,
 }
 
 impl PolicyMetrics {
@@ -260,6 +343,10 @@ impl PolicyMetrics {
                     )
                 })
                 .collect(),
+            recent: holdfast_policy_abi::Hook::ALL
+                .iter()
+                .map(|_| Recent::default())
+                .collect(),
         }
     }
 
@@ -267,6 +354,18 @@ impl PolicyMetrics {
         if let Some(histogram) = self.by_hook.get(hook as usize) {
             histogram.record(took.as_secs_f64());
         }
+        if let Some(recent) = self.recent.get(hook as usize) {
+            recent.record(took);
+        }
+    }
+
+    /// Recent decision latency of every hook that has decided, by hook name.
+    pub fn summaries(&self) -> Vec<(&'static str, LatencySummary)> {
+        holdfast_policy_abi::Hook::ALL
+            .iter()
+            .zip(&self.recent)
+            .filter_map(|(hook, recent)| Some((hook.name(), recent.summary()?)))
+            .collect()
     }
 }
 
@@ -286,7 +385,7 @@ pub fn record_snapshot_built(node: u64, bytes: usize, took: Duration, longest_ho
 
 /// What the sampler reads of one node every [`SAMPLE_INTERVAL_MS`]. The node fills it
 /// (`Node::sample`): metrics are handed what they show and never reach into the node.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeSample {
     pub term: u64,
     pub leader: Option<u64>,

@@ -28,6 +28,8 @@ pub const SNAPSHOT_SEND_TIMEOUT_MS: u64 = 10_000;
 
 pub struct RunningNode {
     pub node: Arc<Node>,
+    /// Who may call what (the token file, reloaded on SIGHUP); the console checks it too.
+    pub auth: SharedAuth,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     ticker: JoinHandle<()>,
     forwarder: JoinHandle<()>,
@@ -131,6 +133,8 @@ pub struct Environment<L, I> {
     pub incoming: I,
     /// The network peer calls go over (`None`: TCP).
     pub dial: Option<Dial>,
+    /// Where the log records how long its fsyncs take (`None`: it does not measure them).
+    pub fsyncs: Option<Arc<crate::metrics::Recent>>,
 }
 
 /// Starts a node on its data dir (rocksdb) and a TCP listener on `config.listen`.
@@ -147,11 +151,13 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
     // answers back until the peer's delayed ACK (~40 ms) — p99 of one client's lock cycle was
     // 44 ms. (`Server::tcp_nodelay` is ignored by `serve_with_incoming`.)
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let fsyncs = Arc::new(crate::metrics::Recent::default());
     let environment = Environment {
-        log: LogStore::new(Arc::clone(&db), config.id),
+        log: LogStore::new(Arc::clone(&db), config.id, Arc::clone(&fsyncs)),
         snapshots: db,
         incoming,
         dial: None,
+        fsyncs: Some(fsyncs),
     };
     start_with(config, environment).await
 }
@@ -179,6 +185,7 @@ where
         snapshots,
         incoming,
         dial,
+        fsyncs,
     } = environment;
     let state_machine =
         StateMachineStore::open(snapshots, config.checkpoint_every_entries, config.id)
@@ -246,7 +253,14 @@ where
     .await
     .map_err(|e| anyhow::anyhow!("starting raft: {e}"))?;
 
-    let node = Node::new(config.id, raft.clone(), shared, peers, Box::new(log_store));
+    let node = Node::new(
+        config.id,
+        raft.clone(),
+        shared,
+        peers,
+        Box::new(log_store),
+        fsyncs,
+    );
 
     let (shutdown, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
     // grpc.health.v1 (status set by the metrics sampler) and server reflection, so grpcurl and
@@ -379,6 +393,7 @@ where
     );
     Ok(RunningNode {
         node,
+        auth: shared_auth,
         server,
         ticker,
         forwarder,

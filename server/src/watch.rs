@@ -132,6 +132,43 @@ impl WatchHub {
         };
         Ok((backlog, self.live.subscribe()))
     }
+
+    /// The last `limit` events of lock `name` still in the history, newest first, each with
+    /// its revision. Bounded by the history's size (`WATCH_HISTORY_REVISIONS_MAX`).
+    pub fn lock_history(&self, name: &str, limit: usize) -> Vec<(u64, Event)> {
+        let inner = self.inner.lock().expect("watch hub lock");
+        let mut found = Vec::new();
+        for revision in inner.history.iter().rev() {
+            for event in revision.events.iter().rev() {
+                if found.len() >= limit {
+                    return found;
+                }
+                if lock_of(event) == Some(name) {
+                    found.push((revision.revision, event.clone()));
+                }
+            }
+        }
+        found
+    }
+}
+
+/// The lock an event is about, if any.
+fn lock_of(event: &Event) -> Option<&str> {
+    match event {
+        Event::Acquired { name, .. }
+        | Event::Proclaimed { name, .. }
+        | Event::Released { name, .. }
+        | Event::Queued { name, .. }
+        | Event::LeftQueue { name, .. }
+        | Event::PolicyFault { name, .. }
+        | Event::PolicyDisagreement { name, .. } => Some(name),
+        Event::SessionOpened { .. }
+        | Event::SessionClosed { .. }
+        | Event::SessionExpired { .. }
+        | Event::PolicyDeployed { .. }
+        | Event::PolicyBound { .. }
+        | Event::PolicyUnbound { .. } => None,
+    }
 }
 
 #[cfg(test)]
@@ -185,6 +222,24 @@ mod tests {
             hub.subscribe(99_999).unwrap_err(),
             Refused::Compacted(Compacted { oldest: 100_001 })
         );
+    }
+
+    #[test]
+    fn a_locks_history_is_its_own_events_newest_first() {
+        let hub = WatchHub::new(0);
+        let queued = |name: &str, session_id| Event::Queued {
+            name: name.into(),
+            session_id,
+            principal: "p".into(),
+            position: 0,
+        };
+        hub.publish(1, &[queued("a", 1), queued("b", 2)]);
+        hub.publish(2, &opened(3));
+        hub.publish(3, &[queued("a", 4), queued("a", 5)]);
+        let history = hub.lock_history("a", 2);
+        assert_eq!(history, vec![(3, queued("a", 5)), (3, queued("a", 4))]);
+        assert_eq!(hub.lock_history("a", 10).len(), 3);
+        assert!(hub.lock_history("c", 10).is_empty());
     }
 
     #[test]

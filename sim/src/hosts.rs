@@ -70,6 +70,8 @@ pub(crate) async fn run_node(
         snapshots: Arc::new(disk.clone()),
         incoming: net::incoming().await?,
         dial: Some(net::dial()),
+        // The simulated disk's syncs take simulated time; nobody reads their latency.
+        fsyncs: None,
     };
     let running = start_with(node_config(id, nodes), environment)
         .await

@@ -89,6 +89,9 @@ pub struct ClusterOptions {
     /// `harness`, `alice` and an expired `stale` in `<dir>/certs`; nodes serve TLS and the
     /// harness's clients use mutual TLS as `harness`.
     pub tls: bool,
+    /// Each node serves its HTTP listener (`/metrics`, `/console`) on a port of its own
+    /// (`Cluster::http_addr`).
+    pub http: bool,
 }
 
 /// A tmpfs mounted for one node's data; unmounted on drop.
@@ -145,6 +148,8 @@ struct NodeProcess {
     starts: u32,
     /// Extra environment of this node's process (from its next start on).
     env: Vec<(String, String)>,
+    /// Its HTTP listener (`--metrics-listen`), when started with `http`.
+    http_addr: Option<String>,
 }
 
 pub struct Cluster {
@@ -195,6 +200,7 @@ impl Cluster {
             tmpfs_mb,
             token,
             tls,
+            http,
         } = options;
         let dir = tempfile::Builder::new()
             .prefix("holdfast-it-")
@@ -220,6 +226,7 @@ impl Cluster {
                     path
                 });
                 let node = NodeProcess {
+                    http_addr: http.then(|| format!("127.0.0.1:{}", free_port())),
                     env: Vec::new(),
                     addr: addr.clone(),
                     disk,
@@ -269,6 +276,15 @@ impl Cluster {
 
     pub fn addr(&self, id: u64) -> &str {
         &self.nodes[&id].addr
+    }
+
+    /// Node `id`'s HTTP listener (`/metrics`, `/console`); the cluster must have been started
+    /// with `ClusterOptions::http`.
+    pub fn http_addr(&self, id: u64) -> &str {
+        self.nodes[&id]
+            .http_addr
+            .as_deref()
+            .expect("started with ClusterOptions::http")
     }
 
     pub fn dir(&self) -> &Path {
@@ -324,6 +340,11 @@ impl Cluster {
                 "--election-timeout-max-ms={TEST_ELECTION_TIMEOUT_MAX_MS}"
             ))
             .args(&peers)
+            .args(
+                node.http_addr
+                    .iter()
+                    .map(|addr| format!("--metrics-listen={addr}")),
+            )
             .args(&self.extra_args)
             .envs(node.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env(
@@ -355,6 +376,7 @@ impl Cluster {
         let addr = format!("127.0.0.1:{}", free_port());
         self.peers.insert(id, addr.clone());
         let node = NodeProcess {
+            http_addr: None,
             env: Vec::new(),
             addr: addr.clone(),
             data_dir: self.dir.path().join(format!("node-{id}")),

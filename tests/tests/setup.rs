@@ -60,9 +60,11 @@ fn new_machine(root: &Path) {
     file(root, "usr/lib/llvm-14/lib/libLLVM-14.so");
 }
 
-/// What `apt-get install libclang-dev faketime prometheus` adds.
+/// What `apt-get install libclang-dev faketime prometheus chromium chromium-driver` adds.
 fn installed(root: &Path) {
     file(root, "usr/bin/promtool");
+    file(root, "usr/bin/chromium");
+    file(root, "usr/bin/chromedriver");
     file(root, "usr/lib/llvm-14/lib/libclang-14.so.14.0.6");
     link(
         root,
@@ -83,11 +85,24 @@ fn a_new_machine_with_only_libclang_cpp_gets_everything_installed() {
     new_machine(root.path());
     assert_eq!(
         plan(root.path(), "false"),
-        ["libclang-dev", "faketime", "python3-venv", "prometheus"]
+        [
+            "libclang-dev",
+            "faketime",
+            "python3-venv",
+            "prometheus",
+            "chromium",
+            "chromium-driver"
+        ]
     );
     assert_eq!(
         plan(root.path(), "true"),
-        ["libclang-dev", "faketime", "prometheus"]
+        [
+            "libclang-dev",
+            "faketime",
+            "prometheus",
+            "chromium",
+            "chromium-driver"
+        ]
     );
 }
 

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::{Bound, Lock, State, position_u32};
+use super::{Bound, DeadlineKind, Lock, State, position_u32};
 use crate::limits;
 use crate::model::GrantedBy;
 use crate::model::{BindMode, FencingToken, Mode, SessionId};
@@ -227,6 +227,67 @@ impl State {
             .take_while(|(name, _)| name.starts_with(prefix))
             .take(limit)
             .map(|(name, lock)| lock.view(name))
+            .collect()
+    }
+
+    /// A page of locks whose name starts with `prefix`, ordered by name, starting after
+    /// `after` (None: from the first), at most `min(limit, LIST_LOCKS_MAX)`; and whether more
+    /// follow. O(log n + page).
+    pub fn locks_page(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> (Vec<LockView>, bool) {
+        let limit = limit.min(limits::LIST_LOCKS_MAX);
+        let start = match after {
+            Some(after) if after >= prefix => std::ops::Bound::Excluded(after),
+            _ => std::ops::Bound::Included(prefix),
+        };
+        let mut names = self
+            .locks
+            .range::<str, _>((start, std::ops::Bound::Unbounded))
+            .take_while(|(name, _)| name.starts_with(prefix));
+        let page = names
+            .by_ref()
+            .take(limit)
+            .map(|(name, lock)| lock.view(name))
+            .collect();
+        (page, names.next().is_some())
+    }
+
+    /// Live sessions soonest to expire first (by the pending expiry deadlines, which order by
+    /// time), those `keep` accepts, at most `limit`, looking at no more than `scan_max`
+    /// deadlines; and whether the scan stopped before the last deadline. Bounded work whatever
+    /// the state's size.
+    pub fn sessions_by_expiry(
+        &self,
+        keep: impl Fn(&SessionView) -> bool,
+        limit: usize,
+        scan_max: usize,
+    ) -> (Vec<SessionView>, bool) {
+        let mut page = Vec::new();
+        let mut deadlines = self.deadlines.keys();
+        for deadline in deadlines.by_ref().take(scan_max) {
+            if let DeadlineKind::SessionExpiry { session_id } = deadline.kind
+                && let Some(view) = self.session(session_id)
+                && keep(&view)
+            {
+                page.push(view);
+                if page.len() >= limit {
+                    break;
+                }
+            }
+        }
+        (page, deadlines.next().is_some())
+    }
+
+    /// Open sessions per principal, by principal, at most `limit` principals. O(page).
+    pub fn sessions_per_principal(&self, limit: usize) -> Vec<(String, usize)> {
+        self.sessions_by_principal
+            .iter()
+            .take(limit)
+            .map(|(principal, count)| (principal.clone(), *count))
             .collect()
     }
 

@@ -329,3 +329,72 @@ fn events_name_the_sessions_principal() {
         .collect();
     assert_eq!(principals, ["alice", "alice", "alice", "alice"]);
 }
+
+/// The operator's views: locks paged by name after a cursor, sessions soonest to expire first
+/// (filtered, bounded by the deadlines scanned), sessions per principal.
+#[test]
+fn console_views_page_locks_and_order_sessions_by_expiry() {
+    let mut host = super::Routed::default();
+    let mut harness = super::Harness::new(&mut host);
+    for line in [
+        "@0 open ttl=60000 principal=alice tenant:blue",
+        "open ttl=5000 principal=bob",
+        "open ttl=20000 principal=alice",
+        "acquire 1 jobs/a",
+        "acquire 1 jobs/b",
+        "acquire 2 jobs/c",
+        "acquire 3 jobs/c wait=60000",
+        "acquire 2 other",
+    ] {
+        harness.line(line);
+    }
+    let state = &harness.state;
+    let names = |(page, more): (Vec<crate::LockView>, bool)| {
+        let names: Vec<String> = page.into_iter().map(|lock| lock.name).collect();
+        (names, more)
+    };
+    assert_eq!(
+        names(state.locks_page("jobs/", None, 2)),
+        (vec!["jobs/a".to_owned(), "jobs/b".to_owned()], true)
+    );
+    assert_eq!(
+        names(state.locks_page("jobs/", Some("jobs/b"), 2)),
+        (vec!["jobs/c".to_owned()], false)
+    );
+    // A cursor before the prefix starts at the prefix.
+    assert_eq!(names(state.locks_page("jobs/", Some("a"), 1)).0, ["jobs/a"]);
+
+    let ids = |(page, more): (Vec<crate::SessionView>, bool)| {
+        let ids: Vec<u64> = page.iter().map(|session| session.session_id).collect();
+        (ids, more)
+    };
+    // Session 2 expires first (5 s), then 3 (20 s), then 1 (60 s).
+    assert_eq!(
+        ids(state.sessions_by_expiry(|_| true, 10, 100)).0,
+        [2, 3, 1]
+    );
+    assert_eq!(
+        ids(state.sessions_by_expiry(|s| s.principal == "alice", 10, 100)).0,
+        [3, 1]
+    );
+    assert_eq!(
+        ids(state.sessions_by_expiry(
+            |s| s.labels.get("tenant").map(String::as_str) == Some("blue"),
+            10,
+            100
+        ))
+        .0,
+        [1]
+    );
+    let (page, more) = ids(state.sessions_by_expiry(|_| true, 1, 100));
+    assert_eq!((page, more), (vec![2], true));
+    // The scan is bounded: one deadline looked at, one session found, more left.
+    assert_eq!(
+        ids(state.sessions_by_expiry(|_| true, 10, 1)),
+        (vec![2], true)
+    );
+    assert_eq!(
+        state.sessions_per_principal(10),
+        [("alice".to_owned(), 2), ("bob".to_owned(), 1)]
+    );
+}

@@ -235,10 +235,22 @@ impl Auth {
         headers: &http::HeaderMap,
         certificate: impl FnOnce() -> Option<String>,
     ) -> Result<Option<Identity>, Status> {
-        let Some(tokens) = &self.tokens else {
+        let Need::Role(needed) = need(path) else {
             return Ok(None);
         };
-        let Need::Role(needed) = need(path) else {
+        self.check_role(path, needed, headers, certificate)
+    }
+
+    /// [`Auth::check`] of a call that needs role `needed` (`what` names it in refusals): the
+    /// console's pages need `read`.
+    pub fn check_role(
+        &self,
+        what: &str,
+        needed: Role,
+        headers: &http::HeaderMap,
+        certificate: impl FnOnce() -> Option<String>,
+    ) -> Result<Option<Identity>, Status> {
+        let Some(tokens) = &self.tokens else {
             return Ok(None);
         };
         let token = headers
@@ -266,7 +278,7 @@ impl Auth {
         };
         if !identity.has(needed) {
             return Err(Status::permission_denied(format!(
-                "{path} needs the {needed:?} role; principal {:?} has {:?}",
+                "{what} needs the {needed:?} role; principal {:?} has {:?}",
                 identity.principal, identity.roles
             )));
         }

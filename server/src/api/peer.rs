@@ -234,4 +234,10 @@ impl Peer for PeerApi {
             .recent();
         reply(&recent)
     }
+
+    async fn status(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
+        self.admit(&request)?;
+        let () = decode(request)?;
+        reply(&self.node.status())
+    }
 }

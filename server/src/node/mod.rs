@@ -21,6 +21,7 @@ use crate::raft::state_machine::Shared;
 use crate::raft::storage::ReadLog;
 use crate::raft::{NodeId, Proposal, Raft, Response};
 
+pub mod status;
 mod tasks;
 
 /// How long a write may take to commit before the caller gets UNAVAILABLE (the write may still
@@ -169,6 +170,10 @@ pub struct Node {
     leader_watch: watch::Receiver<Option<NodeId>>,
     /// `holdfast_lock_wait_seconds` of this node (recorded by the Acquire path).
     pub(crate) lock_wait_seconds: metrics::Histogram,
+    /// How many times this node has seen a new leader (counted by [`watch_leader`]).
+    leader_changes: Arc<std::sync::atomic::AtomicU64>,
+    /// How long this node's log fsyncs took lately (None: its disk does not measure them).
+    fsyncs: Option<Arc<crate::metrics::Recent>>,
 }
 
 /// Copies openraft's `current_leader` into `leader` whenever it changes. openraft publishes
@@ -177,11 +182,24 @@ pub struct Node {
 /// re-checks were a visible share of the leader's CPU). Requests wait on `leader` instead, and
 /// this task on openraft's server metrics, which change only with the vote, the role, the
 /// leader or the membership (on `raft.metrics()` it too was woken at every step).
-async fn watch_leader(raft: Raft, leader: watch::Sender<Option<NodeId>>) {
+///
+/// Each change to a known leader counts as a leader change (`holdfast_raft_leader_changes_total`
+/// and `changes`), as etcd's `leader_changes_seen_total`.
+async fn watch_leader(
+    id: NodeId,
+    raft: Raft,
+    leader: watch::Sender<Option<NodeId>>,
+    changes: Arc<std::sync::atomic::AtomicU64>,
+) {
+    let seen = metrics::counter!("holdfast_raft_leader_changes_total", "node" => id.to_string());
     let mut metrics = raft.server_metrics();
     loop {
         let current = metrics.borrow_watched().current_leader;
-        leader.send_if_modified(|known| std::mem::replace(known, current) != current);
+        let changed = leader.send_if_modified(|known| std::mem::replace(known, current) != current);
+        if changed && current.is_some() {
+            changes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            seen.increment(1);
+        }
         if metrics.changed().await.is_err() {
             return;
         }
@@ -196,9 +214,19 @@ impl Node {
         shared: Arc<Shared>,
         peers: Arc<Peers>,
         log: Box<dyn ReadLog>,
+        fsyncs: Option<Arc<crate::metrics::Recent>>,
     ) -> Arc<Node> {
-        let (leader, leader_watch) = watch::channel(raft.metrics().borrow_watched().current_leader);
-        tokio::spawn(watch_leader(raft.clone(), leader));
+        let known = raft.metrics().borrow_watched().current_leader;
+        let (leader, leader_watch) = watch::channel(known);
+        let leader_changes = Arc::new(std::sync::atomic::AtomicU64::from(u64::from(
+            known.is_some(),
+        )));
+        tokio::spawn(watch_leader(
+            id,
+            raft.clone(),
+            leader,
+            Arc::clone(&leader_changes),
+        ));
         Arc::new(Node {
             id,
             raft,
@@ -211,6 +239,8 @@ impl Node {
             leader_contact: Mutex::new(None),
             leader_watch,
             lock_wait_seconds: crate::metrics::lock_wait_seconds(id),
+            leader_changes,
+            fsyncs,
         })
     }
 

@@ -43,9 +43,9 @@ impl ApplyPolicies {
         })
     }
 
-    /// Records decision latency per hook under node `node`'s label.
-    pub fn with_metrics(mut self, node: u64) -> ApplyPolicies {
-        self.metrics = Some(Arc::new(crate::metrics::PolicyMetrics::new(node)));
+    /// Records decision latency per hook in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::PolicyMetrics>) -> ApplyPolicies {
+        self.metrics = Some(metrics);
         self
     }
 

@@ -84,14 +84,15 @@ pub struct LogStore {
 }
 
 impl LogStore {
-    pub fn new(db: Arc<DB>, node_id: u64) -> LogStore {
+    /// A store of the log in `db`, whose flusher records each fsync's duration in `fsyncs`.
+    pub fn new(db: Arc<DB>, node_id: u64, fsyncs: Arc<crate::metrics::Recent>) -> LogStore {
         let (flusher, pending) = mpsc::channel::<IOFlushed<TypeConfig>>();
         // Weak: the flusher must not keep the database open after the stores are dropped (a
         // rocksdb DB still open when the process exits crashes in its static destructors).
         let flush_db = Arc::downgrade(&db);
         std::thread::Builder::new()
             .name("holdfast-log-flusher".into())
-            .spawn(move || run_flusher(&flush_db, &pending, node_id))
+            .spawn(move || run_flusher(&flush_db, &pending, node_id, fsyncs))
             .expect("spawning the log flusher thread");
         LogStore {
             db,
@@ -141,8 +142,9 @@ fn run_flusher(
     db: &std::sync::Weak<DB>,
     pending: &mpsc::Receiver<IOFlushed<TypeConfig>>,
     node_id: u64,
+    fsyncs: Arc<crate::metrics::Recent>,
 ) {
-    let metrics = crate::metrics::FsyncMetrics::new(node_id);
+    let metrics = crate::metrics::FsyncMetrics::new(node_id, fsyncs);
     let fail_file = std::env::var_os(TEST_FSYNC_FAIL_FILE_ENV).map(std::path::PathBuf::from);
     while let Ok(first) = pending.recv() {
         let mut batch = vec![first];

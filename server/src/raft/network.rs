@@ -46,6 +46,7 @@ pub enum PeerRpc {
     ReadIndex,
     Checkpoints,
     TransferLeader,
+    Status,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -280,6 +281,7 @@ impl Peers {
                 PeerRpc::ReadIndex => client.read_index(message).await,
                 PeerRpc::Checkpoints => client.checkpoints(message).await,
                 PeerRpc::TransferLeader => client.transfer_leader(message).await,
+                PeerRpc::Status => client.status(message).await,
             }
         };
         let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);

@@ -40,6 +40,8 @@ pub struct Shared {
     pub watch: WatchHub,
     /// State digests at checkpoint entries (the determinism guard).
     pub checkpoints: std::sync::Mutex<Checkpoints>,
+    /// Decision latency of this replica's policy hooks (metrics and the console).
+    pub policy_latency: Arc<crate::metrics::PolicyMetrics>,
     /// Held while a snapshot is written (`write_snapshot`: a build or a backup export): the
     /// state has one frozen view at a time.
     snapshot_writer: std::sync::Mutex<()>,
@@ -81,12 +83,14 @@ impl StateMachineStore {
         }
         let (applied_index, _) = watch::channel(applied.state.applied_index());
         let start_index = applied.state.applied_index();
+        let policy_latency = Arc::new(crate::metrics::PolicyMetrics::new(node_id));
         let shared = Arc::new(Shared {
             applied: RwLock::new(applied),
             applied_index,
             waiters: Waiters::default(),
             watch: WatchHub::new(start_index),
             checkpoints: Default::default(),
+            policy_latency: Arc::clone(&policy_latency),
             snapshot_writer: std::sync::Mutex::new(()),
         });
         let diverge_at = std::env::var(TEST_DIVERGE_ENV)
@@ -100,7 +104,7 @@ impl StateMachineStore {
         }
         let policies = ApplyPolicies::new()
             .map_err(io::Error::other)?
-            .with_metrics(node_id);
+            .with_metrics(policy_latency);
         Ok(StateMachineStore {
             shared,
             snapshots,

@@ -16,7 +16,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> fo
         let dir = tempfile::tempdir().expect("temp dir");
         let db = open_db(dir.path()).expect("open rocksdb");
         let state_machine = StateMachineStore::open(db.clone(), 0, 1).expect("state machine");
-        Ok((dir, LogStore::new(db, 1), state_machine))
+        Ok((dir, LogStore::new(db, 1, Default::default()), state_machine))
     }
 }
 

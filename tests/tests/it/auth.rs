@@ -41,6 +41,7 @@ async fn start(dir: &std::path::Path) -> Cluster {
         size: 3,
         extra_args: vec![format!("--token-file={}", path.display())],
         token: Some(ADMIN.to_owned()),
+        http: true,
         ..ClusterOptions::default()
     })
     .await
@@ -189,6 +190,37 @@ async fn tokens_and_roles_gate_every_call() {
         revoked,
         Some((revoked_at, hold.token, pb::EventReason::Revoked as i32)),
         "the only release is the admin's revoke"
+    );
+
+    // The console's data needs the read role too; its page (no data) and /metrics do not.
+    let http = cluster.http_addr(1);
+    let page = "/console/api/cluster";
+    let get = |token| crate::console::http(http, "GET", page, token);
+    let (status, body) = get(None).await;
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("requires a token"), "{body}");
+    assert_eq!(get(Some("not-a-token-0123456789")).await.0, 401);
+    let (status, body) = get(Some(READER)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()["members"]
+            .as_array()
+            .map(Vec::len),
+        Some(3),
+        "peers answer the console's status calls with the peer token: {body}"
+    );
+    assert_eq!(
+        get(Some(PEER)).await.0,
+        403,
+        "the peer role is not a reader"
+    );
+    assert_eq!(
+        crate::console::http(http, "GET", "/console", None).await.0,
+        200
+    );
+    assert_eq!(
+        crate::console::http(http, "GET", "/metrics", None).await.0,
+        200
     );
 }
 

@@ -5,7 +5,8 @@
 use std::time::Duration;
 
 use holdfast_client::LockMode;
-use holdfast_tests::cluster::Cluster;
+use holdfast_tests::browser::Browser;
+use holdfast_tests::cluster::{Cluster, ClusterOptions};
 use tokio::time::Instant;
 
 const CHECKPOINT_EVERY: u64 = 10;
@@ -14,10 +15,12 @@ const GUARD_POLL_MS: u64 = 500;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_divergent_replica_raises_the_alarm_within_one_checkpoint() {
-    let mut cluster = Cluster::start_with(
-        3,
-        &[&format!("--checkpoint-every-entries={CHECKPOINT_EVERY}")],
-    )
+    let mut cluster = Cluster::start_opts(ClusterOptions {
+        size: 3,
+        extra_args: vec![format!("--checkpoint-every-entries={CHECKPOINT_EVERY}")],
+        http: true,
+        ..ClusterOptions::default()
+    })
     .await;
     let client = cluster.client();
     let session = client.open_session(30_000, "guard").await.unwrap();
@@ -79,4 +82,20 @@ async fn a_divergent_replica_raises_the_alarm_within_one_checkpoint() {
             assert!(divergence.contains("node 3"), "node {id}: {divergence}");
         }
     }
+
+    // The console's cluster page cannot miss it: a red banner across the top, naming node 3.
+    let browser = tokio::task::block_in_place(Browser::start).expect("a headless Chromium");
+    let url = format!("http://{}/console#/cluster", cluster.http_addr(1));
+    tokio::task::block_in_place(|| {
+        browser.goto(&url)?;
+        browser.wait_for(
+            "const alarm = document.getElementById('alarm'); \
+             return !alarm.hidden && alarm.textContent.includes('DETERMINISM GUARD') \
+             && alarm.textContent.includes('node 3') \
+             && document.getElementById('digests').textContent === 'DISAGREE'",
+            Duration::from_secs(10),
+        )?;
+        browser.screenshot(&crate::console::screenshots_dir().join("7-cluster-divergence.png"))
+    })
+    .expect("the console shows the determinism guard's alarm");
 }

@@ -6,6 +6,7 @@ mod backup;
 mod bad_input;
 mod cli;
 mod client;
+mod console;
 mod disk_full;
 mod divergence;
 mod elections;
