@@ -339,8 +339,13 @@ async fn serve(
     let config = node_config(args, tls)?;
     let console = match &config.metrics_listen {
         Some(addr) => {
-            let console = http_listener(addr).await?;
-            println!("console on http://{addr}/console, metrics on http://{addr}/metrics");
+            let console = http_listener(addr, config.tls.as_ref()).await?;
+            let scheme = if config.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            println!("console on {scheme}://{addr}/console, metrics on {scheme}://{addr}/metrics");
             Some(console)
         }
         None => None,
@@ -372,12 +377,17 @@ async fn serve(
     Ok(std::process::ExitCode::SUCCESS)
 }
 
-/// Installs the metrics recorder and serves `/metrics` and the console on `addr`.
-async fn http_listener(addr: &str) -> anyhow::Result<Arc<holdfast_server::console::Console>> {
+/// Installs the metrics recorder and serves `/metrics` and the console on `addr` (HTTPS with
+/// the node's certificate when it runs TLS).
+async fn http_listener(
+    addr: &str,
+    tls: Option<&holdfast_server::tls::TlsFiles>,
+) -> anyhow::Result<Arc<holdfast_server::console::Console>> {
     let handle = holdfast_server::metrics::install()?;
     let console = holdfast_server::console::Console::new(Some(handle));
+    let tls = tls.map(holdfast_server::tls::https_acceptor).transpose()?;
     Arc::clone(&console)
-        .serve(holdfast_server::metrics::parse_listen(addr)?)
+        .serve(holdfast_server::metrics::parse_listen(addr)?, tls)
         .await?;
     Ok(console)
 }
@@ -401,7 +411,7 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
     let console = if args.metrics_listen == "off" {
         None
     } else {
-        Some(http_listener(&args.metrics_listen).await?)
+        Some(http_listener(&args.metrics_listen, None).await?)
     };
     let addr = |id: u64| format!("127.0.0.1:{}", u64::from(args.base_port) + id - 1);
     let peers: BTreeMap<u64, String> = (1..=dev_nodes).map(|id| (id, addr(id))).collect();

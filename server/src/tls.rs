@@ -5,6 +5,7 @@
 //! `holdfast certs` generates a CA and node and client certificates for trying it.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
@@ -53,6 +54,47 @@ impl TlsPem {
             .ca_certificate(self.ca.clone())
             .identity(self.identity.clone())
     }
+}
+
+/// Longest a TLS handshake on the HTTP listener may take.
+pub const HTTPS_HANDSHAKE_TIMEOUT_MS: u64 = 5_000;
+
+/// TLS for the node's HTTP listener (`/metrics`, the console) when the node runs TLS: the same
+/// certificate, and client certificates verified against the cluster CA but not required, as on
+/// the gRPC port (a listed one authenticates its caller; see `api::auth`).
+pub fn https_acceptor(files: &TlsFiles) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject as _;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certificates = |path: &Path, what: &str| -> anyhow::Result<Vec<CertificateDer<'static>>> {
+        let pem = read(path, what)?;
+        CertificateDer::pem_slice_iter(&pem)
+            .collect::<Result<Vec<_>, _>>()
+            .with_context(|| format!("the TLS {what} {}", path.display()))
+    };
+    let chain = certificates(&files.cert, "certificate")?;
+    let key = PrivateKeyDer::from_pem_slice(&read(&files.key, "key")?)
+        .with_context(|| format!("the TLS key {}", files.key.display()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in certificates(&files.ca, "CA certificate")? {
+        roots.add(ca).context("the TLS CA certificate")?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        Arc::clone(&provider),
+    )
+    .allow_unauthenticated()
+    .build()
+    .context("client certificate verifier")?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .context("the node's TLS certificate and key")?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
 /// The common name of the subject of a DER certificate.

@@ -7,10 +7,10 @@
 //! and says how fresh it is (applied index, cluster time, role); every listing is a bounded
 //! page. Nothing here changes state: the listener answers GET only.
 //!
-//! With a token file, every `/console/api/` request needs the read role, as a bearer token
-//! (`Authorization: Bearer`; the page asks for it and keeps it in the tab's session storage).
-//! The listener is plain HTTP, so client certificates cannot authenticate here: with TLS on,
-//! bind it to loopback or put it behind a proxy. `/metrics` and the page itself (which holds
+//! With a token file, every `/console/api/` request needs the read role: a bearer token
+//! (`Authorization: Bearer`; the page asks for it and keeps it in the tab's session storage)
+//! or, on a node that runs TLS (whose listener then speaks HTTPS with the node's certificate),
+//! a client certificate listed in the token file. `/metrics` and the page itself (which holds
 //! no data) stay open, as etcd's `/metrics` does.
 //!
 //! One listener serves every node of its process (`holdfast dev` runs three): the API takes
@@ -87,8 +87,13 @@ impl Console {
             .insert(id, Local { node, auth });
     }
 
-    /// Binds `addr` and serves until the process ends.
-    pub async fn serve(self: Arc<Console>, addr: SocketAddr) -> anyhow::Result<()> {
+    /// Binds `addr` and serves until the process ends: HTTPS with `tls` (the node's own
+    /// certificate; client certificates optional and verified, as on the gRPC port), else HTTP.
+    pub async fn serve(
+        self: Arc<Console>,
+        addr: SocketAddr,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|error| anyhow::anyhow!("HTTP listener on {addr}: {error}"))?;
@@ -107,15 +112,26 @@ impl Console {
                     }
                 };
                 let console = Arc::clone(&self);
+                let tls = tls.clone();
                 tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |request| {
-                        let console = Arc::clone(&console);
-                        async move { Ok::<_, Infallible>(console.respond(request).await) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .max_buf_size(CONSOLE_HEADER_BYTES_MAX)
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                        .await;
+                    match tls {
+                        None => console.serve_connection(stream, None).await,
+                        Some(tls) => {
+                            let timeout =
+                                Duration::from_millis(crate::tls::HTTPS_HANDSHAKE_TIMEOUT_MS);
+                            if let Ok(Ok(stream)) =
+                                tokio::time::timeout(timeout, tls.accept(stream)).await
+                            {
+                                let certificate = stream
+                                    .get_ref()
+                                    .1
+                                    .peer_certificates()
+                                    .and_then(|chain| chain.first())
+                                    .and_then(|der| crate::tls::common_name(der.as_ref()));
+                                console.serve_connection(stream, certificate).await;
+                            }
+                        }
+                    }
                     drop(slot);
                 });
             }
@@ -123,7 +139,28 @@ impl Console {
         Ok(())
     }
 
-    async fn respond(&self, request: Request<hyper::body::Incoming>) -> Response<Body> {
+    /// Serves one connection whose caller presented the client certificate `certificate`
+    /// (its verified common name), if any.
+    async fn serve_connection<IO>(self: Arc<Console>, io: IO, certificate: Option<String>)
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let service = hyper::service::service_fn(move |request| {
+            let console = Arc::clone(&self);
+            let certificate = certificate.clone();
+            async move { Ok::<_, Infallible>(console.respond(request, certificate).await) }
+        });
+        let _ = hyper::server::conn::http1::Builder::new()
+            .max_buf_size(CONSOLE_HEADER_BYTES_MAX)
+            .serve_connection(hyper_util::rt::TokioIo::new(io), service)
+            .await;
+    }
+
+    async fn respond(
+        &self,
+        request: Request<hyper::body::Incoming>,
+        certificate: Option<String>,
+    ) -> Response<Body> {
         if request.method() != Method::GET && request.method() != Method::HEAD {
             return text(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -152,7 +189,7 @@ impl Console {
                 .body(full(CONSOLE_HTML))
                 .expect("static response"),
             _ => match path.strip_prefix("/console/api/") {
-                Some(page) => match self.api(page, &request).await {
+                Some(page) => match self.api(page, &request, certificate).await {
                     Ok(response) => response,
                     Err(error) => {
                         json(error.status, &serde_json::json!({ "error": error.message }))
@@ -167,9 +204,10 @@ impl Console {
         &self,
         page: &str,
         request: &Request<hyper::body::Incoming>,
+        certificate: Option<String>,
     ) -> Result<Response<Body>, ApiError> {
         let query = Query::parse(request.uri().query().unwrap_or(""))?;
-        let node = self.node(&query, request.headers())?;
+        let node = self.node(&query, request.headers(), certificate)?;
         let page = match page {
             "nodes" => serde_json::json!({ "nodes": self.ids() }),
             "cluster" => pages::cluster(&node).await,
@@ -193,7 +231,12 @@ impl Console {
     }
 
     /// The node `?node=` names (by default the lowest), once the caller may read it.
-    fn node(&self, query: &Query, headers: &header::HeaderMap) -> Result<Arc<Node>, ApiError> {
+    fn node(
+        &self,
+        query: &Query,
+        headers: &header::HeaderMap,
+        certificate: Option<String>,
+    ) -> Result<Arc<Node>, ApiError> {
         let nodes = self.nodes.read().expect("console nodes lock");
         let local = match query.get("node") {
             Some(id) => {
@@ -210,7 +253,7 @@ impl Console {
                 .ok_or_else(|| ApiError::not_found("no node is running in this process yet"))?,
         };
         let auth = Arc::clone(&local.auth.read().expect("auth lock"));
-        auth.check_role("the console", Role::Read, headers, || None)
+        auth.check_role("the console", Role::Read, headers, || certificate)
             .map_err(|status| ApiError {
                 status: match status.code() {
                     tonic::Code::PermissionDenied => StatusCode::FORBIDDEN,

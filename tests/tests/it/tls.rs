@@ -146,6 +146,7 @@ async fn a_listed_client_certificate_authenticates_as_its_common_name() {
         size: 3,
         tls: true,
         extra_args: vec![format!("--token-file={}", tokens.display())],
+        http: true,
         ..ClusterOptions::default()
     })
     .await;
@@ -190,4 +191,43 @@ async fn a_listed_client_certificate_authenticates_as_its_common_name() {
         .revoke("cert/a", hold.token)
         .await
         .expect("admin revoke");
+
+    // The console speaks HTTPS on a TLS node, and a listed client certificate reads it
+    // (Debian's curl, an independent TLS client): alice's is a client's, which covers read.
+    let console = format!("https://{}/console/api/cluster", cluster.http_addr(1));
+    let certs = cluster.certs_dir();
+    let curl = |args: &[&str]| {
+        let output = std::process::Command::new("curl")
+            .args([
+                "-sS",
+                "--max-time",
+                "10",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+            ])
+            .arg("--cacert")
+            .arg(certs.join("ca.pem"))
+            .args(args)
+            .output()
+            .expect("curl (in the base image)");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let alice_cert = certs.join("client-alice.pem");
+    let alice_key = certs.join("client-alice.key");
+    assert_eq!(
+        curl(&[
+            "--cert",
+            alice_cert.to_str().unwrap(),
+            "--key",
+            alice_key.to_str().unwrap(),
+            &console,
+        ]),
+        "200",
+        "alice's certificate reads the console"
+    );
+    assert_eq!(curl(&[&console]), "401", "no certificate, no token");
+    let plain = console.replacen("https", "http", 1);
+    assert_ne!(curl(&[&plain]), "200", "plain HTTP to a TLS listener");
 }
