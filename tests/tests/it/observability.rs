@@ -6,29 +6,16 @@ use std::time::Duration;
 
 use holdfast_client::LockMode;
 use holdfast_tests::cluster::{Cluster, free_port};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
-/// `GET /metrics` over a plain TCP connection (HTTP/1.1, connection closed by the server).
+/// `GET /metrics` (the body), which must answer 200.
 async fn scrape(addr: &str) -> String {
-    let mut stream = tokio::net::TcpStream::connect(addr)
-        .await
-        .expect("metrics listener");
-    let request = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        stream.read_to_string(&mut response),
-    )
-    .await
-    .expect("metrics answer in time")
-    .unwrap();
-    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    response
+    let (status, body) = crate::console::http(addr, "GET", "/metrics", None).await;
+    assert_eq!(status, 200, "{body}");
+    body
 }
 
 /// The value of the first sample of `series` (name with its labels, as rendered).
