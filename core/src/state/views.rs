@@ -257,12 +257,12 @@ impl State {
     }
 
     /// Live sessions soonest to expire first (by the pending expiry deadlines, which order by
-    /// time), those `keep` accepts, at most `limit`, looking at no more than `scan_max`
-    /// deadlines; and whether the scan stopped before the last deadline. Bounded work whatever
-    /// the state's size.
+    /// time), those whose principal and labels `keep` accepts, at most `limit`, looking at no
+    /// more than `scan_max` deadlines; and whether the scan stopped before the last deadline.
+    /// Bounded work whatever the state's size: a session is copied only once kept.
     pub fn sessions_by_expiry(
         &self,
-        keep: impl Fn(&SessionView) -> bool,
+        keep: impl Fn(&str, &VecMap<String, String>) -> bool,
         limit: usize,
         scan_max: usize,
     ) -> (Vec<SessionView>, bool) {
@@ -270,8 +270,9 @@ impl State {
         let mut deadlines = self.deadlines.keys();
         for deadline in deadlines.by_ref().take(scan_max) {
             if let DeadlineKind::SessionExpiry { session_id } = deadline.kind
+                && let Some((principal, labels)) = self.session_identity(session_id)
+                && keep(principal, labels)
                 && let Some(view) = self.session(session_id)
-                && keep(&view)
             {
                 page.push(view);
                 if page.len() >= limit {

@@ -370,27 +370,27 @@ fn console_views_page_locks_and_order_sessions_by_expiry() {
     };
     // Session 2 expires first (5 s), then 3 (20 s), then 1 (60 s).
     assert_eq!(
-        ids(state.sessions_by_expiry(|_| true, 10, 100)).0,
+        ids(state.sessions_by_expiry(|_, _| true, 10, 100)).0,
         [2, 3, 1]
     );
     assert_eq!(
-        ids(state.sessions_by_expiry(|s| s.principal == "alice", 10, 100)).0,
+        ids(state.sessions_by_expiry(|principal, _| principal == "alice", 10, 100)).0,
         [3, 1]
     );
     assert_eq!(
         ids(state.sessions_by_expiry(
-            |s| s.labels.get("tenant").map(String::as_str) == Some("blue"),
+            |_, labels| labels.get("tenant").map(String::as_str) == Some("blue"),
             10,
             100
         ))
         .0,
         [1]
     );
-    let (page, more) = ids(state.sessions_by_expiry(|_| true, 1, 100));
+    let (page, more) = ids(state.sessions_by_expiry(|_, _| true, 1, 100));
     assert_eq!((page, more), (vec![2], true));
     // The scan is bounded: one deadline looked at, one session found, more left.
     assert_eq!(
-        ids(state.sessions_by_expiry(|_| true, 10, 1)),
+        ids(state.sessions_by_expiry(|_, _| true, 10, 1)),
         (vec![2], true)
     );
     assert_eq!(

@@ -2,7 +2,7 @@
 //! (one read lock, copies out) stamped with its freshness. Durations are computed against the
 //! state's cluster time (`now_ms`), the same clock the leases and TTLs run on.
 
-use holdfast_core::{Event, HolderView, LockView, SessionView, State, WaiterInfo, limits};
+use holdfast_core::{Event, HolderView, LockView, State, VecMap, WaiterInfo, limits};
 use openraft::async_runtime::WatchReceiver as _;
 use serde_json::{Value, json};
 
@@ -121,10 +121,9 @@ pub fn sessions(node: &Node, query: &Query) -> Result<Value, ApiError> {
         ));
     }
     let limit = query.number("limit", 50, CONSOLE_SESSIONS_PAGE_MAX)?;
-    let keep = |session: &SessionView| {
-        principal.is_none_or(|p| session.principal == p)
-            && tenant
-                .is_none_or(|t| session.labels.get(TENANT_LABEL).map(String::as_str) == Some(t))
+    let keep = |session_principal: &str, labels: &VecMap<String, String>| {
+        principal.is_none_or(|p| session_principal == p)
+            && tenant.is_none_or(|t| labels.get(TENANT_LABEL).map(String::as_str) == Some(t))
     };
     let page = node.shared.read(|state| {
         let now = state.now_ms();
