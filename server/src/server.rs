@@ -135,6 +135,9 @@ pub struct Environment<L, I> {
     pub dial: Option<Dial>,
     /// Where the log records how long its fsyncs take (`None`: it does not measure them).
     pub fsyncs: Option<Arc<crate::metrics::Recent>>,
+    /// Compiled policy modules shared with the other nodes of this process (the simulator's;
+    /// `None`: this node compiles its own).
+    pub policy_modules: Option<Arc<crate::policy::cache::SharedModules>>,
 }
 
 /// Starts a node on its data dir (rocksdb) and a TCP listener on `config.listen`.
@@ -158,6 +161,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         incoming,
         dial: None,
         fsyncs: Some(fsyncs),
+        policy_modules: None,
     };
     start_with(config, environment).await
 }
@@ -186,10 +190,18 @@ where
         incoming,
         dial,
         fsyncs,
+        policy_modules,
     } = environment;
-    let state_machine =
+    let mut state_machine =
         StateMachineStore::open(snapshots, config.checkpoint_every_entries, config.id)
             .context("loading the last snapshot")?;
+    if let Some(modules) = &policy_modules {
+        state_machine = state_machine.with_shared_modules(Arc::clone(modules));
+    }
+    let precheck = Arc::new(match policy_modules {
+        Some(modules) => crate::policy::Precheck::sharing(modules),
+        None => crate::policy::Precheck::default(),
+    });
     let shared = state_machine.shared();
 
     let timing = &config.raft;
@@ -318,7 +330,7 @@ where
             v1::policies_server::PoliciesServer::new(PoliciesApi {
                 node: Arc::clone(&node),
                 allow_admin: config.allow_admin,
-                precheck: Arc::default(),
+                precheck,
             })
             .max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX),
         )

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use holdfast_server::config::{NodeConfig, RaftTiming};
+use holdfast_server::policy::cache::SharedModules;
 use holdfast_server::server::{Environment, start_with};
 use holdfast_tests::history::{QueueSample, WatchStream};
 use holdfast_tests::torture::workload::{ClientHandle, Shared};
@@ -64,6 +65,7 @@ pub(crate) async fn run_node(
     nodes: u64,
     disk: Disk,
     registry: Registry,
+    modules: Arc<SharedModules>,
 ) -> turmoil::Result {
     let environment = Environment {
         log: disk.open(),
@@ -72,6 +74,7 @@ pub(crate) async fn run_node(
         dial: Some(net::dial()),
         // The simulated disk's syncs take simulated time; nobody reads their latency.
         fsyncs: None,
+        policy_modules: Some(modules),
     };
     let running = start_with(node_config(id, nodes), environment)
         .await

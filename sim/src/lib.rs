@@ -44,6 +44,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub use holdfast_server::planted::Bug;
+use holdfast_server::policy::cache::SharedModules;
 use holdfast_server::policy::module::hex;
 use holdfast_tests::checkers;
 use holdfast_tests::history::{Checkpoint, FaultKind, History, Micros};
@@ -235,9 +236,38 @@ fn sample_checkpoints(registry: &Registry, seen: &mut BTreeMap<(u64, u64), Strin
     }
 }
 
+/// tokio numbers tasks from one process-wide counter, and which tasks of a host run or are shut
+/// down first depends on their ids modulo tokio's shard count: seed 2003's history changed with
+/// the number of tasks spawned in the process before it — by 1, 2 or 3, not by 4, 8 or 64. So
+/// every run starts the counter where a fresh process starts it (1, modulo
+/// [`TASK_ID_MODULUS`]): seeds run one after another in one process give the histories they
+/// give alone.
+pub fn align_task_ids() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("a tokio runtime");
+    runtime.block_on(async {
+        let probe = tokio::spawn(async {});
+        let id: u64 = probe
+            .id()
+            .to_string()
+            .parse()
+            .expect("a task id is a number");
+        let _ = probe.await;
+        // The next task would get id + 1; spawn until it gets 1 (mod TASK_ID_MODULUS).
+        for _ in 0..(TASK_ID_MODULUS - id % TASK_ID_MODULUS) % TASK_ID_MODULUS {
+            let _ = tokio::spawn(async {}).await;
+        }
+    });
+}
+
+/// A multiple of tokio's task shard count (4 on a current-thread runtime), with room to spare.
+pub const TASK_ID_MODULUS: u64 = 64;
+
 /// Runs one seed to the end and judges its history.
 pub fn run(config: Config) -> Report {
     let started = std::time::Instant::now();
+    align_task_ids();
     holdfast_server::raft::runtime::seed_thread_rng(Some(config.seed));
     holdfast_server::planted::plant(config.plant);
     let fault_end = config.duration.as_micros() as Micros;
@@ -255,10 +285,20 @@ pub fn run(config: Config) -> Report {
     let registry: Registry = Arc::default();
     let disks: BTreeMap<u64, Disk> = node_ids.iter().map(|id| (*id, Disk::default())).collect();
     let mut host_names = Vec::new();
+    // One compiled copy of each policy module for the whole run (a fresh store per seed: no
+    // state crosses from one seed to the next).
+    let modules = SharedModules::new().expect("the policy engine");
     for &id in &node_ids {
         let (disk, registry, nodes) = (disks[&id].clone(), Arc::clone(&registry), config.nodes);
+        let modules = Arc::clone(&modules);
         sim.host(host(id), move || {
-            hosts::run_node(id, nodes, disk.clone(), Arc::clone(&registry))
+            hosts::run_node(
+                id,
+                nodes,
+                disk.clone(),
+                Arc::clone(&registry),
+                Arc::clone(&modules),
+            )
         });
         host_names.push(host(id));
     }

@@ -80,8 +80,8 @@ fn main() -> anyhow::Result<()> {
     run_seeds(&args)
 }
 
-/// Runs seeds `--first-seed ..` each in a process of its own (`--seed S`), `--jobs` at a time:
-/// a seed's run then starts from the same process state as its replay, so the replay is exact.
+/// Runs seeds `--first-seed ..` each in a process of its own (`--seed S`), `--jobs` at a time
+/// (a failing seed's process ends; the others go on), each as its replay will run it.
 fn run_seeds(args: &Args) -> anyhow::Result<()> {
     let first = args.first_seed.unwrap_or_else(|| {
         std::time::SystemTime::now()

@@ -43,6 +43,16 @@ impl ApplyPolicies {
         })
     }
 
+    /// The apply loop of a node that shares compiled modules with the other nodes of its
+    /// process (see [`SharedModules`]): their engine, and their modules before compiling.
+    pub fn sharing(shared: Arc<super::cache::SharedModules>) -> ApplyPolicies {
+        ApplyPolicies {
+            engine: shared.engine().clone(),
+            cache: ModuleCache::sharing(shared),
+            metrics: None,
+        }
+    }
+
     /// Records decision latency per hook in `metrics`.
     pub fn with_metrics(mut self, metrics: Arc<crate::metrics::PolicyMetrics>) -> ApplyPolicies {
         self.metrics = Some(metrics);

@@ -15,6 +15,7 @@ use holdfast_core::{
 };
 use wasmtime::Engine;
 
+use super::cache::SharedModules;
 use super::engine::{POLICY_FUEL_PER_HOOK, policy_engine};
 use super::module::{Hook, PolicyError, PolicyModule};
 use super::runtime::WasmPolicy;
@@ -22,10 +23,12 @@ use super::runtime::WasmPolicy;
 /// Fuel of each sample hook call: half the real budget, so a module that passes has headroom.
 pub const PRECHECK_FUEL_PER_HOOK: u64 = POLICY_FUEL_PER_HOOK / 2;
 
-/// The deploy pre-check, with its own engine (built on first use).
+/// The deploy pre-check, with its own engine (built on first use), or the engine and compiled
+/// modules its process's nodes share (the simulator's; see `cache::SharedModules`).
 #[derive(Default)]
 pub struct Precheck {
     engine: Mutex<Option<Engine>>,
+    shared: Option<Arc<SharedModules>>,
 }
 
 /// Why a module failed the pre-check.
@@ -42,6 +45,14 @@ pub enum PrecheckError {
 }
 
 impl Precheck {
+    /// A pre-check on the engine and modules of `shared`.
+    pub fn sharing(shared: Arc<SharedModules>) -> Precheck {
+        Precheck {
+            engine: Mutex::new(None),
+            shared: Some(shared),
+        }
+    }
+
     /// Checks `wasm`; `Err` is a message for the operator. CPU-bound (compiling takes from
     /// tens of milliseconds to seconds): call it off the async runtime.
     pub fn check(&self, wasm: &[u8]) -> Result<(), String> {
@@ -56,12 +67,19 @@ impl Precheck {
         // One check at a time (deploys are rare): concurrent checks could exhaust this
         // engine's instance pool.
         let mut slot = self.engine.lock().expect("precheck engine lock");
-        if slot.is_none() {
-            *slot =
-                Some(policy_engine().map_err(|error| PrecheckError::Engine(format!("{error:#}")))?);
-        }
-        let engine = slot.as_ref().expect("built above");
-        let module = Arc::new(PolicyModule::compile(engine, wasm)?);
+        let module = match &self.shared {
+            Some(shared) => shared.get_or_compile(wasm)?,
+            None => {
+                if slot.is_none() {
+                    *slot = Some(
+                        policy_engine()
+                            .map_err(|error| PrecheckError::Engine(format!("{error:#}")))?,
+                    );
+                }
+                let engine = slot.as_ref().expect("built above");
+                Arc::new(PolicyModule::compile(engine, wasm)?)
+            }
+        };
         let mut policy = WasmPolicy::new(Arc::clone(&module), Arc::from(&b""[..]))
             .with_fuel_per_hook(PRECHECK_FUEL_PER_HOOK);
         let sampled = |policy: &WasmPolicy, hook: Hook| -> Result<(), PrecheckError> {

@@ -116,6 +116,17 @@ impl StateMachineStore {
         })
     }
 
+    /// Applies policies with compiled modules shared with the other nodes of this process
+    /// (the simulator's; see `policy::cache::SharedModules`).
+    pub fn with_shared_modules(
+        mut self,
+        modules: Arc<crate::policy::cache::SharedModules>,
+    ) -> StateMachineStore {
+        self.policies =
+            ApplyPolicies::sharing(modules).with_metrics(Arc::clone(&self.shared.policy_latency));
+        self
+    }
+
     pub fn shared(&self) -> Arc<Shared> {
         Arc::clone(&self.shared)
     }
