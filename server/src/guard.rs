@@ -87,6 +87,20 @@ impl Checkpoints {
         self.first_mismatch.as_ref()
     }
 
+    /// The first mismatch described for an operator (`Cluster.Status`, the console); empty
+    /// while the replicas agree.
+    pub fn divergence(&self) -> String {
+        self.first_mismatch.as_ref().map_or_else(String::new, |m| {
+            format!(
+                "state digest at log index {} differs from node {}'s ({} here, {} there)",
+                m.index,
+                m.peer,
+                crate::policy::module::hex(&m.ours),
+                crate::policy::module::hex(&m.theirs)
+            )
+        })
+    }
+
     pub fn mismatches(&self) -> u64 {
         self.mismatches
     }

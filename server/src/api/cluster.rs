@@ -52,16 +52,11 @@ impl pb::cluster_server::Cluster for ClusterApi {
             .read(|s| (s.applied_index(), s.now_ms(), s.session_count(), s.digest()));
         let (checkpoint, digest_mismatches, divergence) = {
             let checkpoints = node.shared.checkpoints.lock().expect("checkpoints lock");
-            let divergence = checkpoints.first_mismatch().map_or_else(String::new, |m| {
-                format!(
-                    "state digest at log index {} differs from node {}'s ({} here, {} there)",
-                    m.index,
-                    m.peer,
-                    crate::policy::module::hex(&m.ours),
-                    crate::policy::module::hex(&m.theirs)
-                )
-            });
-            (checkpoints.latest(), checkpoints.mismatches(), divergence)
+            (
+                checkpoints.latest(),
+                checkpoints.mismatches(),
+                checkpoints.divergence(),
+            )
         };
         Ok(tonic::Response::new(pb::StatusResponse {
             node_id: node.id,

@@ -50,6 +50,9 @@ pub const CONSOLE_EVENTS_MIN_INTERVAL_MS: u64 = 250;
 /// would do for keepalive; the page also shows the node is still answering).
 pub const CONSOLE_EVENTS_IDLE_MS: u64 = 5_000;
 
+/// How long the listener waits after a failed accept (e.g. out of file descriptors).
+pub const CONSOLE_ACCEPT_RETRY_MS: u64 = 100;
+
 /// Only what the page needs: its own inline script and style, calls to this origin.
 const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'unsafe-inline'; \
      style-src 'unsafe-inline'; connect-src 'self'; img-src data:; base-uri 'none'; \
@@ -107,7 +110,7 @@ impl Console {
                     Ok((stream, _)) => stream,
                     Err(error) => {
                         tracing::warn!(%error, "HTTP listener: accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        tokio::time::sleep(Duration::from_millis(CONSOLE_ACCEPT_RETRY_MS)).await;
                         continue;
                     }
                 };

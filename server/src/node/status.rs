@@ -89,13 +89,7 @@ impl Node {
                 .map_or_else(String::new, |(_, digest)| {
                     crate::policy::module::hex(&digest)
                 });
-            let divergence = checkpoints.first_mismatch().map_or_else(String::new, |m| {
-                format!(
-                    "state digest at log index {} differs from node {}'s",
-                    m.index, m.peer
-                )
-            });
-            (digest, divergence)
+            (digest, checkpoints.divergence())
         };
         NodeStatus {
             id: self.id,

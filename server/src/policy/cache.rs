@@ -46,7 +46,15 @@ impl SharedModules {
 
     /// The module for `bytes` (by hash), compiled with [`SharedModules::engine`] on first use.
     pub fn get_or_compile(&self, bytes: &[u8]) -> Result<Arc<PolicyModule>, PolicyError> {
-        let sha256: [u8; 32] = Sha256::digest(bytes).into();
+        self.get_or_compile_hashed(Sha256::digest(bytes).into(), bytes)
+    }
+
+    /// [`SharedModules::get_or_compile`] of `bytes` whose SHA-256 is `sha256`.
+    fn get_or_compile_hashed(
+        &self,
+        sha256: [u8; 32],
+        bytes: &[u8],
+    ) -> Result<Arc<PolicyModule>, PolicyError> {
         let mut modules = self.modules.lock().expect("shared modules lock");
         if let Some(module) = modules.get(&sha256) {
             return Ok(Arc::clone(module));
@@ -84,7 +92,7 @@ impl ModuleCache {
         }
         let module = match &self.shared {
             None => Arc::new(PolicyModule::compile(engine, bytes)?),
-            Some(shared) => shared.get_or_compile(bytes)?,
+            Some(shared) => shared.get_or_compile_hashed(sha256, bytes)?,
         };
         self.modules.insert(sha256, Arc::clone(&module));
         Ok(module)

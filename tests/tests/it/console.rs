@@ -88,12 +88,12 @@ impl Drop for Pidfiles {
     }
 }
 
-#[allow(unsafe_code)] // kill(2) on a pid this test started (by way of `holdfast lock`).
+/// SIGKILL to `pid` (one our own `holdfast lock` child wrote), as `Cluster::signal` signals
+/// nodes.
 fn kill(pid: i32) {
-    // SAFETY: kill has no memory effects; the pid is one our own child wrote.
-    unsafe {
-        libc::kill(pid, libc::SIGKILL);
-    }
+    let _ = std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status();
 }
 
 /// `holdfast lock NAME -- sh -c 'echo $$ > PIDFILE; exec sleep 60'`, killed on drop.
