@@ -26,6 +26,11 @@ use procs::LocalCluster;
 use report::Point;
 use workload::{Scenario, System};
 
+/// jemalloc, as the server binary uses: the harness's own malloc/free is a share of the machine
+/// that every system under test competes with, so the same cheaper allocator serves all three.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(
     name = "holdfast-bench",
