@@ -273,27 +273,30 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             let log_id = entry.log_id;
             let (core_entry, membership) = super::types::core_entry(entry);
             let entered = std::time::Instant::now();
-            let (result, state_now_ms) = {
+            let (result, state_now_ms, retired) = {
                 let mut applied = self.shared.applied.write().expect("state lock");
                 let _span = tracing::trace_span!("apply", log_index).entered();
                 // Index 0 is openraft's initial (membership or blank) entry; the state machine starts at 0.
-                let result = if log_index == 0 {
+                let (result, retired) = if log_index == 0 {
                     assert!(
                         matches!(core_entry.command, Command::Noop),
                         "log index 0 carries no client command"
                     );
-                    holdfast_core::Applied {
+                    let applied = holdfast_core::Applied {
                         outcome: holdfast_core::Outcome::None,
                         events: Vec::new(),
-                    }
+                    };
+                    (applied, None)
                 } else {
-                    // A fresh policy host per entry: no instance outlives its entry.
+                    // A fresh policy host per entry: no instance outlives its entry. Its
+                    // instances are dropped below, once the lock is released and the
+                    // proposer answered: their memory reset is off both.
                     let mut host = self.policies.for_entry();
                     let started = std::time::Instant::now();
                     let result = holdfast_core::apply(&mut applied.state, &core_entry, &mut host);
                     self.metrics
                         .record(&core_entry.command, &result, started.elapsed());
-                    result
+                    (result, Some(host.retire()))
                 };
                 if cfg!(debug_assertions) {
                     if let Err(broken) = applied.state.check_invariants() {
@@ -322,7 +325,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     applied.membership = StoredMembership::new(Some(log_id), membership);
                 }
                 applied.last_applied = Some(log_id);
-                (result, applied.state.now_ms())
+                (result, applied.state.now_ms(), retired)
             };
             self.metrics.record_stall(entered.elapsed());
             self.shared.waiters.on_events(log_index, &result.events);
@@ -335,6 +338,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     outcome: result.outcome,
                 });
             }
+            drop(retired);
         }
         Ok(())
     }
