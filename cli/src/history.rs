@@ -34,13 +34,17 @@ pub const ENTRIES_MAGIC: &[u8; 8] = b"HFLOGv1\0";
 pub const HISTORY_COMMAND_BYTES_MAX: u32 = 16 * 1024 * 1024;
 /// How long `record` waits before asking again when nothing new was committed.
 const RECORD_POLL_MS: u64 = 100;
+/// After Ctrl-C, how long `record` goes on reading what the node had applied (a second
+/// Ctrl-C stops it at once).
+const RECORD_DRAIN_MS: u64 = 5_000;
 
 #[derive(Args)]
 pub struct RecordArgs {
     /// The history directory to create.
     #[arg(long)]
     pub out: PathBuf,
-    /// Stop after this long (default: at Ctrl-C, or after --entries).
+    /// Stop after this long (default: at Ctrl-C, or after --entries). Ctrl-C first records
+    /// what the node has applied by then (a second Ctrl-C stops at once).
     #[arg(long, value_parser = crate::commands::parse_duration)]
     pub duration: Option<Duration>,
     /// Stop after this many entries.
@@ -64,14 +68,16 @@ pub async fn record(connection: &Connection, args: RecordArgs) -> anyhow::Result
     let (header, state) = client.snapshot().await?;
     holdfast_server::backup::save(&args.out.join(SNAPSHOT_FILE), &header, &state)?;
     let mut writer = EntryWriter::create(&args.out.join(ENTRIES_FILE))?;
-    let deadline = args.duration.map(|duration| Instant::now() + duration);
     let mut next = header.index + 1;
     eprintln!(
         "recording the log of the cluster after a backup at index {} (Ctrl-C stops)",
         header.index
     );
-    let ctrl_c = tokio::signal::ctrl_c();
-    tokio::pin!(ctrl_c);
+    let mut deadline = args.duration.map(|duration| Instant::now() + duration);
+    // Ctrl-C once: read on until caught up with the node (so what was applied before it is
+    // recorded), for at most RECORD_DRAIN_MS; twice: stop now.
+    let mut draining = false;
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     loop {
         let recorded = next - header.index - 1;
         let now = Instant::now();
@@ -80,13 +86,26 @@ pub async fn record(connection: &Connection, args: RecordArgs) -> anyhow::Result
         }
         let wait = deadline.map_or(Duration::MAX, |d| d - now);
         let page = tokio::select! {
-            _ = &mut ctrl_c => break,
+            _ = interrupt.recv() => {
+                if draining {
+                    break;
+                }
+                draining = true;
+                deadline = Some(drain_deadline(deadline, now));
+                continue;
+            }
             _ = tokio::time::sleep(wait) => break,
             page = client.read_log(next, 0) => page?,
         };
         if page.entries.is_empty() {
+            if draining {
+                break;
+            }
             tokio::select! {
-                _ = &mut ctrl_c => break,
+                _ = interrupt.recv() => {
+                    draining = true;
+                    deadline = Some(drain_deadline(deadline, now));
+                }
                 () = tokio::time::sleep(Duration::from_millis(RECORD_POLL_MS)) => {}
             }
             continue;
@@ -112,6 +131,13 @@ pub async fn record(connection: &Connection, args: RecordArgs) -> anyhow::Result
         args.out.display()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// When a recording told to stop at `now` stops at the latest: RECORD_DRAIN_MS on, or at its
+/// own deadline if that comes first.
+fn drain_deadline(deadline: Option<Instant>, now: Instant) -> Instant {
+    let drained = now + Duration::from_millis(RECORD_DRAIN_MS);
+    deadline.map_or(drained, |deadline| deadline.min(drained))
 }
 
 struct EntryWriter {

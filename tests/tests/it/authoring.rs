@@ -15,15 +15,20 @@ use crate::support::holdfast_cli;
 
 /// Every step here is one command; none may take longer (the builds are the slow ones).
 const STEP_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long the two queued waiters wait: longer than the rest of the journey on a busy
+/// machine (they are aborted at the end).
+const WAITER_TIMEOUT_MS: u64 = 120_000;
 
 async fn run(mut command: tokio::process::Command, what: &str) -> Output {
+    let started = std::time::Instant::now();
     let output = tokio::time::timeout(STEP_TIMEOUT, command.output())
         .await
         .unwrap_or_else(|_| panic!("{what} did not finish in {STEP_TIMEOUT:?}"))
         .unwrap_or_else(|e| panic!("{what} did not start: {e}"));
     eprintln!(
-        "--- {what}: {}\n{}{}",
+        "--- {what}: {} in {:?}\n{}{}",
         output.status,
+        started.elapsed(),
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
@@ -163,23 +168,29 @@ async fn a_policy_crate_outside_the_repo_goes_from_new_to_enforced_and_back() {
     assert!(output.status.success());
     assert!(text(&output).contains("0 expectation(s) failed"));
 
-    // record: a backup, then the log, while the rest of the journey runs on the cluster.
+    // record: a backup, then the log, while the rest of the journey runs on the cluster, until
+    // Ctrl-C once the waiters below have queued (not a duration: a deploy on a busy machine
+    // takes seconds).
     let history = crate_dir.join("history");
     let history_arg = history.to_str().unwrap().to_owned();
-    let recording = cli(
+    let mut recording = cli(
         &cluster,
-        &["record", "--out", &history_arg, "--duration", "8s"],
+        &["record", "--out", &history_arg, "--duration", "120s"],
         &crate_dir,
     );
-    let recording = tokio::spawn(async move { run(recording, "record").await });
+    recording
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let recording = recording.spawn().expect("record starts");
+    let recording_pid = recording.id().expect("record runs");
     let snapshot = history.join("snapshot.hfb");
-    for _ in 0..200 {
+    for _ in 0..600 {
         if snapshot.is_file() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(snapshot.is_file(), "record took no backup in 10 s");
+    assert!(snapshot.is_file(), "record took no backup in 30 s");
 
     // deploy, then bind in shadow: the built-in keeps deciding, disagreements are counted.
     let config = crate_dir.join("queue.conf");
@@ -214,7 +225,7 @@ async fn a_policy_crate_outside_the_repo_goes_from_new_to_enforced_and_back() {
         let waiting = std::sync::Arc::clone(&session);
         waiters.push(tokio::spawn(async move {
             waiting
-                .acquire("jobs/nightly", LockMode::Exclusive, 20_000)
+                .acquire("jobs/nightly", LockMode::Exclusive, WAITER_TIMEOUT_MS)
                 .await
         }));
         crate::support::wait_for_lock(&client, "jobs/nightly", |lock| {
@@ -230,9 +241,23 @@ async fn a_policy_crate_outside_the_repo_goes_from_new_to_enforced_and_back() {
         "{listed}"
     );
 
+    // Ctrl-C: the recording takes what the node it reads had applied, which is everything
+    // once the cluster has converged.
+    cluster.wait_converged(&cluster.ids()).await;
+    // By its pid: the child this test started and has not yet waited for.
+    let interrupted = std::process::Command::new("kill")
+        .args(["-INT", &recording_pid.to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(interrupted.success());
+    let recorded = tokio::time::timeout(STEP_TIMEOUT, recording.wait_with_output())
+        .await
+        .expect("record stops on Ctrl-C")
+        .expect("record's output");
+    eprintln!("--- record: {}\n{}", recorded.status, text(&recorded));
+    assert!(recorded.status.success(), "{}", text(&recorded));
+
     // replay: the recorded traffic under the candidate, beside what the cluster decided.
-    let recorded = recording.await.unwrap();
-    assert!(recorded.status.success());
     let output = holdfast(
         &cluster,
         &crate_dir,
