@@ -101,13 +101,8 @@ pub async fn record(connection: &Connection, args: RecordArgs) -> anyhow::Result
             if draining {
                 break;
             }
-            tokio::select! {
-                _ = interrupt.recv() => {
-                    draining = true;
-                    deadline = Some(drain_deadline(deadline, now));
-                }
-                () = tokio::time::sleep(Duration::from_millis(RECORD_POLL_MS)) => {}
-            }
+            // A Ctrl-C meanwhile stays pending on `interrupt` for the next turn.
+            tokio::time::sleep(Duration::from_millis(RECORD_POLL_MS)).await;
             continue;
         }
         for entry in page.entries {
